@@ -1,0 +1,149 @@
+"""`CSRPattern`: an attention pattern sorted once into CSR (by target) and CSC (by source)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+NumNodes = Union[int, Tuple[int, int], None]
+
+
+def _index_dtype(num_edges: int, num_src: int, num_dst: int) -> torch.dtype:
+    # int32 halves the index memory and is accepted by every kernel we call.
+    return torch.int32 if max(num_edges, num_src, num_dst) < 2**31 - 1 else torch.int64
+
+
+def _counts_to_ptr(counts: Tensor, dtype: torch.dtype) -> Tensor:
+    ptr = torch.zeros(counts.numel() + 1, dtype=dtype, device=counts.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str = "edge_index") -> Tensor:
+    """Validate an ``edge_index`` ``[2, E]`` against node counts and return it as int64.
+
+    Raises ``TypeError`` for a non-integer tensor and ``ValueError`` for a wrong shape or an
+    index outside ``[0, num_src)`` (row 0) / ``[0, num_dst)`` (row 1). One O(E) pass.
+    """
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"{name} must be a LongTensor [2, E] or a CSRPattern, got {type(edge_index).__name__}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must have an integer dtype (int64 or int32), got {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"{name} must have shape [2, E], got {list(edge_index.shape)}")
+    if edge_index.numel() > 0:
+        lo = edge_index.amin(dim=1).tolist()
+        hi = edge_index.amax(dim=1).tolist()
+        if min(lo) < 0:
+            raise ValueError(f"{name} contains negative indices (min {min(lo)})")
+        if hi[0] >= num_src:
+            raise ValueError(f"{name}[0] (sources) has index {hi[0]} but there are only {num_src} source nodes")
+        if hi[1] >= num_dst:
+            raise ValueError(f"{name}[1] (targets) has index {hi[1]} but there are only {num_dst} target nodes")
+    return edge_index.long()
+
+
+@dataclass(frozen=True)
+class CSRPattern:
+    """An attention pattern sorted into compressed rows, built once and reused across layers.
+
+    Edges keep the caller's order through ``perm``: sorted edge ``e`` is the caller's edge
+    ``perm[e]``. Sorting is stable, so repeated ``(j, i)`` pairs stay separate edges.
+
+    Attributes:
+        rowptr: ``[N_dst + 1]`` offsets of each target's incoming edges in sorted order.
+        col: ``[E]`` source ``j`` of each sorted edge.
+        row: ``[E]`` target ``i`` of each sorted edge.
+        perm: ``[E]`` caller's edge id of each sorted edge.
+        colptr: ``[N_src + 1]`` offsets of each source's outgoing edges in the transposed order.
+        row_t: ``[E]`` target of each edge in the transposed (by-source) order.
+        perm_t: ``[E]`` sorted-edge position of each edge in the transposed order.
+        num_src, num_dst: node counts ``N_src`` (keys/values) and ``N_dst`` (queries).
+    """
+
+    rowptr: Tensor
+    col: Tensor
+    row: Tensor
+    perm: Tensor
+    colptr: Tensor
+    row_t: Tensor
+    perm_t: Tensor
+    num_src: int
+    num_dst: int
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Tensor, num_nodes: NumNodes = None) -> "CSRPattern":
+        """Sort ``edge_index [2, E]`` (row 0 source, row 1 target) into a pattern.
+
+        ``num_nodes`` is ``N`` (square), ``(N_src, N_dst)`` (bipartite), or ``None`` to infer
+        ``max index + 1`` for each side.
+        """
+        if isinstance(num_nodes, int):
+            num_src = num_dst = num_nodes
+        elif num_nodes is None:
+            if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+                raise ValueError("edge_index must have shape [2, E]")
+            num_src, num_dst = ((int(edge_index[r].max()) + 1) if edge_index.numel() else 0 for r in (0, 1))
+        else:
+            num_src, num_dst = (int(n) for n in num_nodes)
+        if num_src < 0 or num_dst < 0:
+            raise ValueError(f"num_nodes must be non-negative, got ({num_src}, {num_dst})")
+        edge_index = check_edge_index(edge_index, num_src, num_dst)
+        src, dst = edge_index
+        num_edges = src.numel()
+        index_dtype = _index_dtype(num_edges, num_src, num_dst)
+
+        # Stable sorts make the layout (and hence every reduction order) a function of the input only.
+        perm = torch.sort(dst * max(num_src, 1) + src, stable=True).indices
+        col, row = src[perm], dst[perm]
+        perm_t = torch.sort(col * max(num_dst, 1) + row, stable=True).indices
+        row_t = row[perm_t]
+        rowptr = _counts_to_ptr(torch.bincount(dst, minlength=num_dst), index_dtype)
+        colptr = _counts_to_ptr(torch.bincount(src, minlength=num_src), index_dtype)
+        return cls(
+            rowptr=rowptr,
+            col=col.to(index_dtype),
+            row=row.to(index_dtype),
+            perm=perm,
+            colptr=colptr,
+            row_t=row_t.to(index_dtype),
+            perm_t=perm_t.to(index_dtype),
+            num_src=num_src,
+            num_dst=num_dst,
+        )
+
+    @property
+    def num_edges(self) -> int:
+        return self.col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.col.device
+
+    @property
+    def edge_index(self) -> Tensor:
+        """The pattern as ``edge_index [2, E]`` in the caller's original edge order."""
+        out = torch.empty(2, self.num_edges, dtype=torch.long, device=self.device)
+        out[:, self.perm] = torch.stack([self.col.long(), self.row.long()])
+        return out
+
+    def in_degree(self) -> Tensor:
+        """``[N_dst]`` number of incoming edges of each target."""
+        return (self.rowptr[1:] - self.rowptr[:-1]).long()
+
+    def to(self, device: Union[str, torch.device]) -> "CSRPattern":
+        """Copy of the pattern on ``device``."""
+        tensors = {k: getattr(self, k).to(device) for k in ("rowptr", "col", "row", "perm", "colptr", "row_t", "perm_t")}
+        return CSRPattern(**tensors, num_src=self.num_src, num_dst=self.num_dst)
+
+    def sorted_to_caller(self, values: Tensor) -> Tensor:
+        """Reorder per-edge ``values [E, ...]`` from sorted order back to the caller's order."""
+        out = torch.empty_like(values)
+        out[self.perm] = values
+        return out
+
+    def caller_to_sorted(self, values: Optional[Tensor]) -> Optional[Tensor]:
+        """Reorder per-edge ``values [E, ...]`` from the caller's order to sorted order."""
+        return None if values is None else values[self.perm]
