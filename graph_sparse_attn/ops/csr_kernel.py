@@ -24,60 +24,87 @@ def _csr(ptr: Tensor, idx: Tensor, values: Tensor, size: Tuple[int, int]) -> Ten
 
 
 def sddmm(pattern: CSRPattern, a: Tensor, b: Tensor) -> Tensor:
-    """Edge scores ``s[e, h] = a[row[e], h] · b[col[e], h]`` in sorted edge order.
+    """Edge scores ``s[h, e] = a[row[e], h] · b[col[e], h]``, head-major, in sorted edge order.
 
     Args:
-        a: ``[N_dst, H, D]``; b: ``[N_src, H, D]``. Returns ``[E, H]``.
+        a: ``[N_dst, H, D]``; b: ``[N_src, H, D]``. Returns ``[H, E]``.
     """
-    heads = a.size(1)
-    out = a.new_empty(pattern.num_edges, heads)
-    zeros = a.new_zeros(pattern.num_edges)
-    mask = _csr(pattern.rowptr, pattern.col, zeros, (pattern.num_dst, pattern.num_src))
-    for h in range(heads):
-        scores = torch.sparse.sampled_addmm(mask, a[:, h].contiguous(), b[:, h].contiguous().t(), beta=0.0)
-        out[:, h] = scores.values()
+    if pattern.has_duplicates:
+        return _sddmm_gather(pattern, a, b)
+    # beta=0 makes sampled_addmm ignore the incoming values, so the buffer needs no zeroing.
+    out = a.new_empty(a.size(1), pattern.num_edges)
+    for h in range(a.size(1)):
+        # Writing into the pattern's own values (out=) skips the copy of indices and values
+        # that an out-of-place sampled_addmm makes.
+        scores = _csr(pattern.rowptr, pattern.col, out[h], (pattern.num_dst, pattern.num_src))
+        result = torch.sparse.sampled_addmm(scores, a[:, h].contiguous(), b[:, h].contiguous().t(), beta=0.0, out=scores)
+        if result.values().data_ptr() != out[h].data_ptr():
+            out[h] = result.values()
+    return out
+
+
+_GATHER_CHUNK_ELEMENTS = 1 << 22
+
+
+def _sddmm_gather(pattern: CSRPattern, a: Tensor, b: Tensor) -> Tensor:
+    # sampled_addmm is defined on a sparsity *set*; repeated (i, j) pairs fall outside its
+    # contract, so those patterns gather in bounded chunks (never a full [E, H, D] tensor).
+    out = a.new_empty(a.size(1), pattern.num_edges)
+    chunk = max(1, _GATHER_CHUNK_ELEMENTS // (a.size(1) * a.size(2)))
+    for start in range(0, pattern.num_edges, chunk):
+        rows = pattern.row[start : start + chunk]
+        cols = pattern.col[start : start + chunk]
+        out[:, start : start + chunk] = torch.linalg.vecdot(a.index_select(0, rows), b.index_select(0, cols)).t()
     return out
 
 
 def spmm(pattern: CSRPattern, weights: Tensor, x: Tensor, transpose: bool = False) -> Tensor:
-    """Weighted aggregation ``out[i, h] = Σ_e weights[e, h] x[col[e], h]`` over rows of the pattern.
+    """Weighted aggregation ``out[i, h] = Σ_e weights[h, e] x[col[e], h]`` over rows of the pattern.
 
     With ``transpose=True`` it aggregates over columns instead
-    (``out[j, h] = Σ_e weights[e, h] x[row[e], h]``), using the by-source layout.
+    (``out[j, h] = Σ_e weights[h, e] x[row[e], h]``), using the by-source layout.
 
     Args:
-        weights: ``[E, H]`` in sorted edge order; x: ``[N_src, H, D]`` (``[N_dst, H, D]`` when
+        weights: ``[H, E]`` in sorted edge order; x: ``[N_src, H, D]`` (``[N_dst, H, D]`` when
             transposed). Returns ``[N_dst, H, D]`` (``[N_src, H, D]`` when transposed).
     """
     if transpose:
         ptr, idx, size = pattern.colptr, pattern.row_t, (pattern.num_src, pattern.num_dst)
-        weights = weights.index_select(0, pattern.perm_t)
+        weights = weights.index_select(1, pattern.perm_t)
     else:
         ptr, idx, size = pattern.rowptr, pattern.col, (pattern.num_dst, pattern.num_src)
-    heads = weights.size(1)
-    out = x.new_empty(size[0], heads, x.size(-1))
-    for h in range(heads):
-        out[:, h] = _csr(ptr, idx, weights[:, h].contiguous(), size) @ x[:, h].contiguous()
+    out = x.new_empty(size[0], weights.size(0), x.size(-1))
+    for h in range(weights.size(0)):
+        out[:, h] = _csr(ptr, idx, weights[h], size) @ x[:, h].contiguous()
     return out
 
 
-def segment_softmax(logits: Tensor, pattern: CSRPattern) -> Tuple[Tensor, Tensor]:
-    """Softmax of ``logits [E, H]`` over each target's incoming edges.
+def segment_sum(values: Tensor, pattern: CSRPattern) -> Tensor:
+    """``[H, E]`` → ``[H, N_dst]`` sums over each target's incoming edges."""
+    return torch.stack([torch.segment_reduce(v, "sum", offsets=pattern.rowptr) for v in values])
 
-    Returns ``(probs [E, H], lse [N_dst, H])``. Targets without edges (or whose logits are all
-    ``-inf``) get ``lse = +inf`` so that recomputing ``exp(logit − lse)`` gives exact zeros.
+
+def per_edge(node_values: Tensor, pattern: CSRPattern) -> Tensor:
+    """Broadcast ``[H, N_dst]`` target values to ``[H, E]`` edges."""
+    return node_values.index_select(1, pattern.row)
+
+
+def segment_exp(logits: Tensor, pattern: CSRPattern) -> Tuple[Tensor, Tensor, Tensor]:
+    """Unnormalised, max-shifted softmax terms of ``logits [H, E]`` over each target's edges.
+
+    Returns ``(exp [H, E], row_sum [H, N_dst], lse [H, N_dst])`` with ``softmax = exp / row_sum``
+    per edge. Targets without edges (or whose logits are all ``-inf``) get ``row_sum = 0`` and
+    ``lse = +inf``, so that recomputing ``exp(logit − lse)`` gives exact zeros.
     """
-    row_max = torch.segment_reduce(logits, "max", offsets=pattern.rowptr, axis=0)
+    row_max = torch.stack([torch.segment_reduce(v, "max", offsets=pattern.rowptr) for v in logits])
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(logits - row_max.index_select(0, pattern.row))
-    row_sum = torch.segment_reduce(exp, "sum", offsets=pattern.rowptr, axis=0)
+    exp = torch.exp(logits - per_edge(row_max, pattern))
+    row_sum = segment_sum(exp, pattern)
     lse = torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_sum, float("inf")))
-    # A row sum is >= 1 wherever a finite logit exists, so the clamp only turns 0/0 into 0.
-    probs = exp / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny).index_select(0, pattern.row)
-    return probs, lse
+    return exp, row_sum, lse
 
 
-def dropout_scale(seed: int, shape: Tuple[int, int], p: float, like: Tensor) -> Tensor:
+def dropout_scale(seed: int, shape: Tuple[int, ...], p: float, like: Tensor) -> Tensor:
     """Inverted-dropout multipliers (0 or ``1/(1-p)``) drawn from ``seed``, so backward can regenerate them."""
     generator = torch.Generator(device=like.device)
     generator.manual_seed(seed)
@@ -86,42 +113,45 @@ def dropout_scale(seed: int, shape: Tuple[int, int], p: float, like: Tensor) -> 
 
 
 def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
-    return grad.sum(dim=1, keepdim=True) if shape[1] == 1 and grad.size(1) != 1 else grad
+    return grad.sum(dim=0, keepdim=True) if shape[0] == 1 and grad.size(0) != 1 else grad
 
 
 class CSRAttentionFunction(torch.autograd.Function):
     """Autograd function of the ``csr`` backend (all per-edge tensors in sorted edge order).
 
     Inputs: ``query [N_dst, H, D]``, ``key [N_src, H, D]``, ``value [N_src, H, Dv]``,
-    ``bias [E, 1|H]`` or None, ``gate [E, 1|H]`` or None (multiplies ``q·k`` before scaling),
+    ``bias [1|H, E]`` or None, ``gate [1|H, E]`` or None (multiplies ``q·k`` before scaling),
     the ``CSRPattern``, ``scale``, dropout probability, dropout seed, and whether to also
-    return the (pre-dropout, differentiable) probabilities ``[E, H]``.
+    return the (pre-dropout, differentiable) probabilities ``[H, E]``.
     """
 
     @staticmethod
     def forward(ctx, query, key, value, bias, gate, pattern, scale, dropout_p, seed, need_weights):
-        scores = sddmm(pattern, query, key)
-        logits = _logits(scores, bias, gate, scale)
-        probs, lse = segment_softmax(logits, pattern)
-        weights = probs * dropout_scale(seed, probs.shape, dropout_p, probs) if dropout_p > 0 else probs
-        out = spmm(pattern, weights, value)
-        ctx.save_for_backward(query, key, value, bias, gate, out, lse)
+        # Folding the scale into the queries costs [N, H, D] work instead of [H, E].
+        scaled_query = query * scale
+        scores = sddmm(pattern, scaled_query, key)
+        exp, row_sum, lse = segment_exp(_logits(scores, bias, gate), pattern)
+        # A row sum is >= 1 wherever a finite logit exists, so the clamp only turns 0/0 into 0.
+        row_sum = row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)
+        kept = exp * dropout_scale(seed, exp.shape, dropout_p, exp) if dropout_p > 0 else exp
+        # Normalising the aggregated [N, H, Dv] output instead of the [H, E] weights saves a pass over edges.
+        out = spmm(pattern, kept, value) / row_sum.t().unsqueeze(-1)
+        ctx.save_for_backward(scaled_query, key, value, bias, gate, out, lse)
         ctx.pattern, ctx.scale, ctx.dropout_p, ctx.seed = pattern, scale, dropout_p, seed
         ctx.set_materialize_grads(False)
         if need_weights:
-            return out, probs
+            return out, exp / per_edge(row_sum, pattern)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_probs):
-        query, key, value, bias, gate, out, lse = ctx.saved_tensors
-        pattern, scale, dropout_p = ctx.pattern, ctx.scale, ctx.dropout_p
-        heads = query.size(1)
+        scaled_query, key, value, bias, gate, out, lse = ctx.saved_tensors
+        pattern, dropout_p = ctx.pattern, ctx.dropout_p
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        scores = sddmm(pattern, query, key)
-        probs = torch.exp(_logits(scores, bias, gate, scale) - lse.index_select(0, pattern.row))
+        scores = sddmm(pattern, scaled_query, key)
+        probs = torch.exp(_logits(scores, bias, gate) - per_edge(lse, pattern))
         keep = dropout_scale(ctx.seed, probs.shape, dropout_p, probs) if dropout_p > 0 else None
 
         grad_value = spmm(pattern, probs * keep if keep is not None else probs, grad_out, transpose=True)
@@ -129,26 +159,26 @@ class CSRAttentionFunction(torch.autograd.Function):
         if keep is not None:
             grad_probs_total = grad_probs_total * keep
         # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i, so no segment reduction is needed.
-        row_dot = (grad_out * out).sum(-1)
+        row_dot = (grad_out * out).sum(-1).t()
         if grad_probs is not None:
             grad_probs_total = grad_probs_total + grad_probs
-            row_dot = row_dot + torch.segment_reduce(probs * grad_probs, "sum", offsets=pattern.rowptr, axis=0)
-        grad_logits = probs * (grad_probs_total - row_dot.index_select(0, pattern.row))
+            row_dot = row_dot + segment_sum(probs * grad_probs, pattern)
+        grad_logits = probs * (grad_probs_total - per_edge(row_dot, pattern))
 
-        grad_scores = grad_logits * scale
         grad_gate = None
+        grad_scores = grad_logits
         if gate is not None:
             if ctx.needs_input_grad[4]:
-                grad_gate = _reduce_to(grad_scores * scores, gate.shape)
-            grad_scores = grad_scores * gate.expand(-1, heads)
-        grad_query = spmm(pattern, grad_scores, key) if ctx.needs_input_grad[0] else None
-        grad_key = spmm(pattern, grad_scores, query, transpose=True) if ctx.needs_input_grad[1] else None
+                grad_gate = _reduce_to(grad_logits * scores, gate.shape)
+            grad_scores = grad_logits * gate
+        grad_query = spmm(pattern, grad_scores, key) * ctx.scale if ctx.needs_input_grad[0] else None
+        grad_key = spmm(pattern, grad_scores, scaled_query, transpose=True) if ctx.needs_input_grad[1] else None
         grad_bias = _reduce_to(grad_logits, bias.shape) if bias is not None and ctx.needs_input_grad[3] else None
         return grad_query, grad_key, grad_value, grad_bias, grad_gate, None, None, None, None, None
 
 
-def _logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor], scale: float) -> Tensor:
-    logits = scores * gate * scale if gate is not None else scores * scale
+def _logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> Tensor:
+    logits = scores * gate if gate is not None else scores
     return logits + bias if bias is not None else logits
 
 
@@ -163,12 +193,13 @@ def csr_attention(
     dropout_p: float,
     need_weights: bool,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Run the ``csr`` backend; per-edge inputs and outputs are in sorted edge order.
+    """Run the ``csr`` backend; per-edge inputs and outputs are ``[E, 1|H]`` in sorted edge order.
 
     Returns ``(out, probs, weights)``: the softmax ``probs [E, H]`` and the weights after
     dropout (the ones that multiplied the values) when ``need_weights``, else ``None``.
     The dropout mask is regenerated from the same seed, so both share it.
     """
+    bias, gate = (None if t is None else t.t().contiguous() for t in (bias, gate))
     seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
     with warnings.catch_warnings():
         # torch flags every sparse CSR construction as beta; the kernels used here are stable.
@@ -179,4 +210,4 @@ def csr_attention(
     if not need_weights:
         return out, None, None
     weights = probs * dropout_scale(seed, probs.shape, dropout_p, probs) if dropout_p > 0 else probs
-    return out, probs, weights
+    return out, probs.t(), weights.t()

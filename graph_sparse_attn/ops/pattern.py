@@ -61,6 +61,7 @@ class CSRPattern:
         row_t: ``[E]`` target of each edge in the transposed (by-source) order.
         perm_t: ``[E]`` sorted-edge position of each edge in the transposed order.
         num_src, num_dst: node counts ``N_src`` (keys/values) and ``N_dst`` (queries).
+        has_duplicates: whether some ``(j, i)`` pair occurs more than once.
     """
 
     rowptr: Tensor
@@ -72,6 +73,7 @@ class CSRPattern:
     perm_t: Tensor
     num_src: int
     num_dst: int
+    has_duplicates: bool
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: NumNodes = None) -> "CSRPattern":
@@ -96,22 +98,32 @@ class CSRPattern:
         index_dtype = _index_dtype(num_edges, num_src, num_dst)
 
         # Stable sorts make the layout (and hence every reduction order) a function of the input only.
-        perm = torch.sort(dst * max(num_src, 1) + src, stable=True).indices
-        col, row = src[perm], dst[perm]
-        perm_t = torch.sort(col * max(num_dst, 1) + row, stable=True).indices
+        keys = dst * max(num_src, 1) + src
+        if bool((keys[1:] >= keys[:-1]).all()):  # patterns from `patterns` arrive sorted
+            sorted_keys, perm = keys, torch.arange(num_edges, device=keys.device)
+            col, row = src, dst
+        else:
+            sorted_keys, perm = torch.sort(keys, stable=True)
+            col, row = src[perm], dst[perm]
+        has_duplicates = bool((sorted_keys[1:] == sorted_keys[:-1]).any())
+        del keys, sorted_keys
+        col, row = col.to(index_dtype), row.to(index_dtype)
+        # Edges are ordered by (target, source), so a stable sort by source yields (source, target).
+        perm_t = torch.sort(col, stable=True).indices
         row_t = row[perm_t]
         rowptr = _counts_to_ptr(torch.bincount(dst, minlength=num_dst), index_dtype)
         colptr = _counts_to_ptr(torch.bincount(src, minlength=num_src), index_dtype)
         return cls(
             rowptr=rowptr,
-            col=col.to(index_dtype),
-            row=row.to(index_dtype),
+            col=col,
+            row=row,
             perm=perm,
             colptr=colptr,
-            row_t=row_t.to(index_dtype),
+            row_t=row_t,
             perm_t=perm_t.to(index_dtype),
             num_src=num_src,
             num_dst=num_dst,
+            has_duplicates=has_duplicates,
         )
 
     @property
@@ -136,7 +148,7 @@ class CSRPattern:
     def to(self, device: Union[str, torch.device]) -> "CSRPattern":
         """Copy of the pattern on ``device``."""
         tensors = {k: getattr(self, k).to(device) for k in ("rowptr", "col", "row", "perm", "colptr", "row_t", "perm_t")}
-        return CSRPattern(**tensors, num_src=self.num_src, num_dst=self.num_dst)
+        return CSRPattern(**tensors, num_src=self.num_src, num_dst=self.num_dst, has_duplicates=self.has_duplicates)
 
     def sorted_to_caller(self, values: Tensor) -> Tensor:
         """Reorder per-edge ``values [E, ...]`` from sorted order back to the caller's order."""

@@ -1,0 +1,120 @@
+"""`SparseAttnConv` against PyG's `TransformerConv` with copied weights."""
+import pytest
+import torch
+from torch_geometric.nn import TransformerConv
+
+from graph_sparse_attn import CSRPattern, SparseAttnConv
+from graph_sparse_attn.ops.attention import attention_with_weights
+
+OPTIONS = [
+    {},
+    {"concat": False},
+    {"beta": True},
+    {"beta": True, "concat": False},
+    {"edge_dim": 3},
+    {"edge_dim": 3, "beta": True, "concat": False},
+    {"root_weight": False},
+    {"root_weight": False, "beta": True},
+    {"bias": False, "edge_dim": 2},
+    {"heads": 1},
+]
+
+
+def make_pair(in_channels, kwargs):
+    kwargs = {"heads": 3, **kwargs}
+    ref = TransformerConv(in_channels, 5, **kwargs).double()
+    ours = SparseAttnConv(in_channels, 5, **kwargs).double()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def graph(num_src, num_dst, num_edges, edge_dim, seed):
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = torch.stack([torch.randint(0, num_src, (num_edges,), generator=gen), torch.randint(0, num_dst - 1, (num_edges,), generator=gen)])
+    edge_attr = torch.randn(num_edges, edge_dim, dtype=torch.float64, generator=gen) if edge_dim else None
+    return edge_index, edge_attr, gen
+
+
+@pytest.mark.parametrize("kwargs", OPTIONS)
+def test_matches_transformer_conv_outputs_attention_and_gradients(kwargs):
+    edge_index, edge_attr, gen = graph(25, 25, 150, kwargs.get("edge_dim"), seed=len(str(kwargs)))
+    x = torch.randn(25, 8, dtype=torch.float64, generator=gen)
+    ref, ours = make_pair(8, kwargs)
+    out_r, (ei_r, alpha_r) = ref(x, edge_index, edge_attr, return_attention_weights=True)
+    out_o, (ei_o, alpha_o) = ours(x, edge_index, edge_attr, return_attention_weights=True)
+    torch.testing.assert_close(out_o, out_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alpha_o, alpha_r, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ei_o, ei_r)
+
+    loss_r = (out_r.square().sum() + alpha_r.square().sum())
+    loss_o = (out_o.square().sum() + alpha_o.square().sum())
+    loss_r.backward()
+    loss_o.backward()
+    for (name, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(p_o.grad, p_r.grad, atol=1e-6, rtol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"edge_dim": 4, "beta": True}, {"concat": False}])
+def test_bipartite_matches_transformer_conv(kwargs):
+    edge_index, edge_attr, gen = graph(17, 11, 70, kwargs.get("edge_dim"), seed=3)
+    x_src = torch.randn(17, 6, dtype=torch.float64, generator=gen)
+    x_dst = torch.randn(11, 4, dtype=torch.float64, generator=gen)
+    ref, ours = make_pair((6, 4), kwargs)
+    out_r = ref((x_src, x_dst), edge_index, edge_attr)
+    out_o = ours((x_src, x_dst), edge_index, edge_attr)
+    assert out_o.shape[0] == 11
+    torch.testing.assert_close(out_o, out_r, atol=1e-5, rtol=1e-5)
+
+
+def test_lazy_in_channels_and_prebuilt_pattern():
+    edge_index, _, gen = graph(20, 20, 90, None, seed=4)
+    x = torch.randn(20, 7, generator=gen)
+    ref = TransformerConv(-1, 4, heads=2)
+    ours = SparseAttnConv(-1, 4, heads=2)
+    ref(x, edge_index), ours(x, edge_index)  # materialise the lazy weights
+    ours.load_state_dict(ref.state_dict())
+    pattern = CSRPattern.from_edge_index(edge_index, 20)
+    torch.testing.assert_close(ours(x, pattern), ref(x, edge_index), atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_in_training_only_and_shared_with_edge_values():
+    edge_index, edge_attr, gen = graph(20, 20, 120, 3, seed=5)
+    x = torch.randn(20, 8, dtype=torch.float64, generator=gen)
+    ref, ours = make_pair(8, {"edge_dim": 3, "dropout": 0.5})
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x, edge_index, edge_attr), ref(x, edge_index, edge_attr))
+
+    ours.train()
+    torch.manual_seed(0)
+    out = ours(x, edge_index, edge_attr)
+    # TransformerConv's message with one dropout mask for both terms: Σ w_ij (v_j + W_e e_ij).
+    heads, channels = 3, 5
+    src, dst = edge_index
+    q, k, v, e = (lin(inp).view(-1, heads, channels) for lin, inp in ((ours.lin_query, x), (ours.lin_key, x), (ours.lin_value, x), (ours.lin_edge, edge_attr)))
+    bias = (q[dst] * e).sum(-1) / channels**0.5
+    torch.manual_seed(0)
+    _, _, weights = attention_with_weights(q, k, v, edge_index, edge_bias=bias, dropout=0.5, training=True)
+    assert (weights == 0).any()
+    messages = weights[..., None] * (v[src] + e)
+    expected = torch.zeros(20, heads, channels, dtype=x.dtype).index_add(0, dst, messages).reshape(20, -1) + ours.lin_skip(x)
+    torch.testing.assert_close(out, expected)
+
+
+def test_missing_or_misshapen_edge_attr_is_named():
+    edge_index, edge_attr, gen = graph(10, 10, 30, 3, seed=6)
+    conv = SparseAttnConv(4, 2, edge_dim=3).double()
+    x = torch.randn(10, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="edge_attr"):
+        conv(x, edge_index)
+    with pytest.raises(ValueError, match="edge_attr"):
+        conv(x, edge_index, edge_attr[:, :2])
+    with pytest.raises(ValueError, match="edge_index"):
+        conv(x, edge_index + 100, edge_attr)
+
+
+def test_reset_parameters_and_repr():
+    conv = SparseAttnConv(4, 2, heads=3)
+    before = conv.lin_query.weight.clone()
+    conv.reset_parameters()
+    assert not torch.equal(before, conv.lin_query.weight)
+    assert repr(conv) == "SparseAttnConv(4, 2, heads=3)"

@@ -1,0 +1,321 @@
+"""`sparse_attention` against dense masked SDPA, between its backends, and on bad input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graph_sparse_attn import CSRPattern, sparse_attention
+
+BACKENDS = ["csr", "reference"]
+
+
+def random_graph(num_src, num_dst, num_edges, *, generator, isolated=(), unique=True):
+    """Random edges j → i (optionally unique pairs), never pointing into ``isolated`` targets."""
+    allowed = torch.tensor([i for i in range(num_dst) if i not in set(isolated)])
+    src = torch.randint(0, num_src, (num_edges,), generator=generator)
+    dst = allowed[torch.randint(0, allowed.numel(), (num_edges,), generator=generator)]
+    edge_index = torch.stack([src, dst])
+    if unique:
+        edge_index = torch.unique(edge_index, dim=1)
+        edge_index = edge_index[:, torch.randperm(edge_index.size(1), generator=generator)]
+    return edge_index
+
+
+def qkv(num_src, num_dst, heads, dim, value_dim, dtype=torch.float64, *, generator):
+    make = lambda *shape: torch.randn(*shape, dtype=dtype, generator=generator).requires_grad_()
+    return make(num_dst, heads, dim), make(num_src, heads, dim), make(num_src, heads, value_dim)
+
+
+def dense_sdpa(query, key, value, edge_index, *, edge_bias=None, log_gate=None, scale=None):
+    """Dense masked attention via SDPA with an additive float mask (log multiplicity + bias)."""
+    num_dst, heads, _ = query.shape
+    num_src = key.size(0)
+    add = torch.zeros(heads, num_dst, num_src, dtype=query.dtype)
+    count = torch.zeros(num_dst, num_src, dtype=query.dtype)
+    src, dst = edge_index
+    count.index_put_((dst, src), torch.ones(src.numel(), dtype=query.dtype), accumulate=True)
+    per_edge = torch.zeros(src.numel(), heads, dtype=query.dtype)
+    if edge_bias is not None:
+        per_edge = per_edge + (edge_bias if edge_bias.dim() == 2 else edge_bias[:, None])
+    if log_gate is not None:
+        per_edge = per_edge + log_gate
+    add = add.index_put((torch.arange(heads)[:, None], dst[None], src[None]), per_edge.t(), accumulate=True)
+    mask = torch.where(count > 0, count.log(), torch.full_like(count, float("-inf")))
+    out = F.scaled_dot_product_attention(
+        query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), attn_mask=add + mask, scale=scale
+    )
+    return out.transpose(0, 1), count.sum(1) > 0
+
+
+def dense_scale_gate(query, key, value, edge_index, gate):
+    """Dense ``softmax(QKᵀ ⊙ G / sqrt(d))`` over the mask, written out by hand."""
+    num_dst, heads, dim = query.shape
+    src, dst = edge_index
+    gate_dense = torch.zeros(heads, num_dst, key.size(0), dtype=query.dtype)
+    gate_dense = gate_dense.index_put((torch.arange(heads)[:, None], dst[None], src[None]), gate.t())
+    mask = torch.zeros(num_dst, key.size(0), dtype=torch.bool)
+    mask[dst, src] = True
+    logits = torch.einsum("ihd,jhd->hij", query, key) * gate_dense / math.sqrt(dim)
+    probs = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    return torch.einsum("hij,jhd->ihd", probs, value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_src,num_dst", [(9, 9), (6, 11), (13, 4)])
+def test_matches_dense_sdpa_forward_and_backward(backend, num_src, num_dst):
+    gen = torch.Generator().manual_seed(num_src * 100 + num_dst)
+    edge_index = random_graph(num_src, num_dst, 40, generator=gen, isolated=(1,))
+    q, k, v = qkv(num_src, num_dst, 3, 4, 5, generator=gen)
+    out = sparse_attention(q, k, v, edge_index, backend=backend)
+    ref, has_edge = dense_sdpa(q, k, v, edge_index)
+    torch.testing.assert_close(out[has_edge], ref[has_edge])
+    assert torch.equal(out[~has_edge], torch.zeros_like(out[~has_edge]))
+
+    upstream = torch.randn(out.shape, dtype=out.dtype, generator=gen)
+    grads = torch.autograd.grad((out[has_edge] * upstream[has_edge]).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref[has_edge] * upstream[has_edge]).sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_isolated_targets_output_zero_with_finite_gradients(backend):
+    gen = torch.Generator().manual_seed(1)
+    edge_index = random_graph(8, 8, 20, generator=gen, isolated=(0, 5, 7))
+    q, k, v = qkv(8, 8, 2, 3, 3, generator=gen)
+    out = sparse_attention(q, k, v, edge_index, backend=backend)
+    assert torch.equal(out[[0, 5, 7]], torch.zeros(3, 2, 3, dtype=out.dtype))
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(grads[0][[0, 5, 7]], torch.zeros(3, 2, 3, dtype=out.dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_pairs_count_as_separate_edges(backend):
+    gen = torch.Generator().manual_seed(2)
+    edge_index = random_graph(6, 6, 30, generator=gen, unique=False)
+    assert torch.unique(edge_index, dim=1).size(1) < edge_index.size(1)
+    q, k, v = qkv(6, 6, 2, 3, 3, generator=gen)
+    out = sparse_attention(q, k, v, edge_index, backend=backend)
+    ref, has_edge = dense_sdpa(q, k, v, edge_index)
+    torch.testing.assert_close(out[has_edge], ref[has_edge])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("per_head", [False, True])
+def test_edge_bias_and_scale_match_dense(backend, per_head):
+    gen = torch.Generator().manual_seed(3)
+    edge_index = random_graph(7, 5, 25, generator=gen)
+    q, k, v = qkv(7, 5, 3, 4, 2, generator=gen)
+    shape = (edge_index.size(1), 3) if per_head else (edge_index.size(1),)
+    bias = torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_()
+    out = sparse_attention(q, k, v, edge_index, edge_bias=bias, scale=0.7, backend=backend)
+    ref, has_edge = dense_sdpa(q, k, v, edge_index, edge_bias=bias, scale=0.7)
+    torch.testing.assert_close(out[has_edge], ref[has_edge])
+    g, r = (torch.autograd.grad(o[has_edge].sum(), bias)[0] for o in (out, ref))
+    torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gate_modes_match_dense_formulas(backend):
+    gen = torch.Generator().manual_seed(4)
+    edge_index = random_graph(6, 6, 24, generator=gen)
+    q, k, v = qkv(6, 6, 2, 4, 3, generator=gen)
+    gate = torch.rand(edge_index.size(1), 2, dtype=torch.float64, generator=gen).requires_grad_()
+
+    out = sparse_attention(q, k, v, edge_index, edge_gate=gate, gate_mode="scale", backend=backend)
+    ref = dense_scale_gate(q, k, v, edge_index, gate)
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(torch.autograd.grad(out.sum(), (q, k, v, gate)), torch.autograd.grad(ref.sum(), (q, k, v, gate))):
+        torch.testing.assert_close(g, r)
+
+    out = sparse_attention(q, k, v, edge_index, edge_gate=gate, gate_mode="log", backend=backend)
+    ref, has_edge = dense_sdpa(q, k, v, edge_index, log_gate=gate.log())
+    torch.testing.assert_close(out[has_edge], ref[has_edge])
+    g, r = (torch.autograd.grad(o[has_edge].sum(), gate)[0] for o in (out, ref))
+    torch.testing.assert_close(g, r)
+
+
+def test_log_gate_of_zero_removes_the_edge():
+    gen = torch.Generator().manual_seed(5)
+    edge_index = random_graph(6, 6, 24, generator=gen)
+    q, k, v = qkv(6, 6, 2, 4, 3, generator=gen)
+    gate = torch.ones(edge_index.size(1), dtype=torch.float64)
+    gate[:5] = 0.0
+    out = sparse_attention(q, k, v, edge_index, edge_gate=gate, gate_mode="log")
+    kept = sparse_attention(q, k, v, edge_index[:, 5:])
+    has_edge = torch.zeros(6, dtype=torch.bool)
+    has_edge[edge_index[1, 5:]] = True
+    torch.testing.assert_close(out[has_edge], kept[has_edge])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64_all_inputs(backend):
+    gen = torch.Generator().manual_seed(6)
+    edge_index = random_graph(5, 6, 14, generator=gen, isolated=(2,))
+    q, k, v = qkv(5, 6, 2, 3, 2, generator=gen)
+    bias = torch.randn(edge_index.size(1), 2, dtype=torch.float64, generator=gen).requires_grad_()
+    gate = torch.rand(edge_index.size(1), dtype=torch.float64, generator=gen).requires_grad_()
+
+    def run(q, k, v, bias, gate):
+        return sparse_attention(q, k, v, edge_index, edge_bias=bias, edge_gate=gate, backend=backend, return_attention=True)
+
+    assert torch.autograd.gradcheck(run, (q, k, v, bias, gate))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_is_consistent_between_forward_and_backward(backend):
+    gen = torch.Generator().manual_seed(7)
+    edge_index = random_graph(6, 6, 24, generator=gen)
+    q, k, v = qkv(6, 6, 2, 3, 2, generator=gen)
+
+    def run(q, k, v):
+        torch.manual_seed(0)
+        return sparse_attention(q, k, v, edge_index, dropout=0.4, backend=backend)
+
+    assert torch.autograd.gradcheck(run, (q, k, v))
+    no_drop = sparse_attention(q, k, v, edge_index, dropout=0.4, training=False, backend=backend)
+    torch.testing.assert_close(no_drop, sparse_attention(q, k, v, edge_index, backend=backend))
+
+
+def test_dropout_is_unbiased():
+    gen = torch.Generator().manual_seed(8)
+    edge_index = random_graph(10, 10, 60, generator=gen)
+    q, k, v = qkv(10, 10, 2, 3, 2, generator=gen)
+    with torch.no_grad():
+        mean = torch.stack([sparse_attention(q, k, v, edge_index, dropout=0.3) for _ in range(2000)]).mean(0)
+        exact = sparse_attention(q, k, v, edge_index)
+    torch.testing.assert_close(mean, exact, atol=0.08, rtol=0.0)
+    assert not torch.allclose(sparse_attention(q, k, v, edge_index, dropout=0.3), exact)
+
+
+def test_backends_agree_including_attention_order():
+    gen = torch.Generator().manual_seed(9)
+    edge_index = random_graph(50, 40, 400, generator=gen, unique=False)
+    q, k, v = qkv(50, 40, 4, 8, 6, dtype=torch.float32, generator=gen)
+    bias = torch.randn(edge_index.size(1), 4, generator=gen)
+    out_c, alpha_c = sparse_attention(q, k, v, edge_index, edge_bias=bias, backend="csr", return_attention=True)
+    out_r, alpha_r = sparse_attention(q, k, v, edge_index, edge_bias=bias, backend="reference", return_attention=True)
+    torch.testing.assert_close(out_c, out_r)
+    torch.testing.assert_close(alpha_c, alpha_r)
+    sums = torch.zeros(40, 4).index_add_(0, edge_index[1], alpha_c)
+    has_edge = torch.bincount(edge_index[1], minlength=40) > 0
+    torch.testing.assert_close(sums[has_edge], torch.ones_like(sums[has_edge]))
+    for g_c, g_r in zip(torch.autograd.grad(out_c.square().sum(), (q, k, v)), torch.autograd.grad(out_r.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g_c, g_r, rtol=1e-4, atol=1e-5)
+
+
+def test_prebuilt_pattern_matches_edge_index():
+    gen = torch.Generator().manual_seed(10)
+    edge_index = random_graph(12, 9, 50, generator=gen, unique=False)
+    pattern = CSRPattern.from_edge_index(edge_index, (12, 9))
+    assert torch.equal(pattern.edge_index, edge_index)
+    assert torch.equal(pattern.in_degree(), torch.bincount(edge_index[1], minlength=9))
+    q, k, v = qkv(12, 9, 2, 3, 3, generator=gen)
+    for backend in BACKENDS:
+        a = sparse_attention(q, k, v, pattern, backend=backend, return_attention=True)
+        b = sparse_attention(q, k, v, edge_index, backend=backend, return_attention=True)
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("unique", [True, False])
+def test_deterministic_bitwise_on_cpu(unique):
+    gen = torch.Generator().manual_seed(11)
+    edge_index = random_graph(3000, 3000, 60000, generator=gen, unique=unique)
+    q, k, v = qkv(3000, 3000, 4, 16, 16, dtype=torch.float32, generator=gen)
+    bias = torch.randn(edge_index.size(1), generator=gen).requires_grad_()
+
+    def run():
+        out = sparse_attention(q, k, v, edge_index, edge_bias=bias)
+        return (out, *torch.autograd.grad(out.square().sum(), (q, k, v, bias)))
+
+    first, second = run(), run()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_low_precision_inputs(dtype, backend):
+    gen = torch.Generator().manual_seed(12)
+    edge_index = random_graph(30, 30, 200, generator=gen)
+    q, k, v = (t.detach() for t in qkv(30, 30, 2, 8, 8, dtype=torch.float32, generator=gen))
+    exact = sparse_attention(q, k, v, edge_index, backend=backend)
+    q16, k16, v16 = (t.to(dtype).requires_grad_() for t in (q, k, v))
+    out = sparse_attention(q16, k16, v16, edge_index, backend=backend)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), exact, atol=2e-2, rtol=2e-2)
+    grads = torch.autograd.grad(out.float().sum(), (q16, k16, v16))
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_src=st.integers(1, 8),
+    num_dst=st.integers(1, 8),
+    num_edges=st.integers(0, 30),
+    heads=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_property_csr_equals_dense(num_src, num_dst, num_edges, heads, seed):
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = torch.stack([torch.randint(0, num_src, (num_edges,), generator=gen), torch.randint(0, num_dst, (num_edges,), generator=gen)])
+    q, k, v = qkv(num_src, num_dst, heads, 3, 2, generator=gen)
+    out = sparse_attention(q, k, v, edge_index)
+    ref, has_edge = dense_sdpa(q, k, v, edge_index)
+    torch.testing.assert_close(out[has_edge], ref[has_edge])
+    assert torch.equal(out[~has_edge], torch.zeros_like(out[~has_edge]))
+
+
+def _inputs():
+    q, k, v = torch.randn(4, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 6)
+    return q, k, v, torch.tensor([[0, 4, 2], [1, 3, 0]])
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (lambda a: {"edge_index": a["edge_index"].float()}, TypeError, "edge_index"),
+        (lambda a: {"edge_index": a["edge_index"][0]}, ValueError, r"edge_index must have shape \[2, E\]"),
+        (lambda a: {"edge_index": a["edge_index"].t().reshape(3, 2)}, ValueError, "edge_index"),
+        (lambda a: {"edge_index": torch.tensor([[0, -1], [1, 1]])}, ValueError, "negative"),
+        (lambda a: {"edge_index": torch.tensor([[5, 0], [1, 1]])}, ValueError, "source"),
+        (lambda a: {"edge_index": torch.tensor([[0, 0], [4, 1]])}, ValueError, "target"),
+        (lambda a: {"query": torch.randn(4, 3, 3)}, ValueError, "heads"),
+        (lambda a: {"query": torch.randn(4, 2, 4)}, ValueError, "head dim"),
+        (lambda a: {"value": torch.randn(6, 2, 6)}, ValueError, "source nodes"),
+        (lambda a: {"key": torch.randn(5, 6)}, ValueError, "key must have shape"),
+        (lambda a: {"value": torch.randn(5, 2, 6, dtype=torch.float64)}, TypeError, "dtype"),
+        (lambda a: {"query": torch.ones(4, 2, 3, dtype=torch.long)}, TypeError, "query"),
+        (lambda a: {"edge_bias": torch.randn(4)}, ValueError, "edge_bias"),
+        (lambda a: {"edge_bias": torch.randn(3, 5)}, ValueError, "edge_bias"),
+        (lambda a: {"edge_bias": torch.ones(3, dtype=torch.long)}, TypeError, "edge_bias"),
+        (lambda a: {"edge_gate": torch.tensor([0.5, 1.5, 0.1])}, ValueError, "edge_gate"),
+        (lambda a: {"edge_gate": torch.tensor([0.5, float("nan"), 0.1])}, ValueError, "edge_gate"),
+        (lambda a: {"gate_mode": "mul"}, ValueError, "gate_mode"),
+        (lambda a: {"backend": "cuda"}, ValueError, "backend"),
+        (lambda a: {"dropout": 1.0}, ValueError, "dropout"),
+        (lambda a: {"edge_index": CSRPattern.from_edge_index(a["edge_index"], 6)}, ValueError, "CSRPattern"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_is_named(change, error, match, backend):
+    q, k, v, edge_index = _inputs()
+    args = {"query": q, "key": k, "value": v, "edge_index": edge_index, "backend": backend}
+    args.update(change(args))
+    with pytest.raises(error, match=match):
+        sparse_attention(**args)
+
+
+def test_chunked_gather_scores_match_sampled_product(monkeypatch):
+    from graph_sparse_attn.ops import csr_kernel
+
+    gen = torch.Generator().manual_seed(13)
+    edge_index = random_graph(40, 30, 300, generator=gen)
+    pattern = CSRPattern.from_edge_index(edge_index, (40, 30))
+    assert not pattern.has_duplicates
+    a, b = torch.randn(30, 2, 5, dtype=torch.float64), torch.randn(40, 2, 5, dtype=torch.float64)
+    monkeypatch.setattr(csr_kernel, "_GATHER_CHUNK_ELEMENTS", 70)
+    torch.testing.assert_close(csr_kernel._sddmm_gather(pattern, a, b), csr_kernel.sddmm(pattern, a, b))
