@@ -10,7 +10,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
 from ..ops import CSRPattern
-from ..ops.attention import attention_with_weights
+from ..ops.attention import GATE_MODES, attention_with_weights
 from ..ops.edge_features import edge_dot, edge_weighted_sum
 
 PairTensor = Tuple[Tensor, Tensor]
@@ -46,6 +46,9 @@ class SparseAttnConv(MessagePassing):
         edge_dim: edge feature size, if any.
         bias: learn additive biases.
         root_weight: add the transformed root features :math:`\mathbf{W}_1 \mathbf{x}_i`.
+        gate_mode: how ``edge_gate`` (see :func:`~graph_sparse_attn.sparse_attention`) enters the
+            logits: ``"scale"`` multiplies the whole score :math:`\mathbf{q}_i^\top(\mathbf{k}_j +
+            \mathbf{W}_6\mathbf{e}_{ij})` by the gate, ``"log"`` adds :math:`\log g_{ij}`.
         **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
@@ -66,6 +69,7 @@ class SparseAttnConv(MessagePassing):
         edge_dim: Optional[int] = None,
         bias: bool = True,
         root_weight: bool = True,
+        gate_mode: str = "scale",
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
@@ -74,6 +78,8 @@ class SparseAttnConv(MessagePassing):
             raise ValueError(f"out_channels and heads must be positive, got {out_channels} and {heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if gate_mode not in GATE_MODES:
+            raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -82,6 +88,7 @@ class SparseAttnConv(MessagePassing):
         self.concat = concat
         self.dropout = dropout
         self.edge_dim = edge_dim
+        self.gate_mode = gate_mode
 
         src_channels, dst_channels = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
         self.lin_key = Linear(src_channels, heads * out_channels, bias=bias)
@@ -111,11 +118,13 @@ class SparseAttnConv(MessagePassing):
         edge_index: Union[Tensor, CSRPattern],
         edge_attr: Optional[Tensor] = None,
         return_attention_weights: Optional[bool] = None,
+        edge_gate: Optional[Tensor] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
         """Run the layer.
 
         ``return_attention_weights`` set to any bool (as in PyG) also returns
-        ``(edge_index, alpha [E, H])`` in the caller's edge order.
+        ``(edge_index, alpha [E, H])`` in the caller's edge order. ``edge_gate [E]`` or
+        ``[E, H]`` in ``[0, 1]`` re-weights the edges (a learnable pattern, see `nn.gates`).
         """
         heads, channels = self.heads, self.out_channels
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
@@ -134,10 +143,14 @@ class SparseAttnConv(MessagePassing):
             weight = self.lin_edge.weight.view(heads, channels, -1)
             query_edge = torch.einsum("nhc,hcf->nhf", query, weight) / math.sqrt(channels)
             edge_bias = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, pattern.row))
+            if edge_gate is not None and self.gate_mode == "scale":
+                edge_bias = edge_bias * (edge_gate if edge_gate.dim() == 2 else edge_gate.unsqueeze(-1))
 
         out, alpha, weights = attention_with_weights(
             query, key, value, pattern,
             edge_bias=edge_bias,
+            edge_gate=edge_gate,
+            gate_mode=self.gate_mode,
             dropout=self.dropout,
             training=self.training,
             need_weights=want_alpha or edge_attr_sorted is not None,

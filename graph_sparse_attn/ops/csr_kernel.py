@@ -31,8 +31,8 @@ def sddmm(pattern: CSRPattern, a: Tensor, b: Tensor) -> Tensor:
     """
     if pattern.has_duplicates:
         return _sddmm_gather(pattern, a, b)
-    # beta=0 makes sampled_addmm ignore the incoming values, so the buffer needs no zeroing.
-    out = a.new_empty(a.size(1), pattern.num_edges)
+    # Zeroed: in place, sampled_addmm scales the old values by beta=0, and NaN * 0 is NaN.
+    out = a.new_zeros(a.size(1), pattern.num_edges)
     for h in range(a.size(1)):
         # Writing into the pattern's own values (out=) skips the copy of indices and values
         # that an out-of-place sampled_addmm makes.
