@@ -20,23 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, MEMORY_LIMIT_GB, is_oom, peak_mb_since, run_point, start_memory_probe, update_results
+
 METHODS = ("csr", "reference", "transformer", "gatv2", "dense")
 IN_CHANNELS, HEADS, HEAD_DIM, WINDOW, RANDOM_DEGREE = 64, 4, 16, 64, 16
-MEMORY_LIMIT_GB = 22
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
 def _build_layer(method: str):
@@ -76,24 +66,24 @@ def _build_layer(method: str):
 
 
 def _edges(graph: str, num_nodes: int):
+    import torch
+
     from graph_sparse_attn import patterns
 
     if graph == "window":
         return patterns.sliding_window(num_nodes, WINDOW)
-    return patterns.random(num_nodes, RANDOM_DEGREE, generator=__import__("torch").Generator().manual_seed(0))
+    return patterns.random(num_nodes, RANDOM_DEGREE, generator=torch.Generator().manual_seed(0))
 
 
-def run_point(method: str, graph: str, num_nodes: int, repeats: int) -> dict:
+def measure_point(method: str, graph: str, num_nodes: int, repeats: int) -> dict:
     """Time and measure one (method, graph, N) point inside this process."""
     import torch
 
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_GB << 30, resource.RLIM_INFINITY))
     torch.manual_seed(0)
     edge_index = _edges(graph, num_nodes)
     x = torch.randn(num_nodes, IN_CHANNELS, requires_grad=True)
     layer = _build_layer(method)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS watermark
-    baseline_kb = _rss_kb("VmRSS")
+    baseline_kb = start_memory_probe()
     times = []
     try:
         for _ in range(repeats + 1):
@@ -103,27 +93,9 @@ def run_point(method: str, graph: str, num_nodes: int, repeats: int) -> dict:
             layer.zero_grad(set_to_none=True)
             x.grad = None
     except (MemoryError, RuntimeError) as error:
-        return {"status": "out of memory" if "memory" in str(error).lower() or "alloc" in str(error).lower() else f"error: {error}"}
+        return {"status": "out of memory" if is_oom(error) else f"error: {error}"}
     steady = sorted(times[1:]) if repeats else times
-    return {
-        "status": "ok",
-        "edges": edge_index.size(1),
-        "seconds": steady[len(steady) // 2],
-        "peak_mb": (_rss_kb("VmHWM") - baseline_kb) / 1024,
-    }
-
-
-def measure(method: str, graph: str, num_nodes: int, repeats: int, timeout: float) -> dict:
-    """Run one point in a fresh interpreter and parse its JSON answer."""
-    cmd = [sys.executable, __file__, "--point", method, graph, str(num_nodes), "--repeats", str(repeats)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout (> {timeout:.0f} s)"}
-    if proc.returncode != 0:
-        killed = proc.returncode < 0 or "MemoryError" in proc.stderr or "alloc" in proc.stderr
-        return {"status": "out of memory" if killed else f"failed: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"status": "ok", "edges": edge_index.size(1), "seconds": steady[len(steady) // 2], "peak_mb": peak_mb_since(baseline_kb)}
 
 
 def _fits(method: str, num_nodes: int) -> bool:
@@ -172,17 +144,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def update_results(markdown: str, path: Path = HERE / "RESULTS.md") -> None:
-    start, end = "<!-- attention:start -->", "<!-- attention:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{start}\n{markdown}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, printed only (a smoke run)")
@@ -192,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.point:
         method, graph, num_nodes = args.point
-        print(json.dumps(run_point(method, graph, int(num_nodes), args.repeats)))
+        print(json.dumps(measure_point(method, graph, int(num_nodes), args.repeats)))
         return
 
     from tqdm import tqdm
@@ -205,7 +166,7 @@ def main() -> None:
         plan += [(m, "random", n) for n in (16384, 65536, 262144, 1048576) for m in ("csr", "transformer", "gatv2")]
     rows = []
     for method, graph, n in tqdm(plan, desc="benchmark points"):
-        result = measure(method, graph, n, args.repeats, args.timeout)
+        result = run_point(__file__, [method, graph, str(n), "--repeats", str(args.repeats)], args.timeout)
         rows.append({"method": method, "graph": graph, "num_nodes": n, **result})
         tqdm.write(f"{method:>11} {graph:>6} N={n:>9,}: {result}")
 
@@ -228,7 +189,7 @@ def main() -> None:
     (out_dir / "attention.json").write_text(json.dumps(rows, indent=1))
     if not args.quick:
         plot(rows, HERE / "attention.png")
-        update_results(markdown + "\n\n![attention benchmark](attention.png)")
+        update_results("attention", markdown + "\n\n![attention benchmark](attention.png)")
 
 
 if __name__ == "__main__":

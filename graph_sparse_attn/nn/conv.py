@@ -119,12 +119,14 @@ class SparseAttnConv(MessagePassing):
         edge_attr: Optional[Tensor] = None,
         return_attention_weights: Optional[bool] = None,
         edge_gate: Optional[Tensor] = None,
+        edge_bias: Optional[Tensor] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
         """Run the layer.
 
         ``return_attention_weights`` set to any bool (as in PyG) also returns
         ``(edge_index, alpha [E, H])`` in the caller's edge order. ``edge_gate [E]`` or
-        ``[E, H]`` in ``[0, 1]`` re-weights the edges (a learnable pattern, see `nn.gates`).
+        ``[E, H]`` in ``[0, 1]`` re-weights the edges (a learnable pattern, see `nn.gates`);
+        ``edge_bias [E]`` or ``[E, H]`` is added to the attention logits (e.g. a positional bias).
         """
         heads, channels = self.heads, self.out_channels
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
@@ -133,33 +135,13 @@ class SparseAttnConv(MessagePassing):
         value = self.lin_value(x_src).view(-1, heads, channels)
         if not isinstance(edge_index, CSRPattern):
             edge_index = CSRPattern.from_edge_index(edge_index, (x_src.size(0), x_dst.size(0)))
-        pattern = edge_index
-
         want_alpha = isinstance(return_attention_weights, bool)
-        edge_bias, edge_attr_sorted = None, None
-        if self.lin_edge is not None:
-            edge_attr_sorted = self._sorted_edge_attr(edge_attr, pattern)
-            # q_i · (W_e a_ij) / sqrt(C) == (W_eᵀ q_i) · a_ij / sqrt(C): no [E, H, C] keys needed.
-            weight = self.lin_edge.weight.view(heads, channels, -1)
-            query_edge = torch.einsum("nhc,hcf->nhf", query, weight) / math.sqrt(channels)
-            edge_bias = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, pattern.row))
-            if edge_gate is not None and self.gate_mode == "scale":
-                edge_bias = edge_bias * (edge_gate if edge_gate.dim() == 2 else edge_gate.unsqueeze(-1))
-
-        out, alpha, weights = attention_with_weights(
-            query, key, value, pattern,
-            edge_bias=edge_bias,
-            edge_gate=edge_gate,
-            gate_mode=self.gate_mode,
-            dropout=self.dropout,
-            training=self.training,
-            need_weights=want_alpha or edge_attr_sorted is not None,
+        edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(heads, channels, -1)
+        out, alpha = edge_feature_attention(
+            query, key, value, edge_index, edge_attr, edge_weight,
+            edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
+            dropout=self.dropout, training=self.training, need_weights=want_alpha,
         )
-        if edge_attr_sorted is not None:
-            # Σ_j α_ij W_e a_ij == W_e Σ_j α_ij a_ij, with the α that multiplied the values.
-            edge_sum = edge_weighted_sum(pattern.caller_to_sorted(weights), edge_attr_sorted, pattern.row, pattern.num_dst)
-            out = out + torch.einsum("nhf,hcf->nhc", edge_sum, weight)
-
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
         if self.root_weight:
             x_root = self.lin_skip(x_dst)
@@ -169,17 +151,77 @@ class SparseAttnConv(MessagePassing):
             else:
                 out = out + x_root
         if want_alpha:
-            return out, (pattern.edge_index, alpha)
+            return out, (edge_index.edge_index, alpha)
         return out
-
-    def _sorted_edge_attr(self, edge_attr: Optional[Tensor], pattern: CSRPattern) -> Tensor:
-        if edge_attr is None:
-            raise ValueError(f"edge_attr [E, {self.edge_dim}] is required because the layer has edge_dim={self.edge_dim}")
-        if edge_attr.dim() == 1:
-            edge_attr = edge_attr.unsqueeze(-1)
-        if edge_attr.shape != (pattern.num_edges, self.edge_dim):
-            raise ValueError(f"edge_attr must have shape [E, edge_dim]=[{pattern.num_edges}, {self.edge_dim}], got {list(edge_attr.shape)}")
-        return pattern.caller_to_sorted(edge_attr)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads})"
+
+
+def edge_feature_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pattern: CSRPattern,
+    edge_attr: Optional[Tensor],
+    edge_weight: Optional[Tensor],
+    *,
+    edge_gate: Optional[Tensor] = None,
+    edge_bias: Optional[Tensor] = None,
+    gate_mode: str = "scale",
+    dropout: float = 0.0,
+    training: bool = True,
+    need_weights: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    r"""Attention whose keys and values both carry projected edge features, without ``[E, H, C]`` tensors.
+
+    .. math::
+        \alpha_{ij} = \mathrm{softmax}_j\big(\mathbf{q}_i^\top(\mathbf{k}_j + \mathbf{W}\mathbf{e}_{ij})/\sqrt{C}\big),\qquad
+        \mathbf{o}_i = \sum_j \alpha_{ij}(\mathbf{v}_j + \mathbf{W}\mathbf{e}_{ij})
+
+    computed as :math:`(\mathbf{W}^\top\mathbf{q}_i)^\top\mathbf{e}_{ij}` (an edge bias) and
+    :math:`\mathbf{W}\sum_j \alpha_{ij}\mathbf{e}_{ij}`, where ``α`` are the weights after dropout.
+    Without ``edge_weight`` it is plain :func:`~graph_sparse_attn.sparse_attention`.
+
+    Args:
+        query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C]``; pattern: the edges;
+        edge_attr ``[E, F]``; edge_weight ``W`` as ``[H, C, F]``; edge_gate / edge_bias ``[E]`` or
+        ``[E, H]`` (see `sparse_attention`; a ``"scale"`` gate multiplies the edge-feature score too).
+
+    Returns:
+        ``(out [N_dst, H, C], alpha [E, H] or None)`` with ``alpha`` before dropout, caller's edge order.
+    """
+    edge_attr_sorted = None
+    if edge_weight is not None:
+        heads, channels, edge_dim = edge_weight.shape
+        if edge_attr is None:
+            raise ValueError(f"edge_attr [E, {edge_dim}] is required because the layer has edge features (edge_dim={edge_dim})")
+        if edge_attr.dim() == 1:
+            edge_attr = edge_attr.unsqueeze(-1)
+        if edge_attr.shape != (pattern.num_edges, edge_dim):
+            raise ValueError(f"edge_attr must have shape [E, edge_dim]=[{pattern.num_edges}, {edge_dim}], got {list(edge_attr.shape)}")
+        edge_attr_sorted = pattern.caller_to_sorted(edge_attr)
+        # q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C): no [E, H, C] keys needed.
+        query_edge = torch.einsum("nhc,hcf->nhf", query, edge_weight) / math.sqrt(channels)
+        edge_score = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, pattern.row))
+        if edge_gate is not None and gate_mode == "scale":
+            edge_score = edge_score * _per_head(edge_gate, "edge_gate", pattern.num_edges, heads)
+        if edge_bias is not None:
+            edge_score = edge_score + _per_head(edge_bias, "edge_bias", pattern.num_edges, heads)
+        edge_bias = edge_score
+
+    out, alpha, weights = attention_with_weights(
+        query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
+        dropout=dropout, training=training, need_weights=need_weights or edge_attr_sorted is not None,
+    )
+    if edge_attr_sorted is not None:
+        # Σ_j α_ij W a_ij == W Σ_j α_ij a_ij, with the α that multiplied the values.
+        edge_sum = edge_weighted_sum(pattern.caller_to_sorted(weights), edge_attr_sorted, pattern.row, pattern.num_dst)
+        out = out + torch.einsum("nhf,hcf->nhc", edge_sum, edge_weight)
+    return out, (alpha if need_weights else None)
+
+
+def _per_head(t: Tensor, name: str, num_edges: int, heads: int) -> Tensor:
+    if t.shape not in (torch.Size([num_edges]), torch.Size([num_edges, 1]), torch.Size([num_edges, heads])):
+        raise ValueError(f"{name} must have shape [E]=[{num_edges}] or [E, H]=[{num_edges}, {heads}], got {list(t.shape)}")
+    return t.unsqueeze(-1) if t.dim() == 1 else t

@@ -1,0 +1,60 @@
+"""Shared pieces of the benchmark scripts: peak-memory probes, one process per point, RESULTS.md."""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+HERE = Path(__file__).resolve().parent
+MEMORY_LIMIT_GB = 22
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def start_memory_probe() -> int:
+    """Cap the address space, reset the peak-RSS watermark and return the baseline RSS (KiB)."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_GB << 30, resource.RLIM_INFINITY))
+    Path("/proc/self/clear_refs").write_text("5")
+    return rss_kb("VmRSS")
+
+
+def peak_mb_since(baseline_kb: int) -> float:
+    return (rss_kb("VmHWM") - baseline_kb) / 1024
+
+
+def run_point(script: str, args: List[str], timeout: float) -> dict:
+    """Run ``script --point ARGS`` in a fresh interpreter and parse the JSON line it prints last."""
+    try:
+        proc = subprocess.run([sys.executable, script, "--point", *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout (> {timeout:.0f} s)"}
+    if proc.returncode != 0:
+        oom = proc.returncode < 0 or any(s in proc.stderr for s in ("MemoryError", "alloc", "out of memory"))
+        return {"status": "out of memory" if oom else f"failed: {proc.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def is_oom(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "memory" in text or "alloc" in text
+
+
+def update_results(section: str, markdown: str, path: Path = HERE / "RESULTS.md") -> None:
+    """Replace (or append) the block ``section`` of RESULTS.md with ``markdown``."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nLatest figures; each block names the command that produced it.\n"
+    block = f"{start}\n{markdown}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -1,0 +1,61 @@
+"""Token sequences as graphs: batches of disjoint chains with their attention pattern built once."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+
+from ..patterns.registry import RANDOM_PATTERNS, build_pattern
+
+Sample = Tuple[Tensor, int]
+
+
+class SequenceGraphCollator:
+    """Collate ``(tokens [L], label)`` samples of any lengths into one PyG :class:`~torch_geometric.data.Batch`.
+
+    Each sequence becomes a chain of ``L`` nodes (plus a leading ``cls_token`` when given) whose
+    attention edges are the named positional pattern (`patterns.registry`), built once per
+    length and cached (random patterns are drawn afresh each batch). The batch holds
+    ``x [T]`` token ids, ``pos [T]`` positions restarting at 0 in every sequence, ``batch [T]``,
+    ``ptr [B + 1]``, ``edge_index [2, E]`` sorted by (target, source) and ``y [B]``. Memory is
+    O(total tokens × pattern degree): nothing is padded to the longest sequence.
+
+    Use it as a ``DataLoader`` ``collate_fn``.
+    """
+
+    def __init__(
+        self,
+        pattern: str = "longformer",
+        pattern_params: Optional[Dict[str, Any]] = None,
+        *,
+        cls_token: Optional[int] = None,
+        cache_size: int = 8192,
+    ) -> None:
+        self.pattern = pattern
+        self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
+        build_pattern(pattern, 1, **self.pattern_params)  # fail fast on a bad name or parameters
+        self.cls_token = cls_token
+        self._cached = lru_cache(maxsize=cache_size)(self._build)
+
+    def _build(self, length: int) -> Tensor:
+        return build_pattern(self.pattern, length, **self.pattern_params)
+
+    def pattern_for_length(self, length: int) -> Tensor:
+        """``edge_index`` of one sequence of ``length`` nodes (cached unless the pattern is random)."""
+        return self._build(length) if self.pattern in RANDOM_PATTERNS else self._cached(length)
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        data_list = []
+        for tokens, label in samples:
+            if tokens.dim() != 1 or tokens.dtype != torch.long:
+                raise TypeError(f"tokens must be LongTensors [L], got {tokens.dtype} {list(tokens.shape)}")
+            if self.cls_token is not None:
+                tokens = torch.cat([tokens.new_tensor([self.cls_token]), tokens])
+            length = tokens.numel()
+            data_list.append(
+                Data(x=tokens, pos=torch.arange(length), edge_index=self.pattern_for_length(length), y=torch.tensor([label]), num_nodes=length)
+            )
+        return Batch.from_data_list(data_list)

@@ -1,0 +1,203 @@
+"""Transformer blocks over sparse attention patterns: fixed, learnable (gated) or dynamic (kNN)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import CSRPattern
+from ..patterns.dynamic import knn
+from .conv import edge_feature_attention
+
+Pattern = Union[Tensor, CSRPattern]
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP ``Linear(dim, hidden) → GELU → Dropout → Linear(hidden, dim)``: ``[N, dim] → [N, dim]``."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    def reset_parameters(self) -> None:
+        self.net[0].reset_parameters()
+        self.net[3].reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class SparseMultiheadAttention(nn.Module):
+    r"""Multi-head attention over a sparse pattern with input and output projections.
+
+    .. math::
+        \mathrm{Attn}(\mathbf{X})_i = \mathbf{W}_O \big\Vert_{h} \sum_{j \in \mathcal{N}(i)}
+        \alpha^h_{ij}\,(\mathbf{v}^h_j + \mathbf{W}^h_E \mathbf{e}_{ij})
+
+    with :math:`\alpha^h_{ij} = \mathrm{softmax}_j((\mathbf{q}^h_i)^\top(\mathbf{k}^h_j + \mathbf{W}^h_E
+    \mathbf{e}_{ij})/\sqrt{C} + b_{ij})`, optionally gated (see :func:`~graph_sparse_attn.sparse_attention`);
+    edge features enter without ``[E, H, C]`` tensors.
+
+    Shapes: ``forward(x [N, dim], edge_index [2, E] | CSRPattern, edge_attr [E, edge_dim] = None,
+    edge_gate = None, edge_bias = None) -> [N, dim]``.
+    """
+
+    def __init__(self, dim: int, heads: int, *, edge_dim: Optional[int] = None, dropout: float = 0.0, gate_mode: str = "scale") -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.dim, self.heads, self.dropout, self.gate_mode = dim, heads, dropout, gate_mode
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.lin_edge = nn.Linear(edge_dim, dim, bias=False) if edge_dim else None
+        self.out = nn.Linear(dim, dim)
+
+    def reset_parameters(self) -> None:
+        for lin in (self.qkv, self.lin_edge, self.out):
+            if lin is not None:
+                lin.reset_parameters()
+
+    def project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``[N, H, C]``."""
+        shape = (x.size(0), self.heads, self.dim // self.heads)
+        return tuple(t.reshape(shape) for t in self.qkv(x).chunk(3, dim=-1))
+
+    def attend(self, query: Tensor, key: Tensor, value: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
+               edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None) -> Tensor:
+        if not isinstance(edge_index, CSRPattern):
+            edge_index = CSRPattern.from_edge_index(edge_index, query.size(0))
+        edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.dim // self.heads, -1)
+        out, _ = edge_feature_attention(
+            query, key, value, edge_index, edge_attr, edge_weight, edge_gate=edge_gate, edge_bias=edge_bias,
+            gate_mode=self.gate_mode, dropout=self.dropout, training=self.training,
+        )
+        return self.out(out.reshape(query.size(0), self.dim))
+
+    def forward(self, x: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
+                edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None) -> Tensor:
+        return self.attend(*self.project(x), edge_index, edge_attr, edge_gate, edge_bias)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, edge_dim={None if self.lin_edge is None else self.lin_edge.in_features}"
+
+
+class KNNAttention(SparseMultiheadAttention):
+    r"""Attention over a pattern generated from the current queries (the "Generate(Q, K, V)" step).
+
+    Each forward, every query attends to the ``k`` keys most similar to it (``metric`` of
+    :func:`~graph_sparse_attn.patterns.knn`, over all heads' channels concatenated) within
+    its own sequence/graph of ``batch``. The selection is not differentiated; gradients flow
+    through the attention weights on the selected edges.
+
+    Shapes: ``forward(x [N, dim], batch [N] = None) -> [N, dim]``.
+    """
+
+    def __init__(self, dim: int, heads: int, k: int, *, metric: str = "dot", dropout: float = 0.0) -> None:
+        super().__init__(dim, heads, dropout=dropout)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        self.k, self.metric = k, metric
+
+    def forward(self, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
+        query, key, value = self.project(x)
+        with torch.no_grad():
+            flat = lambda t: t.detach().reshape(x.size(0), -1)  # noqa: E731
+            edge_index = knn(flat(query), flat(key), self.k, batch=batch, key_batch=batch, metric=self.metric)
+        return self.attend(query, key, value, edge_index)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, k={self.k}, metric={self.metric!r}"
+
+
+class SparseTransformerLayer(nn.Module):
+    r"""Pre-norm Transformer block with sparse attention:
+
+    .. math::
+        \mathbf{h} = \mathbf{x} + \mathrm{Drop}(\mathrm{Attn}(\mathrm{LN}(\mathbf{x}))),\qquad
+        \mathbf{x}' = \mathbf{h} + \mathrm{Drop}(\mathrm{FFN}(\mathrm{LN}(\mathbf{h})))
+
+    ``Attn`` is :class:`SparseMultiheadAttention` over the given pattern (with optional edge
+    features, additive edge bias and edge gates), or, with ``knn=k``, :class:`KNNAttention`
+    over a pattern generated from the queries each forward.
+    Batched graphs need no padding: the pattern keeps each sequence/graph to itself.
+
+    Args:
+        dim: model width.
+        heads: attention heads (``dim`` divisible by it).
+        ffn_dim: hidden width of the feed-forward block (default ``4 * dim``).
+        dropout: dropout after attention and feed-forward.
+        attn_dropout: dropout of the attention weights.
+        edge_dim: edge feature size for the fixed-pattern attention.
+        gate_mode: how ``edge_gate`` enters the logits (``"scale"`` or ``"log"``).
+        knn: build a dynamic kNN pattern with this many keys per query instead.
+        local: a message-passing layer ``local(h, local_edge_index, local_edge_attr) -> [N, dim]``
+            run in parallel with attention on the same normalised input (GraphGPS-style hybrid):
+            :math:`\mathbf{h} = \mathbf{x} + \mathrm{Drop}(\mathrm{Attn}(\mathrm{LN}\,\mathbf{x})) + \mathrm{Drop}(\mathrm{MPNN}(\mathrm{LN}\,\mathbf{x}))`.
+
+    Shapes: ``forward(x [N, dim], edge_index [2, E] | CSRPattern | None, batch [N] = None, ...) -> [N, dim]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        ffn_dim: Optional[int] = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        edge_dim: Optional[int] = None,
+        gate_mode: str = "scale",
+        knn: Optional[int] = None,
+        local: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.dim, self.heads = dim, heads
+        self.norm_attn = nn.LayerNorm(dim)
+        if knn is None:
+            self.attn = SparseMultiheadAttention(dim, heads, edge_dim=edge_dim, dropout=attn_dropout, gate_mode=gate_mode)
+        else:
+            self.attn = KNNAttention(dim, heads, knn, dropout=attn_dropout)
+        self.local = local
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return isinstance(self.attn, KNNAttention)
+
+    def reset_parameters(self) -> None:
+        for module in (self.norm_attn, self.attn, self.local, self.norm_ffn, self.ffn):
+            if module is not None:
+                module.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Optional[Pattern] = None,
+        batch: Optional[Tensor] = None,
+        *,
+        edge_attr: Optional[Tensor] = None,
+        edge_bias: Optional[Tensor] = None,
+        edge_gate: Optional[Tensor] = None,
+        local_edge_index: Optional[Tensor] = None,
+        local_edge_attr: Optional[Tensor] = None,
+    ) -> Tensor:
+        h = self.norm_attn(x)
+        if self.is_dynamic:
+            attended = self.attn(h, batch)
+        else:
+            if edge_index is None:
+                raise ValueError("edge_index is required for a fixed-pattern SparseTransformerLayer")
+            attended = self.attn(h, edge_index, edge_attr, edge_gate=edge_gate, edge_bias=edge_bias)
+        out = x + self.dropout(attended)
+        if self.local is not None:
+            if local_edge_index is None:
+                raise ValueError("local_edge_index is required when the layer has a local message-passing branch")
+            out = out + self.dropout(self.local(h, local_edge_index, local_edge_attr))
+        return out + self.dropout(self.ffn(self.norm_ffn(out)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}"

@@ -1,0 +1,149 @@
+"""`SequenceTransformer`: token sequences as graphs of disjoint chains, classified by a sparse Transformer."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import global_mean_pool
+
+from ..patterns.registry import build_pattern
+from .gates import RelativePositionGate
+from .layers import SparseTransformerLayer
+
+DEFAULT_PATTERN = ("longformer", {"window": 64, "global_indices": [0]})
+
+
+def positions_in_sequence(batch: Tensor) -> Tensor:
+    """``[T]`` position of each token within its sequence, for a sorted batch vector ``[T]``."""
+    counts = torch.bincount(batch)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(batch.numel(), device=batch.device) - starts[batch]
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position encodings (Vaswani et al. 2017): ``pos [T] → [T, dim]``, any length."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("inv_freq", torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2).float() / dim), persistent=False)
+
+    def reset_parameters(self) -> None:
+        """No parameters: the encoding is fixed."""
+
+    def forward(self, pos: Tensor) -> Tensor:
+        angles = pos.float().unsqueeze(-1) * self.inv_freq
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., : self.dim]
+
+
+class SequenceTransformer(nn.Module):
+    r"""Sequence classifier over a sparse attention pattern, batched without padding.
+
+    A batch of ``B`` variable-length sequences is one graph of ``T`` tokens in disjoint chains
+    (``batch [T]`` says which sequence each token belongs to), so no compute is spent on pad
+    tokens. Tokens are embedded, position information added (positions restart at each
+    sequence), then ``depth`` :class:`SparseTransformerLayer` blocks run over the pattern, and
+    a head classifies the pooled sequence (the first token, e.g. ``[CLS]``, or the mean).
+
+    Args:
+        vocab_size: number of token ids.
+        num_classes: output classes.
+        dim: model width. depth: number of blocks. heads: attention heads.
+        ffn_dim: feed-forward width (default ``4 * dim``).
+        position: ``"learned"`` (absolute, up to ``max_length``) or ``"sinusoidal"``.
+        max_length: longest sequence for learned positions.
+        pooling: ``"cls"`` (first token of each sequence) or ``"mean"``.
+        pattern: ``(name, params)`` of a positional pattern (`patterns.registry`) used when no
+            ``edge_index`` is passed; default ``longformer`` (window ±64 + the first token
+            global), since purely local patterns collapse on ListOps.
+        gate: learn a relative-position gate per layer (a learnable pattern, ``gate_mode="log"``).
+        knn: use dynamic kNN attention with this many keys per query instead of the pattern.
+        dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
+
+    Shapes: ``forward(tokens [T], batch [T], edge_index [2, E] = None, pos [T] = None) -> [B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        ffn_dim: Optional[int] = None,
+        position: str = "learned",
+        max_length: int = 4096,
+        pooling: str = "cls",
+        pattern: Optional[tuple] = None,
+        gate: bool = False,
+        knn: Optional[int] = None,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if position not in ("learned", "sinusoidal"):
+            raise ValueError(f"position must be 'learned' or 'sinusoidal', got {position!r}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if min(vocab_size, num_classes, dim, depth, heads, max_length) <= 0:
+            raise ValueError("vocab_size, num_classes, dim, depth, heads and max_length must be positive")
+        self.vocab_size, self.num_classes, self.dim, self.depth, self.heads = vocab_size, num_classes, dim, depth, heads
+        self.position, self.pooling, self.max_length = position, pooling, max_length
+        self.pattern_name, self.pattern_params = pattern or DEFAULT_PATTERN
+        self.knn = knn
+
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(max_length, dim) if position == "learned" else SinusoidalPositions(dim)
+        self.dropout = nn.Dropout(dropout)
+        gate_mode = "log" if gate else "scale"
+        self.layers = nn.ModuleList(
+            SparseTransformerLayer(dim, heads, ffn_dim=ffn_dim, dropout=dropout, attn_dropout=attn_dropout, gate_mode=gate_mode, knn=knn)
+            for _ in range(depth)
+        )
+        self.gates = nn.ModuleList(RelativePositionGate(heads) for _ in range(depth)) if gate else None
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if isinstance(self.pos_embed, nn.Embedding):
+            nn.init.normal_(self.pos_embed.weight, std=0.02)
+        for module in [*self.layers, *(self.gates or []), self.norm, self.head]:
+            module.reset_parameters()
+
+    def pattern(self, batch: Tensor) -> Tensor:
+        """The model's default pattern for the sequences of ``batch [T]``."""
+        return build_pattern(self.pattern_name, batch.numel(), batch=batch, **self.pattern_params)
+
+    def forward(self, tokens: Tensor, batch: Tensor, edge_index: Optional[Tensor] = None, pos: Optional[Tensor] = None) -> Tensor:
+        if tokens.dim() != 1 or tokens.dtype != torch.long:
+            raise TypeError(f"tokens must be a LongTensor [T], got {tokens.dtype} {list(tokens.shape)}")
+        if batch.shape != tokens.shape:
+            raise ValueError(f"batch must have shape [T]={list(tokens.shape)}, got {list(batch.shape)}")
+        pos = positions_in_sequence(batch) if pos is None else pos
+        if self.position == "learned" and int(pos.max()) >= self.max_length:
+            raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
+        if edge_index is None and self.knn is None:
+            edge_index = self.pattern(batch)
+
+        x = self.dropout(self.embed(tokens) + self.pos_embed(pos))
+        for i, layer in enumerate(self.layers):
+            gate = self.gates[i](edge_index, pos) if self.gates is not None else None
+            x = layer(x, edge_index, batch, edge_gate=gate)
+        x = self.norm(x)
+        pooled = x[pos == 0] if self.pooling == "cls" else global_mean_pool(x, batch)
+        return self.head(pooled)
+
+    def gate_penalty(self, edge_index: Tensor, pos: Tensor) -> Tensor:
+        """Sum of the layers' gate sparsity penalties (zero without gates)."""
+        if self.gates is None:
+            return torch.zeros(())
+        return sum(g.penalty(edge_index, pos) for g in self.gates)
+
+    def extra_repr(self) -> str:
+        pattern = f"knn={self.knn}" if self.knn else f"pattern={self.pattern_name}{self.pattern_params}"
+        return f"vocab_size={self.vocab_size}, num_classes={self.num_classes}, dim={self.dim}, depth={self.depth}, heads={self.heads}, {pattern}, position={self.position!r}, pooling={self.pooling!r}"

@@ -1,0 +1,195 @@
+"""Shared helpers of the pattern builders: argument checks, batch segments and run-length edge assembly."""
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+Device = Union[torch.device, str, None]
+
+
+def check_size(value: int, name: str, *, minimum: int = 0) -> int:
+    """Return ``value`` as a Python int, raising unless it is an integer ``>= minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str = "edge_index") -> Tensor:
+    """Validate ``edge_index [2, E]`` against ``num_src`` sources and ``num_dst`` targets; return it as int64."""
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"{name} must be a LongTensor [2, E], got {type(edge_index).__name__}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must have an integer dtype (int64 or int32), got {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"{name} must have shape [2, E], got {list(edge_index.shape)}")
+    if edge_index.numel() > 0:
+        lowest = int(edge_index.min())
+        src_max, dst_max = edge_index.amax(dim=1).tolist()
+        if lowest < 0:
+            raise ValueError(f"{name} contains a negative index ({lowest})")
+        if src_max >= num_src:
+            raise ValueError(f"{name}[0] (sources) has index {src_max} but there are only {num_src} source nodes")
+        if dst_max >= num_dst:
+            raise ValueError(f"{name}[1] (targets) has index {dst_max} but there are only {num_dst} target nodes")
+    return edge_index.long()
+
+
+def resolve_device(tensor: Optional[Tensor], device: Device, tensor_name: str = "batch") -> torch.device:
+    """The device of ``tensor`` when given (``device`` must then agree), else ``device`` (default CPU)."""
+    if tensor is None:
+        return torch.device("cpu") if device is None else torch.device(device)
+    if device is not None and torch.device(device) != tensor.device:
+        raise ValueError(f"device={device} disagrees with {tensor_name} on {tensor.device}")
+    return tensor.device
+
+
+def check_batch(batch: Tensor, num_nodes: int) -> Tensor:
+    """Validate a PyG batch vector ``[N]`` (integer, non-negative, sorted) and return it as int64."""
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"batch must be a LongTensor [N], got {type(batch).__name__}")
+    if batch.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"batch must have an integer dtype (int64), got {batch.dtype}")
+    if batch.dim() != 1 or batch.numel() != num_nodes:
+        raise ValueError(f"batch must have shape [num_nodes]=[{num_nodes}], got {list(batch.shape)}")
+    batch = batch.long()
+    if num_nodes:
+        if int(batch[0]) < 0:
+            raise ValueError(f"batch must be non-negative, got {int(batch.min())}")
+        if not bool((batch[1:] >= batch[:-1]).all()):
+            raise ValueError("batch must be sorted (non-decreasing), as PyG's Batch produces it")
+    return batch
+
+
+class Segments(NamedTuple):
+    """Per-node view of the contiguous segments (sequences/graphs) of a batch, each ``[N]``.
+
+    ``start[i]``: global index of the first node of ``i``'s segment; ``length[i]``: that segment's
+    size; ``pos[i] = i - start[i]``: the position of ``i`` inside it.
+    """
+
+    start: Tensor
+    length: Tensor
+    pos: Tensor
+
+
+def segments(num_nodes: int, batch: Optional[Tensor], device: torch.device) -> Segments:
+    """`Segments` of a batch vector ``[N]``; ``batch=None`` is one segment of all ``num_nodes`` nodes."""
+    index = torch.arange(num_nodes, device=device)
+    if batch is None:
+        return Segments(torch.zeros_like(index), torch.full_like(index, num_nodes), index)
+    batch = check_batch(batch, num_nodes)
+    counts = torch.bincount(batch)
+    first = torch.cumsum(counts, 0) - counts
+    start = first[batch]
+    return Segments(start, counts[batch], index - start)
+
+
+def ceil_div(numerator: Tensor, denominator: Union[int, Tensor]) -> Tensor:
+    """Elementwise ``ceil(numerator / denominator)`` for integer tensors and a positive denominator."""
+    return -torch.div(-numerator, denominator, rounding_mode="floor")
+
+
+def runs_to_edge_index(target: Tensor, first: Tensor, length: Tensor, step: Union[int, Tensor]) -> Tensor:
+    r"""Concatenate runs of sources into an ``edge_index [2, E]``.
+
+    Run ``r`` contributes the edges ``(first[r] + step[r] \cdot t) \to target[r]`` for
+    ``t = 0 .. length[r] - 1``; the output lists the runs one after the other.
+
+    Args:
+        target, first, length: ``[R]`` int64 (``length >= 0``).
+        step: an int, or ``[R]`` int64 per run.
+
+    Runs may come in any order (the output keeps it); patterns are sorted by (target, source)
+    when the runs are ordered by target and, within a target, ascending and non-overlapping.
+
+    Both output rows are written as differences at run starts followed by in-place cumulative
+    sums, because building 10^8-edge patterns is bound by memory traffic and per-edge
+    temporaries (``repeat_interleave``, gathers) would multiply it.
+    """
+    if not bool((length > 0).all()):
+        kept = (length > 0).nonzero().flatten()
+        target, first, length = target[kept], first[kept], length[kept]
+        if isinstance(step, Tensor):
+            step = step[kept]
+    run_start = torch.cumsum(length, 0) - length
+    num_edges = int(run_start[-1] + length[-1]) if length.numel() else 0
+    out = torch.empty(2, num_edges, dtype=torch.long, device=target.device)
+    if num_edges == 0:
+        return out
+    src, dst = out[0], out[1]
+    last = first + step * (length - 1)
+    if isinstance(step, Tensor):
+        src.zero_()
+        src.index_copy_(0, run_start, _differences(step, step))
+        src.cumsum_(0)
+    else:
+        src.fill_(step)
+    src.index_copy_(0, run_start, _differences(first, last))
+    src.cumsum_(0)
+    dst.zero_()
+    dst.index_copy_(0, run_start, _differences(target, target))
+    dst.cumsum_(0)
+    return out
+
+
+def _differences(value: Tensor, previous_end: Tensor) -> Tensor:
+    # value[r] - previous_end[r - 1], with an implicit 0 before the first run.
+    delta = value.clone()
+    delta[1:] -= previous_end[:-1]
+    return delta
+
+
+def grid_union(first: Tensor, count: Tensor, step: Union[int, Tensor], extras: Optional[Tensor], sentinel: int) -> Tensor:
+    r"""Edges to every target ``i`` from the sorted union of an arithmetic grid and extra sources.
+
+    Target ``i`` receives ``first[i] + step[i] \cdot t`` for ``t < count[i]`` and every entry of
+    ``extras[i]`` below ``sentinel``. The union is formed per target without sorting edges: the
+    extras split the grid into pieces, and the runs "piece, extra, piece, ..., extra, piece"
+    (an extra already on the grid or repeated becomes an empty run) are already in order.
+
+    Args:
+        first, count: ``[N]`` grid start and size per target (targets are ``0 .. N-1``).
+        step: positive int or ``[N]`` grid step per target.
+        extras: ``[N, M]`` extra sources, each row ascending, padded at the end with ``sentinel``;
+            or ``None``.
+        sentinel: a value larger than every real source.
+
+    Returns:
+        ``[2, E]`` sorted by (target, source), without duplicates.
+    """
+    num_targets = first.numel()
+    target = torch.arange(num_targets, device=first.device)
+    if extras is None or extras.size(1) == 0:
+        return runs_to_edge_index(target, first, count, step)
+    col_step = step.unsqueeze(1) if isinstance(step, Tensor) else step
+    first_, count_ = first.unsqueeze(1), count.unsqueeze(1)
+    valid = extras < sentinel
+    offset = extras - first_
+    # Grid index of the first grid point >= each extra; the pieces lie between consecutive ones.
+    rank = torch.where(valid, ceil_div(offset, col_step).clamp(0).minimum(count_), count_)
+    bounds = torch.cat([torch.zeros_like(first_), rank, count_], dim=1)
+    piece_first = first_ + col_step * bounds[:, :-1]
+    piece_length = bounds[:, 1:] - bounds[:, :-1]
+    on_grid = (offset >= 0) & (offset % col_step == 0) & (torch.div(offset, col_step, rounding_mode="floor") < count_)
+    repeated = torch.zeros_like(valid)
+    repeated[:, 1:] = extras[:, 1:] == extras[:, :-1]
+    extra_length = valid & ~on_grid & ~repeated
+    # Interleave piece_0, extra_1, piece_1, ..., extra_M, piece_M.
+    runs_per_target = 2 * extras.size(1) + 1
+    run_first = torch.empty(num_targets, runs_per_target, dtype=torch.long, device=first.device)
+    run_length = torch.empty_like(run_first)
+    run_first[:, 0::2], run_first[:, 1::2] = piece_first, extras
+    run_length[:, 0::2], run_length[:, 1::2] = piece_length, extra_length
+    run_step = step.repeat_interleave(runs_per_target) if isinstance(step, Tensor) else step
+    return runs_to_edge_index(
+        target.repeat_interleave(runs_per_target), run_first.flatten(), run_length.flatten(), run_step
+    )

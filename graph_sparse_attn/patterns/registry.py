@@ -1,0 +1,74 @@
+"""Positional patterns by name, so models, data loaders and the CLI can share one spelling.
+
+``build_pattern("longformer", n, batch=batch, window=64, global_indices=[0])`` equals
+``longformer(n, 64, [0], batch=batch)``. :func:`parse_pattern` reads the CLI form
+``"longformer:window=64,global_indices=0"``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from torch import Tensor
+
+from . import positional
+
+POSITIONAL_PATTERNS: Dict[str, Callable[..., Tensor]] = {
+    "window": positional.sliding_window,
+    "strided": positional.strided,
+    "fixed": positional.fixed,
+    "log_sparse": positional.log_sparse,
+    "block_local": positional.block_local,
+    "global_tokens": positional.global_tokens,
+    "random": positional.random,
+    "longformer": positional.longformer,
+    "bigbird": positional.bigbird,
+}
+RANDOM_PATTERNS = frozenset({"random", "bigbird"})
+
+
+def build_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, **params: Any) -> Tensor:
+    """Build the positional pattern ``name`` over ``num_nodes`` positions (see `POSITIONAL_PATTERNS`).
+
+    Returns ``edge_index [2, E]`` sorted by (target, source).
+    """
+    if name not in POSITIONAL_PATTERNS:
+        raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
+    fn = POSITIONAL_PATTERNS[name]
+    accepted = inspect.signature(fn).parameters
+    unknown = set(params) - set(accepted)
+    if unknown:
+        raise ValueError(f"pattern {name!r} takes no parameter(s) {sorted(unknown)}; it takes {[p for p in accepted if p not in ('num_nodes', 'batch')]}")
+    return fn(num_nodes, batch=batch, **params)
+
+
+def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """Parse ``"name:key=value,key=value"`` (values: ints, floats, ``true``/``false``, ``a+b`` lists of ints)."""
+    name, _, rest = spec.partition(":")
+    if name not in POSITIONAL_PATTERNS:
+        raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
+    params: Dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"pattern parameter {item!r} must look like key=value")
+        key, parsed = key.strip(), _parse_value(value.strip())
+        params[key] = [parsed] if key.endswith("indices") and isinstance(parsed, int) else parsed
+    accepted = inspect.signature(POSITIONAL_PATTERNS[name]).parameters
+    unknown = set(params) - set(accepted)
+    if unknown:
+        raise ValueError(f"pattern {name!r} takes no parameter(s) {sorted(unknown)}")
+    return name, params
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "+" in text:
+        return [int(v) for v in text.split("+")]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    raise ValueError(f"cannot read pattern parameter value {text!r}")

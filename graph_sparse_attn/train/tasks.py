@@ -1,0 +1,211 @@
+"""Benchmark tasks: data loaders, model, loss and official metric behind one small interface."""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import socket
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+
+from . import distributed as dist_utils
+
+Loaders = Dict[str, Any]
+
+
+class Task:
+    """What the trainer needs from a benchmark.
+
+    ``forward(model, batch, split)`` returns ``(prediction, target)`` restricted to the samples
+    the split scores (node tasks mask one graph); ``score`` computes the official metric.
+    """
+
+    name: str
+    metric: str
+    higher_is_better: bool = True
+
+    def loaders(self, batch_size: int, seed: int) -> Loaders:
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: Any, split: str) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def score(self, prediction: Tensor, target: Tensor) -> float:
+        raise NotImplementedError
+
+    def num_samples(self, batch: Any) -> int:
+        return int(batch.num_graphs)
+
+
+def train_sampler(dataset: Sequence, seed: int) -> DistributedSampler:
+    """Shuffling sampler that shards by rank; with one process it is a seeded shuffle.
+
+    Using it in single-process runs too makes a K-process run see exactly the same global
+    batches as a one-process run with K times the per-process batch size.
+    """
+    return DistributedSampler(dataset, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(), shuffle=True, seed=seed)
+
+
+def accuracy(prediction: Tensor, target: Tensor) -> float:
+    return float((prediction.argmax(-1) == target).float().mean())
+
+
+# ---------------------------------------------------------------------------- sequences
+class SequenceClassificationTask(Task):
+    """Token sequences as graphs (LRA ListOps, LRA Text): `SequenceTransformer`, accuracy."""
+
+    metric = "accuracy"
+
+    def __init__(self, name: str, splits: Dict[str, list], vocab_size: int, num_classes: int, *, cls_token: int,
+                 pattern: Tuple[str, Dict[str, Any]], model_options: Dict[str, Any]) -> None:
+        from ..data.sequence import SequenceGraphCollator
+
+        self.name, self.splits, self.vocab_size, self.num_classes = name, splits, vocab_size, num_classes
+        self.pattern, self.model_options = pattern, model_options
+        self.collate = SequenceGraphCollator(pattern[0], pattern[1], cls_token=cls_token)
+
+    def loaders(self, batch_size: int, seed: int) -> Loaders:
+        from torch.utils.data import DataLoader
+
+        train = self.splits["train"]
+        loaders = {"train": DataLoader(train, batch_size=batch_size, sampler=train_sampler(train, seed), collate_fn=self.collate)}
+        for split in ("val", "test"):
+            loaders[split] = DataLoader(self.splits[split], batch_size=batch_size, collate_fn=self.collate)
+        return loaders
+
+    def build_model(self) -> nn.Module:
+        from ..nn import SequenceTransformer
+
+        longest = max(len(tokens) for split in self.splits.values() for tokens, _ in split) + 1
+        options = {"max_length": longest, "pattern": self.pattern, **self.model_options}
+        return SequenceTransformer(self.vocab_size, self.num_classes, **options)
+
+    def forward(self, model, batch, split):
+        return model(batch.x, batch.batch, batch.edge_index, batch.pos), batch.y
+
+    def loss(self, prediction, target):
+        return F.cross_entropy(prediction, target)
+
+    def score(self, prediction, target):
+        return accuracy(prediction, target)
+
+
+# ---------------------------------------------------------------------------- graphs
+class GraphPropertyTask(Task):
+    """OGB graph property prediction (``ogbg-*``) with OGB's own loader, `Evaluator` and metric."""
+
+    def __init__(self, name: str, root: Path, model_options: Dict[str, Any]) -> None:
+        from ogb.graphproppred import Evaluator, PygGraphPropPredDataset
+
+        self.name, self.model_options = name, model_options
+        folder = root / name.replace("-", "_")
+        _require_offline_copy(folder, f"ogb's layout for {name}: {folder}/{{raw,split,mapping}}/... and RELEASE_v1.txt",
+                              "http://snap.stanford.edu/ogb/data/graphproppred/csv_mol_download/")
+        with _no_stdin_prompt(folder):
+            self.dataset = PygGraphPropPredDataset(name=name, root=str(root))
+        self.split_idx = self.dataset.get_idx_split()
+        self.evaluator = Evaluator(name)
+        self.metric = self.evaluator.eval_metric
+        self.higher_is_better = self.metric not in ("rmse", "mae")
+        self.regression = self.dataset.task_type == "regression"
+
+    def loaders(self, batch_size: int, seed: int) -> Loaders:
+        from torch_geometric.loader import DataLoader
+
+        train = self.dataset[self.split_idx["train"]]
+        loaders = {"train": DataLoader(train, batch_size=batch_size, sampler=train_sampler(train, seed))}
+        for split, key in (("val", "valid"), ("test", "test")):
+            loaders[split] = DataLoader(self.dataset[self.split_idx[key]], batch_size=batch_size)
+        return loaders
+
+    def build_model(self) -> nn.Module:
+        from ..nn import GraphTransformer
+
+        options = {"hidden_channels": 64, "depth": 3, "heads": 4, "attention": "exphormer", "gps": True, "dropout": 0.1,
+                   **self.model_options}
+        return GraphTransformer("atom", out_channels=self.dataset.num_tasks, edge_dim="bond", **options)
+
+    def forward(self, model, batch, split):
+        out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+        return out, batch.y.float().view(out.shape)
+
+    def loss(self, prediction, target):
+        labelled = ~torch.isnan(target)
+        if self.regression:
+            return F.mse_loss(prediction[labelled], target[labelled])
+        return F.binary_cross_entropy_with_logits(prediction[labelled], target[labelled])
+
+    def score(self, prediction, target):
+        return float(self.evaluator.eval({"y_true": target.numpy(), "y_pred": prediction.numpy()})[self.metric])
+
+
+class NodeClassificationTask(Task):
+    """Full-graph node classification (Planetoid Cora/CiteSeer, OGB ``ogbn-*``): one batch per epoch."""
+
+    metric = "accuracy"
+
+    def __init__(self, name: str, data, split_masks: Dict[str, Tensor], num_classes: int, model_options: Dict[str, Any],
+                 evaluator: Optional[Callable[[Tensor, Tensor], float]] = None) -> None:
+        self.name, self.data, self.masks, self.num_classes = name, data, split_masks, num_classes
+        self.model_options, self.evaluator = model_options, evaluator
+
+    def loaders(self, batch_size: int, seed: int) -> Loaders:
+        return {split: [self.data] for split in ("train", "val", "test")}
+
+    def build_model(self) -> nn.Module:
+        from ..nn import GraphTransformer
+
+        options = {"hidden_channels": 64, "depth": 2, "heads": 4, "attention": "graph", "dropout": 0.5, **self.model_options}
+        return GraphTransformer(self.data.num_features, out_channels=self.num_classes, task="node", **options)
+
+    def forward(self, model, batch, split):
+        mask = self.masks[split].to(batch.x.device)
+        return model(batch.x, batch.edge_index)[mask], batch.y.view(-1)[mask]
+
+    def loss(self, prediction, target):
+        return F.cross_entropy(prediction, target)
+
+    def score(self, prediction, target):
+        return self.evaluator(prediction, target) if self.evaluator else accuracy(prediction, target)
+
+    def num_samples(self, batch):
+        return int(self.masks["train"].sum())
+
+
+# ---------------------------------------------------------------------------- helpers
+def _require_offline_copy(folder: Path, layout: str, url: str) -> None:
+    """Fail fast, with instructions, when a dataset is absent and its server cannot be reached."""
+    if folder.exists():
+        return
+    host = url.split("/")[2]
+    try:
+        socket.create_connection((host, 80 if url.startswith("http:") else 443), timeout=5).close()
+    except OSError:
+        raise FileNotFoundError(
+            f"dataset folder {folder} does not exist and {host} cannot be reached (offline?). "
+            f"Download it on a connected machine (the loader fetches it from {url}) and copy it as {layout}."
+        ) from None
+
+
+@contextlib.contextmanager
+def _no_stdin_prompt(folder: Path) -> Iterator[None]:
+    """OGB asks on stdin before re-downloading an outdated copy; answer with an error instead of hanging."""
+
+    def refuse(prompt: str = "") -> str:
+        raise RuntimeError(f"the dataset loader asked {prompt.strip()!r} about {folder}; replace that folder with a current copy")
+
+    original, builtins.input = builtins.input, refuse
+    try:
+        yield
+    finally:
+        builtins.input = original

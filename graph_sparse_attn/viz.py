@@ -1,0 +1,116 @@
+"""Pictures of attention patterns: mask images and weighted graph drawings (matplotlib, PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows: works on headless machines
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+PathLike = Union[str, Path]
+
+
+def mask_image(edge_index: Tensor, num_nodes: int, resolution: int = 512) -> Tensor:
+    """Density image ``[R, R]`` of a pattern: the fraction of (target, source) cells that are edges.
+
+    Below ``resolution`` nodes each pixel is one (i, j) pair; above, pixels pool square blocks,
+    so a million-node pattern still renders.
+    """
+    if num_nodes <= 0:
+        raise ValueError(f"num_nodes must be positive, got {num_nodes}")
+    size = min(num_nodes, resolution)
+    block = -(-num_nodes // size)
+    src, dst = edge_index.cpu()
+    cells = torch.zeros(size * size, dtype=torch.float64)
+    cells.index_add_(0, (dst // block) * size + src // block, torch.ones(src.numel(), dtype=torch.float64))
+    return (cells / block**2).clamp_max(1.0).view(size, size)
+
+
+def plot_mask(
+    edge_index: Tensor,
+    num_nodes: int,
+    path: Optional[PathLike] = None,
+    *,
+    title: Optional[str] = None,
+    ax: Optional[plt.Axes] = None,
+    resolution: int = 512,
+) -> plt.Figure:
+    """Show a pattern as its attention mask (rows: targets ``i``, columns: sources ``j``).
+
+    Saves a PNG to ``path`` when given and returns the figure.
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.5, 4.5))
+    image = mask_image(edge_index, num_nodes, resolution)
+    extent = (0, num_nodes, num_nodes, 0)
+    ax.imshow(image.numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest", extent=extent)
+    ax.set(xlabel="source j (key)", ylabel="target i (query)")
+    ax.set_title(title or f"{edge_index.size(1):,} edges, {num_nodes:,} nodes", fontsize=9)
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def compare_patterns(patterns: Mapping[str, Tensor], num_nodes: int, path: Optional[PathLike] = None, *, columns: int = 4) -> plt.Figure:
+    """Side-by-side mask images of named patterns on the same nodes; saves a PNG to ``path``."""
+    if not patterns:
+        raise ValueError("patterns must name at least one edge_index")
+    rows = -(-len(patterns) // columns)
+    cols = min(columns, len(patterns))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, (name, edge_index) in zip(axes.flat, patterns.items()):
+        plot_mask(edge_index, num_nodes, ax=ax, title=f"{name} ({edge_index.size(1):,} edges)")
+    for ax in list(axes.flat)[len(patterns):]:
+        ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def draw_graph(
+    edge_index: Tensor,
+    num_nodes: Optional[int] = None,
+    path: Optional[PathLike] = None,
+    *,
+    weights: Optional[Tensor] = None,
+    ax: Optional[plt.Axes] = None,
+    seed: int = 0,
+    max_width: float = 4.0,
+) -> plt.Figure:
+    """Draw a small pattern as a directed graph, edge width ∝ ``weights`` (attention or gate).
+
+    Args:
+        edge_index: ``[2, E]`` edges ``j → i``.
+        num_nodes: node count (default ``max index + 1``).
+        path: save a PNG here.
+        weights: ``[E]`` or ``[E, H]`` (averaged over heads), e.g. ``alpha`` or a gate.
+        seed: seed of the spring layout, for reproducible pictures.
+        max_width: line width of the largest weight.
+    """
+    num_nodes = int(edge_index.max()) + 1 if num_nodes is None else num_nodes
+    if weights is not None:
+        weights = weights.detach().float().cpu()
+        weights = weights.mean(-1) if weights.dim() == 2 else weights
+        if weights.shape != (edge_index.size(1),):
+            raise ValueError(f"weights must have shape [E] or [E, H] with E={edge_index.size(1)}, got {list(weights.shape)}")
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(num_nodes))
+    src, dst = edge_index.cpu().tolist()
+    graph.add_edges_from((j, i) for j, i in zip(src, dst) if i != j)
+    widths = [1.0] * graph.number_of_edges()
+    if weights is not None:
+        scale = max_width / max(float(weights.max()), 1e-12)
+        lookup = {(j, i): float(w) * scale for j, i, w in zip(src, dst, weights.tolist())}
+        widths = [lookup[e] for e in graph.edges()]
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 6))
+    layout = nx.spring_layout(graph, seed=seed)
+    nx.draw_networkx(graph, layout, ax=ax, width=widths, node_size=220, font_size=7, arrowsize=8, node_color="#9ecae1")
+    ax.axis("off")
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig

@@ -1,0 +1,145 @@
+"""The ``gsa`` CLI end to end: help, bad arguments, runs, kill-and-resume, OGB, data-parallel."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from graph_sparse_attn.train.cli import main
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TINY_LISTOPS = ["--num-train", "96", "--num-val", "24", "--num-test", "24", "--min-length", "20", "--max-length", "60",
+                "--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "16"]
+
+
+def gsa(*args, cwd, check=True, **kwargs):
+    proc = subprocess.run([sys.executable, "-m", "graph_sparse_attn", *args], cwd=cwd, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gsa {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--root", "--run-dir", "--device", "--deterministic", "--resume", "--epochs", "--max-steps", "--batch-size",
+                   "--lr", "--schedule", "--seed", "--pattern", "--gate", "--knn", "--dim", "--depth", "--heads", "--attention"):
+        assert option in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "evaluate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "no-such-task"], "unknown task"),
+        (["train", "listops", "--batch-size", "-3"], "positive"),
+        (["train", "listops", "--epochs", "0"], "positive"),
+        (["train", "listops", "--pattern", "spiral"], "unknown pattern"),
+        (["train", "listops", "--pattern", "window:width=3"], "takes no parameter"),
+        (["train", "listops", "--dropout", "1.5"], "[0, 1)"),
+        (["evaluate", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing may be written before arguments are accepted"
+
+
+def test_listops_run_writes_a_complete_run_directory_and_evaluates(tmp_path):
+    run = tmp_path / "run"
+    proc = gsa("train", "listops", *TINY_LISTOPS, "--epochs", "2", "--root", str(tmp_path / "data"), "--run-dir", str(run), cwd=tmp_path)
+    assert "test accuracy" in proc.stdout
+    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "curves.png", "summary.json"):
+        assert (run / name).exists(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["train_loss"] > 0 for r in records)
+    assert json.loads((run / "config.json").read_text())["task_options"]["num_train"] == 96
+    result = json.loads(gsa("evaluate", str(run), cwd=tmp_path).stdout)
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["test"] == pytest.approx(summary["test"])
+    refused = gsa("train", "listops", *TINY_LISTOPS, "--root", str(tmp_path / "data"), "--run-dir", str(run), cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    args = ["train", "listops", *TINY_LISTOPS, "--epochs", "5", "--root", str(tmp_path / "data"), "--dropout", "0.1"]
+    gsa(*args, "--run-dir", str(tmp_path / "straight"), cwd=tmp_path)
+
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "graph_sparse_attn", *args, "--run-dir", str(interrupted)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len((interrupted / "metrics.jsonl").read_text().splitlines()) if (interrupted / "metrics.jsonl").exists() else 0
+    assert done < 5, "the run finished before it could be killed"
+    gsa(*args, "--run-dir", str(interrupted), "--resume", cwd=tmp_path)
+
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(interrupted / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 5
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["val_accuracy"] for r in a["history"]] == [r["val_accuracy"] for r in b["history"]]
+
+
+def copy_shared(name, tmp_path):
+    source = SHARED / "ogb" / name
+    if not source.exists():
+        pytest.skip(f"shared dataset {source} is absent (tests read real data from ../shared/data)")
+    root = tmp_path / "ogb"
+    shutil.copytree(source, root / name)
+    return root
+
+
+def test_ogb_graph_task_with_official_metric(tmp_path):
+    root = copy_shared("ogbg_molbace", tmp_path)
+    run = tmp_path / "run"
+    proc = gsa("train", "ogbg-molbace", "--root", str(root), "--run-dir", str(run), "--epochs", "1", "--dim", "16", "--depth", "1",
+               "--heads", "2", "--batch-size", "128", cwd=tmp_path)
+    assert "rocauc" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metric"] == "rocauc" and 0.0 <= summary["test"] <= 1.0
+
+
+def test_missing_dataset_offline_fails_fast_with_instructions(tmp_path):
+    start = time.time()
+    proc = gsa("train", "ogbg-molhiv", "--root", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"), cwd=tmp_path,
+               check=False, stdin=subprocess.DEVNULL, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("this machine can reach the OGB server, so the dataset was downloaded")
+    assert proc.returncode == 1
+    assert "ogbg_molhiv" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+
+
+def test_data_parallel_matches_single_process(tmp_path):
+    common = ["train", "listops", *TINY_LISTOPS[:-2], "--batch-size", "8", "--max-steps", "1", "--epochs", "1",
+              "--root", str(tmp_path / "data"), "--dropout", "0", "--grad-clip", "0"]
+    gsa(*common, "--run-dir", str(tmp_path / "single"), cwd=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "graph_sparse_attn"]
+    proc = subprocess.run([*torchrun, *common, "--run-dir", str(tmp_path / "ddp")], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = torch.load(tmp_path / "single" / "last.pt", weights_only=False)
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert single["step"] == ddp["step"] == 1
+    single, ddp = single["model"], ddp["model"]
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=1e-6, rtol=1e-5, msg=key)
