@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
 
+from ..ops import CSRPattern
 from ..patterns import add_virtual_nodes, expander, k_hop
 from .layers import SparseTransformerLayer
 
@@ -178,8 +179,9 @@ class GraphTransformer(nn.Module):
         if total_nodes > num_nodes:
             num_graphs = int(batch.max()) + 1 if num_nodes else 0
             h = torch.cat([h, self.virtual.weight.repeat(num_graphs, 1)])
+        pattern = CSRPattern.from_edge_index(att_edges, total_nodes)  # sorted once for all layers
         for layer in self.layers:
-            h = layer(h, att_edges, total_batch, edge_attr=att_attr, local_edge_index=edge_index, local_edge_attr=edge_features)
+            h = layer(h, pattern, total_batch, edge_attr=att_attr, local_edge_index=edge_index, local_edge_attr=edge_features)
         h = self.norm(h[:num_nodes])
         if self.task == "graph":
             h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch)

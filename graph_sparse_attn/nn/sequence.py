@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
+from ..ops import CSRPattern
 from ..patterns.registry import build_pattern
 from .gates import RelativePositionGate
 from .layers import SparseTransformerLayer
@@ -130,10 +131,12 @@ class SequenceTransformer(nn.Module):
         if edge_index is None and self.knn is None:
             edge_index = self.pattern(batch)
 
+        # Sorted once here and shared by every layer, instead of once per layer.
+        pattern = None if edge_index is None else CSRPattern.from_edge_index(edge_index, tokens.numel())
         x = self.dropout(self.embed(tokens) + self.pos_embed(pos))
         for i, layer in enumerate(self.layers):
             gate = self.gates[i](edge_index, pos) if self.gates is not None else None
-            x = layer(x, edge_index, batch, edge_gate=gate)
+            x = layer(x, pattern, batch, edge_gate=gate)
         x = self.norm(x)
         pooled = x[pos == 0] if self.pooling == "cls" else global_mean_pool(x, batch)
         return self.head(pooled)

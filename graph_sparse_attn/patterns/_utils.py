@@ -23,26 +23,6 @@ def check_size(value: int, name: str, *, minimum: int = 0) -> int:
     return value
 
 
-def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str = "edge_index") -> Tensor:
-    """Validate ``edge_index [2, E]`` against ``num_src`` sources and ``num_dst`` targets; return it as int64."""
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"{name} must be a LongTensor [2, E], got {type(edge_index).__name__}")
-    if edge_index.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must have an integer dtype (int64 or int32), got {edge_index.dtype}")
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"{name} must have shape [2, E], got {list(edge_index.shape)}")
-    if edge_index.numel() > 0:
-        lowest = int(edge_index.min())
-        src_max, dst_max = edge_index.amax(dim=1).tolist()
-        if lowest < 0:
-            raise ValueError(f"{name} contains a negative index ({lowest})")
-        if src_max >= num_src:
-            raise ValueError(f"{name}[0] (sources) has index {src_max} but there are only {num_src} source nodes")
-        if dst_max >= num_dst:
-            raise ValueError(f"{name}[1] (targets) has index {dst_max} but there are only {num_dst} target nodes")
-    return edge_index.long()
-
-
 def resolve_device(tensor: Optional[Tensor], device: Device, tensor_name: str = "batch") -> torch.device:
     """The device of ``tensor`` when given (``device`` must then agree), else ``device`` (default CPU)."""
     if tensor is None:
@@ -87,10 +67,10 @@ def segments(num_nodes: int, batch: Optional[Tensor], device: torch.device) -> S
     if batch is None:
         return Segments(torch.zeros_like(index), torch.full_like(index, num_nodes), index)
     batch = check_batch(batch, num_nodes)
-    counts = torch.bincount(batch)
-    first = torch.cumsum(counts, 0) - counts
-    start = first[batch]
-    return Segments(start, counts[batch], index - start)
+    # Consecutive runs rather than bincount, so unused or huge sequence ids cost nothing.
+    _, segment, counts = torch.unique_consecutive(batch, return_inverse=True, return_counts=True)
+    start = (torch.cumsum(counts, 0) - counts)[segment]
+    return Segments(start, counts[segment], index - start)
 
 
 def ceil_div(numerator: Tensor, denominator: Union[int, Tensor]) -> Tensor:
@@ -167,9 +147,8 @@ def grid_union(first: Tensor, count: Tensor, step: Union[int, Tensor], extras: O
         ``[2, E]`` sorted by (target, source), without duplicates.
     """
     num_targets = first.numel()
-    target = torch.arange(num_targets, device=first.device)
     if extras is None or extras.size(1) == 0:
-        return runs_to_edge_index(target, first, count, step)
+        return runs_to_edge_index(torch.arange(num_targets, device=first.device), first, count, step)
     col_step = step.unsqueeze(1) if isinstance(step, Tensor) else step
     first_, count_ = first.unsqueeze(1), count.unsqueeze(1)
     valid = extras < sentinel
@@ -189,7 +168,8 @@ def grid_union(first: Tensor, count: Tensor, step: Union[int, Tensor], extras: O
     run_length = torch.empty_like(run_first)
     run_first[:, 0::2], run_first[:, 1::2] = piece_first, extras
     run_length[:, 0::2], run_length[:, 1::2] = piece_length, extra_length
-    run_step = step.repeat_interleave(runs_per_target) if isinstance(step, Tensor) else step
-    return runs_to_edge_index(
-        target.repeat_interleave(runs_per_target), run_first.flatten(), run_length.flatten(), run_step
-    )
+    # Most runs are empty; select the others here, where their target is a division away.
+    kept = run_length.flatten().nonzero().flatten()
+    run_target = torch.div(kept, runs_per_target, rounding_mode="floor")
+    run_step = step[run_target] if isinstance(step, Tensor) else step
+    return runs_to_edge_index(run_target, run_first.flatten()[kept], run_length.flatten()[kept], run_step)

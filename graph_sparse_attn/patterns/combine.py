@@ -11,7 +11,8 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ._utils import check_edge_index, check_size
+from ..ops.pattern import check_edge_index
+from ._utils import check_size
 
 NumNodes = Union[int, Tuple[int, int], None]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ _GROUP = 16
 
 # Upper bound on the elements of one ``[rows, num_buckets / 2]`` projection block in `lsh_buckets`.
 _PROJECTION_BLOCK = 1 << 22
+
+# Nodes per block when merging the LSH candidates of all hash rounds.
+_MERGE_ROWS = 8192
 
 
 def _check_count(value: int, name: str, minimum: int) -> int:
@@ -320,9 +323,11 @@ def lsh_knn(
     With ``k=None`` every candidate pair is an edge; otherwise each query keeps the ``k``
     candidates with the largest cosine similarity
     :math:`\mathbf{x}_i^\top\mathbf{x}_j / (\lVert\mathbf{x}_i\rVert\lVert\mathbf{x}_j\rVert)`
-    (all of them when it has fewer), so the result is a subset of :func:`knn` with
-    ``metric="cosine"`` whenever the candidates cover the true neighbours. Cost per round is
-    :math:`O(N \cdot \text{chunk\_size} \cdot D)`.
+    (all of them when it has fewer): a query whose candidates contain its true ``k`` nearest
+    neighbours gets exactly its edges of :func:`knn` with ``metric="cosine"`` (ties aside).
+    Cost per round: :math:`O(N D (\text{num\_buckets} / 2 + 2\,\text{chunk\_size}))` time
+    and :math:`O(N \cdot \text{chunk\_size})` memory, plus the merged candidates,
+    ``num_hashes * min(k, 2 * chunk_size)`` per node.
 
     Args:
         query: ``[N, D]`` shared query/key features.
@@ -356,60 +361,96 @@ def lsh_knn(
         num_buckets = 2 * math.ceil(int(counts.max()) / chunk_size)
     buckets = lsh_buckets(query, num_buckets, num_hashes=num_hashes, generator=generator)
 
-    # Each segment is padded to whole chunks so that the chunks of all segments form one
-    # [num_chunks, chunk_size] grid; sorting within segments keeps every segment in place,
-    # so the padded slot of sorted rank r does not depend on the hash round.
-    padded_counts = -torch.div(-counts, chunk_size, rounding_mode="floor") * chunk_size
-    shift = (torch.cumsum(padded_counts, 0) - padded_counts) - (torch.cumsum(counts, 0) - counts)
-    slot_of_rank = torch.arange(num_nodes, device=device) + shift[segment]
-    num_slots = int(padded_counts.sum())
-    num_chunks = num_slots // chunk_size
-    chunk_segment = torch.full((num_chunks,), -1, dtype=torch.long, device=device)
-    chunk_segment[slot_of_rank // chunk_size] = segment
-    has_previous = torch.cat([chunk_segment.new_zeros(1, dtype=torch.bool), chunk_segment[1:] == chunk_segment[:-1]])
-
+    layout = _ChunkLayout.of(segment, counts, chunk_size)
     unit = F.normalize(query, dim=1)
-    candidate_sources: List[Tensor] = []
-    candidate_scores: List[Tensor] = []
-    for hash_buckets in buckets:
+    per_round = 2 * chunk_size if k is None else min(k, 2 * chunk_size)
+    sources = torch.empty(num_nodes, num_hashes * per_round, dtype=torch.long, device=device)
+    scores = unit.new_empty(num_nodes, num_hashes * per_round)
+    for round_index, hash_buckets in enumerate(buckets):
         order = torch.sort(segment * num_buckets + hash_buckets, stable=True).indices
-        node_at_slot = torch.full((num_slots,), -1, dtype=torch.long, device=device)
-        node_at_slot[slot_of_rank] = order
-        slot_of_node = torch.empty_like(order)
-        slot_of_node[order] = slot_of_rank
-        features = unit.new_zeros(num_slots, unit.size(1))
-        features[slot_of_rank] = unit[order]
+        columns = slice(round_index * per_round, (round_index + 1) * per_round)
+        sources[:, columns], scores[:, columns] = _round_candidates(unit, order, layout, k, loop)
+    return _merge_candidates(sources, scores, k)
 
-        chunk_nodes = node_at_slot.view(num_chunks, chunk_size)
-        chunk_features = features.view(num_chunks, chunk_size, -1)
-        previous_nodes = torch.where(has_previous.unsqueeze(1), chunk_nodes.roll(1, dims=0), -1)
-        key_nodes = torch.cat([previous_nodes, chunk_nodes], dim=1)
-        key_features = torch.cat([chunk_features.roll(1, dims=0), chunk_features], dim=1)
-        scores = torch.bmm(chunk_features, key_features.transpose(1, 2))
-        invalid = (key_nodes == -1).unsqueeze(1)
-        if not loop:
-            invalid = invalid | (key_nodes.unsqueeze(1) == chunk_nodes.unsqueeze(2))
-        scores.masked_fill_(invalid, float("-inf"))
-        sources = key_nodes.unsqueeze(1).expand_as(scores)
-        if k is not None:
-            scores, best = scores.topk(min(k, scores.size(2)), dim=2, sorted=False)
-            sources = sources.gather(2, best)
-        candidate_sources.append(sources.reshape(num_slots, -1)[slot_of_node])
-        candidate_scores.append(scores.reshape(num_slots, -1)[slot_of_node])
 
-    # Masked candidates are exactly the -inf scores: cosine similarities are finite.
-    scores = torch.cat(candidate_scores, dim=1)
-    sources = torch.where(scores == float("-inf"), num_nodes, torch.cat(candidate_sources, dim=1))
-    sources, order = sources.sort(dim=1)
-    scores = scores.gather(1, order)
-    keep = sources < num_nodes
-    keep[:, 1:] &= sources[:, 1:] != sources[:, :-1]
+class _ChunkLayout(NamedTuple):
+    """Where the sorted nodes of every segment sit in one ``[num_chunks, chunk_size]`` grid.
+
+    Each segment is padded to whole chunks. Sorting within segments keeps every segment in
+    place, so the grid slot of sorted rank ``r`` (``slot_of_rank [N]``) is the same in every
+    hash round; ``has_previous [num_chunks]`` tells whether a chunk's predecessor is in its segment.
+    """
+
+    slot_of_rank: Tensor
+    has_previous: Tensor
+    chunk_size: int
+
+    @staticmethod
+    def of(segment: Tensor, counts: Tensor, chunk_size: int) -> "_ChunkLayout":
+        padded_counts = -torch.div(-counts, chunk_size, rounding_mode="floor") * chunk_size
+        shift = (torch.cumsum(padded_counts, 0) - padded_counts) - (torch.cumsum(counts, 0) - counts)
+        slot_of_rank = torch.arange(segment.numel(), device=segment.device) + shift[segment]
+        chunk_segment = torch.full((int(padded_counts.sum()) // chunk_size,), -1, dtype=torch.long, device=segment.device)
+        chunk_segment[slot_of_rank // chunk_size] = segment
+        has_previous = torch.cat([chunk_segment.new_zeros(1, dtype=torch.bool), chunk_segment[1:] == chunk_segment[:-1]])
+        return _ChunkLayout(slot_of_rank, has_previous, chunk_size)
+
+
+def _round_candidates(
+    unit: Tensor, order: Tensor, layout: _ChunkLayout, k: Optional[int], loop: bool
+) -> Tuple[Tensor, Tensor]:
+    """One hash round: per node ``[N, c]`` candidate sources and their cosine scores.
+
+    ``unit [N, D]`` are the normalised features and ``order [N]`` the nodes sorted by
+    (segment, bucket, position). Masked candidates (padding, the missing previous chunk, self
+    with ``loop=False``) score ``-inf``; with ``k`` only each node's ``k`` best are returned.
+    """
+    num_chunks, chunk_size = layout.has_previous.numel(), layout.chunk_size
+    num_slots = num_chunks * chunk_size
+    node_at_slot = torch.full((num_slots,), -1, dtype=torch.long, device=unit.device)
+    node_at_slot[layout.slot_of_rank] = order
+    slot_of_node = torch.empty_like(order)
+    slot_of_node[order] = layout.slot_of_rank
+    features = unit.new_zeros(num_slots, unit.size(1))
+    features[layout.slot_of_rank] = unit[order]
+
+    chunk_nodes = node_at_slot.view(num_chunks, chunk_size)
+    chunk_features = features.view(num_chunks, chunk_size, -1)
+    previous_nodes = torch.where(layout.has_previous.unsqueeze(1), chunk_nodes.roll(1, dims=0), -1)
+    key_nodes = torch.cat([previous_nodes, chunk_nodes], dim=1)
+    key_features = torch.cat([chunk_features.roll(1, dims=0), chunk_features], dim=1)
+    scores = torch.bmm(chunk_features, key_features.transpose(1, 2))
+    invalid = (key_nodes == -1).unsqueeze(1)
+    if not loop:
+        invalid = invalid | (key_nodes.unsqueeze(1) == chunk_nodes.unsqueeze(2))
+    scores.masked_fill_(invalid, float("-inf"))
+    sources = key_nodes.unsqueeze(1).expand_as(scores)
     if k is not None:
-        scores = scores.masked_fill(~keep, float("-inf"))
-        scores, best = scores.topk(min(k, scores.size(1)), dim=1, sorted=False)
-        sources, keep = sources.gather(1, best), scores > float("-inf")
-    source, target = _sorted_rows_to_edges(sources, keep, 0, num_nodes)
-    return torch.stack([source, target])
+        scores, best = scores.topk(min(k, scores.size(2)), dim=2, sorted=False)
+        sources = sources.gather(2, best)
+    return sources.reshape(num_slots, -1)[slot_of_node], scores.reshape(num_slots, -1)[slot_of_node]
+
+
+def _merge_candidates(sources: Tensor, scores: Tensor, k: Optional[int]) -> Tensor:
+    """Union of the per-node candidates ``sources [N, c]`` (``-inf`` score: masked), keeping
+    the ``k`` best distinct sources when ``k`` is given; rows are processed in blocks of
+    ``_MERGE_ROWS`` to bound the temporaries.
+    """
+    num_nodes = sources.size(0)
+    edges: List[Tuple[Tensor, Tensor]] = []
+    for start in range(0, num_nodes, _MERGE_ROWS):
+        block_scores = scores[start : start + _MERGE_ROWS]
+        # Masked candidates are exactly the -inf scores: cosine similarities are finite.
+        block_sources = torch.where(block_scores == float("-inf"), num_nodes, sources[start : start + _MERGE_ROWS])
+        block_sources, order = block_sources.sort(dim=1)
+        keep = block_sources < num_nodes
+        keep[:, 1:] &= block_sources[:, 1:] != block_sources[:, :-1]
+        if k is not None:
+            block_scores = block_scores.gather(1, order).masked_fill_(~keep, float("-inf"))
+            block_scores, best = block_scores.topk(min(k, block_scores.size(1)), dim=1, sorted=False)
+            block_sources, keep = block_sources.gather(1, best), block_scores > float("-inf")
+        edges.append(_sorted_rows_to_edges(block_sources, keep, start, num_nodes))
+    return torch.stack([torch.cat([source for source, _ in edges]), torch.cat([target for _, target in edges])])
 
 
 def recall_at_k(approx_edge_index: Tensor, exact_edge_index: Tensor, num_nodes: int) -> float:

@@ -183,8 +183,7 @@ def log_sparse(num_nodes: int, *, causal: bool = True, batch: Optional[Tensor] =
     offsets = torch.cat(parts)
     reached = seg.pos.unsqueeze(1) + offsets
     valid = (reached >= 0) & (reached < seg.length.unsqueeze(1))
-    target = torch.arange(num_nodes, device=offsets.device).unsqueeze(1)
-    return torch.stack([(target + offsets)[valid], target.expand_as(reached)[valid]])
+    return _rows_to_edge_index(reached + seg.start.unsqueeze(1), valid)
 
 
 def block_local(num_nodes: int, block_size: int, *, batch: Optional[Tensor] = None, device: Device = None) -> Tensor:
@@ -257,9 +256,7 @@ def random(
     num_random = check_size(num_random, "num_random")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
     sources = _sample_sources(seg, num_random, generator, num_nodes)
-    valid = sources < num_nodes
-    target = torch.arange(num_nodes, device=sources.device).unsqueeze(1).expand_as(sources)
-    return torch.stack([sources[valid], target[valid]])
+    return _rows_to_edge_index(sources, sources < num_nodes)
 
 
 def longformer(
@@ -361,6 +358,15 @@ def _runs_per_target(firsts: Sequence[Tensor], counts: Sequence[Tensor], steps: 
     return runs_to_edge_index(target, first.flatten(), count.flatten(), step)
 
 
+def _rows_to_edge_index(sources: Tensor, valid: Tensor) -> Tensor:
+    # Edges sources[i, k] -> i where valid[i, k]; rows [N, K] ascending give a sorted pattern.
+    if bool(valid.all()):
+        target = torch.arange(sources.size(0), device=sources.device).repeat_interleave(sources.size(1))
+        return torch.stack([sources.flatten(), target])
+    kept = valid.flatten().nonzero().flatten()
+    return torch.stack([sources.flatten()[kept], torch.div(kept, sources.size(1), rounding_mode="floor")])
+
+
 def _global_positions(indices: Indices, device: torch.device, name: str) -> Tensor:
     if isinstance(indices, Tensor):
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
@@ -402,15 +408,17 @@ def _sample_sources(
     length = seg.length
     num_targets = length.numel()
     draw_device = generator.device if generator is not None else length.device
-    uniform = torch.rand(num_targets, num_random, generator=generator, dtype=torch.float64, device=draw_device)
+    # Draw-major [r, N] so that each draw is read, written and compared contiguously.
+    uniform = torch.rand(num_random, num_targets, generator=generator, dtype=torch.float64, device=draw_device)
     uniform = uniform.to(length.device)
-    chosen = torch.empty(num_targets, num_random, dtype=torch.long, device=length.device)
+    chosen = torch.empty(num_random, num_targets, dtype=torch.long, device=length.device)
     for k in range(num_random):
         top = (length - num_random + k).clamp(min=0)
-        value = torch.minimum((uniform[:, k] * (top + 1)).long(), top)
+        value = torch.minimum((uniform[k] * (top + 1)).long(), top)
         if k:
-            value = torch.where((chosen[:, :k] == value.unsqueeze(1)).any(dim=1), top, value)
-        chosen[:, k] = value
+            value = torch.where((chosen[:k] == value).any(dim=0), top, value)
+        chosen[k] = value
+    chosen = chosen.t()
     column = torch.arange(num_random, device=length.device)
     short = length.unsqueeze(1) <= num_random
     chosen = torch.where(short, column, chosen)

@@ -11,7 +11,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._utils import Device, check_batch, check_edge_index, check_size, resolve_device, runs_to_edge_index
+from ..ops.pattern import check_edge_index
+from ._utils import Device, check_batch, check_size, resolve_device, runs_to_edge_index
 from .combine import sort_and_dedup
 
 

@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--epochs", type=_positive_int, default=None, help="training epochs")
     optim.add_argument("--max-steps", type=_non_negative_int, default=0, help="stop after this many optimiser steps (0: run all epochs)")
     optim.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size (split across data-parallel ranks)")
-    optim.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (AdamW)")
-    optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    optim.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
+    optim.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="AdamW, or SGD with momentum 0.9")
+    optim.add_argument("--weight-decay", type=float, default=0.01, help="weight decay")
     optim.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine", help="learning-rate schedule after warm-up")
     optim.add_argument("--warmup-steps", type=_non_negative_int, default=0, help="linear warm-up steps")
     optim.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 disables)")
@@ -130,6 +131,7 @@ def config_from_args(args: argparse.Namespace):
         max_steps=args.max_steps,
         batch_size=args.batch_size or defaults["batch_size"],
         lr=args.lr or defaults["lr"],
+        optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
         warmup_steps=args.warmup_steps,

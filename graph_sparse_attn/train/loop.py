@@ -26,6 +26,7 @@ class TrainConfig:
     max_steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
+    optimizer: str = "adamw"
     weight_decay: float = 0.01
     schedule: str = "cosine"
     warmup_steps: int = 0
@@ -75,7 +76,10 @@ class Trainer:
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         total_steps = config.epochs * len(self.loaders["train"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(config.schedule, config.warmup_steps, total_steps)

@@ -111,7 +111,7 @@ class GraphPropertyTask(Task):
         folder = root / name.replace("-", "_")
         _require_offline_copy(folder, f"ogb's layout for {name}: {folder}/{{raw,split,mapping}}/... and RELEASE_v1.txt",
                               "http://snap.stanford.edu/ogb/data/graphproppred/csv_mol_download/")
-        with _no_stdin_prompt(folder):
+        with _no_stdin_prompt(folder), _pyg_safe_globals():
             self.dataset = PygGraphPropPredDataset(name=name, root=str(root))
         self.split_idx = self.dataset.get_idx_split()
         self.evaluator = Evaluator(name)
@@ -195,6 +195,15 @@ def _require_offline_copy(folder: Path, layout: str, url: str) -> None:
             f"dataset folder {folder} does not exist and {host} cannot be reached (offline?). "
             f"Download it on a connected machine (the loader fetches it from {url}) and copy it as {layout}."
         ) from None
+
+
+def _pyg_safe_globals():
+    """ogb 1.3.6 reloads its processed PyG file with torch.load's default ``weights_only=True``
+    (torch >= 2.6), which refuses PyG's storage classes; allow exactly those."""
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
+
+    return torch.serialization.safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage])
 
 
 @contextlib.contextmanager

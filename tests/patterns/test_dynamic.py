@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from graph_sparse_attn.patterns import dynamic
 from graph_sparse_attn.patterns.dynamic import knn, lsh_buckets, lsh_knn, recall_at_k
 
 METRICS = ["dot", "cosine", "l2"]
@@ -234,6 +235,19 @@ def test_lsh_knn_reproducible_and_sorted():
     assert_sorted_unique(top)
     assert torch.bincount(top[1]).tolist() == [5] * 300
     assert set(map(tuple, as_pairs(top))) <= set(map(tuple, as_pairs(first)))
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_lsh_blocking_does_not_change_the_result(monkeypatch, k):
+    query = features(100, seed=18)
+
+    def run():
+        return lsh_knn(query, k, num_hashes=2, num_buckets=10, chunk_size=5, generator=torch.Generator().manual_seed(1))
+
+    whole = run()
+    monkeypatch.setattr(dynamic, "_MERGE_ROWS", 7)
+    monkeypatch.setattr(dynamic, "_PROJECTION_BLOCK", 11)
+    assert torch.equal(run(), whole)
 
 
 def test_lsh_knn_batch_equals_separate_segments():

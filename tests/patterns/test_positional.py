@@ -5,6 +5,8 @@ from collections import Counter
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graph_sparse_attn.patterns.positional import (
     bigbird,
@@ -267,3 +269,23 @@ def test_log_sparse_has_logarithmic_degree():
     out = log_sparse(n)
     assert out.size(1) <= n * (math.log2(n) + 1)
     assert int(torch.bincount(out[1]).max()) == int(math.log2(n)) + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    window=st.integers(0, 4),
+    dilation=st.integers(1, 3),
+    hubs=st.lists(st.integers(0, 13), max_size=3),
+    sequence_ids=st.integers(1, 1000),
+)
+def test_longformer_matches_definition_on_random_batches(lengths, window, dilation, hubs, sequence_ids):
+    # Sequence ids may skip values (sequence_ids scales them), as long as they are sorted.
+    batch = batch_from_lengths(lengths) * sequence_ids
+
+    def rule(pi, pj, length):
+        in_window = abs(pi - pj) <= window * dilation and (pi - pj) % dilation == 0
+        return in_window or pi in hubs or pj in hubs
+
+    out = longformer(sum(lengths), window, hubs, dilation=dilation, batch=batch)
+    assert_pattern(out, reference(sum(lengths), batch, rule))

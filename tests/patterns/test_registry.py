@@ -1,0 +1,35 @@
+"""Patterns by name: the registry builds exactly what the functions build, and parses CLI specs."""
+import pytest
+import torch
+
+from graph_sparse_attn import patterns
+from graph_sparse_attn.patterns import build_pattern, parse_pattern
+
+
+def test_build_pattern_equals_the_named_function():
+    batch = torch.tensor([0] * 7 + [1] * 5)
+    assert torch.equal(build_pattern("longformer", 12, batch=batch, window=2, global_indices=[0]),
+                       patterns.longformer(12, 2, [0], batch=batch))
+    assert torch.equal(build_pattern("window", 12, window=3, dilation=2), patterns.sliding_window(12, 3, dilation=2))
+
+
+def test_parse_pattern_reads_typed_values():
+    assert parse_pattern("bigbird:window=32,global_indices=0+5,num_random=4") == (
+        "bigbird", {"window": 32, "global_indices": [0, 5], "num_random": 4})
+    assert parse_pattern("longformer:window=8,global_indices=0") == ("longformer", {"window": 8, "global_indices": [0]})
+    assert parse_pattern("window:window=4,causal=true") == ("window", {"window": 4, "causal": True})
+    assert parse_pattern("log_sparse") == ("log_sparse", {})
+
+
+@pytest.mark.parametrize("spec,match", [("spiral", "unknown pattern"), ("window:width=3", "takes no parameter"),
+                                        ("window:window", "key=value"), ("window:window=abc", "cannot read")])
+def test_bad_specs_are_refused(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_pattern(spec)
+
+
+def test_build_pattern_refuses_unknown_names_and_parameters():
+    with pytest.raises(ValueError, match="unknown pattern"):
+        build_pattern("spiral", 4)
+    with pytest.raises(ValueError, match="takes no parameter"):
+        build_pattern("window", 4, width=2)
