@@ -17,11 +17,12 @@ import re
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from .sequence import PackedSequences
 
 PAD = 0
 CLS = 1
@@ -57,8 +58,8 @@ def decode_bytes(tokens: Tensor) -> bytes:
     return bytes(kept.tolist())
 
 
-class IMDBBytesDataset(Dataset):
-    """Reviews as ``(tokens [L] int64, label)`` with ``L <= max_length``, stored packed (one byte per token).
+class IMDBBytesDataset(PackedSequences):
+    """Reviews as ``(tokens [L] int64, label)`` with ``L <= max_length``: token = byte + ``BYTE_OFFSET``.
 
     Args:
         data: ``[T]`` uint8 raw bytes of all reviews, concatenated.
@@ -68,26 +69,15 @@ class IMDBBytesDataset(Dataset):
     """
 
     def __init__(self, data: Tensor, offsets: Tensor, labels: Tensor, names: List[str]) -> None:
-        if data.dtype != torch.uint8 or data.dim() != 1:
-            raise TypeError(f"data must be a uint8 Tensor [T], got {data.dtype} {list(data.shape)}")
-        if offsets.dim() != 1 or offsets.numel() != labels.numel() + 1 or int(offsets[-1]) != data.numel():
-            raise ValueError(f"offsets must be [N + 1] = [{labels.numel() + 1}] ending at {data.numel()}, got {list(offsets.shape)}")
+        super().__init__(data, offsets, labels, token_offset=BYTE_OFFSET)
         if len(names) != labels.numel():
             raise ValueError(f"names must hold one entry per label ({labels.numel()}), got {len(names)}")
-        self.data, self.offsets, self.labels, self.names = data, offsets, labels, names
+        self.names = names
 
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} is out of range for {len(self)} reviews")
-        index %= len(self)
-        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        return self.data[start:end].long() + BYTE_OFFSET, int(self.labels[index])
-
-    def __iter__(self) -> Iterator[Tuple[Tensor, int]]:
-        return (self[index] for index in range(len(self)))
+    @property
+    def data(self) -> Tensor:
+        """``[T]`` uint8 raw bytes of all reviews."""
+        return self.tokens
 
 
 def _missing_data_error(path: Path, reason: str) -> FileNotFoundError:

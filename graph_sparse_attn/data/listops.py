@@ -27,11 +27,12 @@ import os
 import random
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from .sequence import PackedSequences
 from tqdm import tqdm
 
 PAD = 0
@@ -259,34 +260,8 @@ def generate_listops(
 
 
 # ---------------------------------------------------------------------------- cached splits
-class ListOpsDataset(Dataset):
-    """ListOps samples ``(tokens [L] int64, label)``, stored packed (one byte per token).
-
-    Args:
-        tokens: ``[T]`` uint8 token ids of all expressions, concatenated.
-        offsets: ``[N + 1]`` int64; sample ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``.
-        labels: ``[N]`` int64 labels in ``0..9``.
-    """
-
-    def __init__(self, tokens: Tensor, offsets: Tensor, labels: Tensor) -> None:
-        if tokens.dtype != torch.uint8 or tokens.dim() != 1:
-            raise TypeError(f"tokens must be a uint8 Tensor [T], got {tokens.dtype} {list(tokens.shape)}")
-        if offsets.dim() != 1 or offsets.numel() != labels.numel() + 1 or int(offsets[-1]) != tokens.numel():
-            raise ValueError(f"offsets must be [N + 1] = [{labels.numel() + 1}] ending at {tokens.numel()}, got {list(offsets.shape)}")
-        self.tokens, self.offsets, self.labels = tokens, offsets, labels
-
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} is out of range for {len(self)} samples")
-        index %= len(self)
-        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        return self.tokens[start:end].long(), int(self.labels[index])
-
-    def __iter__(self) -> Iterator[Tuple[Tensor, int]]:
-        return (self[index] for index in range(len(self)))
+class ListOpsDataset(PackedSequences):
+    """ListOps samples ``(tokens [L] int64, label)`` with labels in ``0..9``, stored packed (see `PackedSequences`)."""
 
 
 def cache_directory(

@@ -2,15 +2,47 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
 from ..patterns.registry import RANDOM_PATTERNS, build_pattern
 
 Sample = Tuple[Tensor, int]
+
+
+class PackedSequences(Dataset):
+    """Labelled token sequences ``(tokens [L] int64, label)`` stored packed, one byte per token.
+
+    Args:
+        tokens: ``[T]`` uint8 tokens of all sequences, concatenated.
+        offsets: ``[N + 1]`` int64; sequence ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``.
+        labels: ``[N]`` int64.
+        token_offset: added to every stored value when read (e.g. to make room for special tokens).
+    """
+
+    def __init__(self, tokens: Tensor, offsets: Tensor, labels: Tensor, *, token_offset: int = 0) -> None:
+        if tokens.dtype != torch.uint8 or tokens.dim() != 1:
+            raise TypeError(f"tokens must be a uint8 Tensor [T], got {tokens.dtype} {list(tokens.shape)}")
+        if offsets.dim() != 1 or offsets.numel() != labels.numel() + 1 or int(offsets[-1]) != tokens.numel():
+            raise ValueError(f"offsets must be [N + 1] = [{labels.numel() + 1}] ending at {tokens.numel()}, got {list(offsets.shape)}")
+        self.tokens, self.offsets, self.labels, self.token_offset = tokens, offsets, labels, token_offset
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, index: int) -> Sample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} sequences")
+        index %= len(self)
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        return self.tokens[start:end].long() + self.token_offset, int(self.labels[index])
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[index] for index in range(len(self)))
 
 
 class SequenceGraphCollator:

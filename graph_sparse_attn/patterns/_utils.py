@@ -32,20 +32,22 @@ def resolve_device(tensor: Optional[Tensor], device: Device, tensor_name: str = 
     return tensor.device
 
 
-def check_batch(batch: Tensor, num_nodes: int) -> Tensor:
-    """Validate a PyG batch vector ``[N]`` (integer, non-negative, sorted) and return it as int64."""
+def check_batch(batch: Tensor, num_nodes: int, name: str = "batch", device: Optional[torch.device] = None) -> Tensor:
+    """Validate a PyG batch vector ``[N]`` (integer, non-negative, sorted, on ``device`` when given); return it as int64."""
     if not isinstance(batch, Tensor):
-        raise TypeError(f"batch must be a LongTensor [N], got {type(batch).__name__}")
+        raise TypeError(f"{name} must be a LongTensor [N], got {type(batch).__name__}")
     if batch.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"batch must have an integer dtype (int64), got {batch.dtype}")
+        raise TypeError(f"{name} must have an integer dtype (int64), got {batch.dtype}")
     if batch.dim() != 1 or batch.numel() != num_nodes:
-        raise ValueError(f"batch must have shape [num_nodes]=[{num_nodes}], got {list(batch.shape)}")
+        raise ValueError(f"{name} must have shape [num_nodes]=[{num_nodes}], got {list(batch.shape)}")
+    if device is not None and batch.device != device:
+        raise ValueError(f"{name} is on {batch.device} but the features are on {device}")
     batch = batch.long()
     if num_nodes:
         if int(batch[0]) < 0:
-            raise ValueError(f"batch must be non-negative, got {int(batch.min())}")
+            raise ValueError(f"{name} must be non-negative, got {int(batch.min())}")
         if not bool((batch[1:] >= batch[:-1]).all()):
-            raise ValueError("batch must be sorted (non-decreasing), as PyG's Batch produces it")
+            raise ValueError(f"{name} must be sorted (non-decreasing), as PyG's Batch produces it")
     return batch
 
 
@@ -128,6 +130,16 @@ def _differences(value: Tensor, previous_end: Tensor) -> Tensor:
     return delta
 
 
+def rows_to_edge_index(sources: Tensor, valid: Tensor) -> Tensor:
+    """Edges ``sources[i, k] -> i`` where ``valid[i, k]``, from ``[N, K]`` tensors, in row-major order
+    (a sorted pattern when each row is ascending)."""
+    if bool(valid.all()):
+        target = torch.arange(sources.size(0), device=sources.device).repeat_interleave(sources.size(1))
+        return torch.stack([sources.flatten(), target])
+    kept = valid.flatten().nonzero().flatten()
+    return torch.stack([sources.flatten()[kept], torch.div(kept, sources.size(1), rounding_mode="floor")])
+
+
 def grid_union(first: Tensor, count: Tensor, step: Union[int, Tensor], extras: Optional[Tensor], sentinel: int) -> Tensor:
     r"""Edges to every target ``i`` from the sorted union of an arithmetic grid and extra sources.
 
@@ -154,20 +166,22 @@ def grid_union(first: Tensor, count: Tensor, step: Union[int, Tensor], extras: O
     valid = extras < sentinel
     offset = extras - first_
     # Grid index of the first grid point >= each extra; the pieces lie between consecutive ones.
-    rank = torch.where(valid, ceil_div(offset, col_step).clamp(0).minimum(count_), count_)
-    bounds = torch.cat([torch.zeros_like(first_), rank, count_], dim=1)
-    piece_first = first_ + col_step * bounds[:, :-1]
-    piece_length = bounds[:, 1:] - bounds[:, :-1]
-    on_grid = (offset >= 0) & (offset % col_step == 0) & (torch.div(offset, col_step, rounding_mode="floor") < count_)
-    repeated = torch.zeros_like(valid)
-    repeated[:, 1:] = extras[:, 1:] == extras[:, :-1]
-    extra_length = valid & ~on_grid & ~repeated
-    # Interleave piece_0, extra_1, piece_1, ..., extra_M, piece_M.
+    rank = torch.where(valid, ceil_div(offset, col_step).clamp_(min=0).minimum(count_), count_)
+    on_grid = valid & (offset >= 0) & (offset % col_step == 0) & (rank < count_)
+    kept_extra = valid & ~on_grid
+    kept_extra[:, 1:] &= extras[:, 1:] != extras[:, :-1]
+    # Runs piece_0, extra_1, piece_1, ..., extra_M, piece_M; piece_k holds the grid indices
+    # [rank_k, rank_(k+1)) with rank_0 = 0 and rank_(M+1) = count.
     runs_per_target = 2 * extras.size(1) + 1
     run_first = torch.empty(num_targets, runs_per_target, dtype=torch.long, device=first.device)
     run_length = torch.empty_like(run_first)
-    run_first[:, 0::2], run_first[:, 1::2] = piece_first, extras
-    run_length[:, 0::2], run_length[:, 1::2] = piece_length, extra_length
+    run_first[:, 0] = first
+    torch.add(first_, rank * col_step, out=run_first[:, 2::2])
+    run_first[:, 1::2] = extras
+    run_length[:, 0] = rank[:, 0]
+    torch.sub(rank[:, 1:], rank[:, :-1], out=run_length[:, 2:-1:2])
+    torch.sub(count, rank[:, -1], out=run_length[:, -1])
+    run_length[:, 1::2] = kept_extra
     # Most runs are empty; select the others here, where their target is a division away.
     kept = run_length.flatten().nonzero().flatten()
     run_target = torch.div(kept, runs_per_target, rounding_mode="floor")

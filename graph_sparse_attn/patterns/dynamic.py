@@ -10,12 +10,13 @@ layer flow through the attention weights on the selected edges.
 from __future__ import annotations
 
 import math
-import operator
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._utils import check_batch, check_size
 
 METRICS = ("dot", "cosine", "l2")
 
@@ -29,19 +30,6 @@ _PROJECTION_BLOCK = 1 << 22
 _MERGE_ROWS = 8192
 
 
-def _check_count(value: int, name: str, minimum: int) -> int:
-    """Return ``value`` as a Python int, raising unless it is an integer ``>= minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_features(features: Tensor, name: str) -> Tensor:
     """Validate a finite floating-point feature matrix ``[N, D]``."""
     if not isinstance(features, Tensor):
@@ -53,25 +41,6 @@ def _check_features(features: Tensor, name: str) -> Tensor:
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name} must be finite (it contains NaN or inf)")
     return features
-
-
-def _check_batch(batch: Tensor, num_nodes: int, name: str, device: torch.device) -> Tensor:
-    """Validate a PyG batch vector ``[num_nodes]`` (integer, non-negative, sorted) and return it as int64."""
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"{name} must be a LongTensor [N], got {type(batch).__name__}")
-    if batch.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must have an integer dtype (int64), got {batch.dtype}")
-    if batch.dim() != 1 or batch.numel() != num_nodes:
-        raise ValueError(f"{name} must have shape [{num_nodes}], got {list(batch.shape)}")
-    if batch.device != device:
-        raise ValueError(f"{name} is on {batch.device} but the features are on {device}")
-    batch = batch.long()
-    if num_nodes:
-        if int(batch[0]) < 0:
-            raise ValueError(f"{name} must be non-negative, got {int(batch.min())}")
-        if not bool((batch[1:] >= batch[:-1]).all()):
-            raise ValueError(f"{name} must be sorted (non-decreasing), as PyG's Batch produces it")
-    return batch
 
 
 def _segment_key_ranges(
@@ -169,14 +138,14 @@ def knn(
             (queries and keys describing the same nodes).
 
     Returns:
-        ``[2, E]`` with ``E = sum_i min(k, keys in i's segment)`` (one fewer per query with
-        ``loop=False``).
+        ``[2, E]`` with ``E = sum_i min(k, c_i)``, ``c_i`` the number of keys in ``i``'s
+        segment (not counting ``i`` itself with ``loop=False``).
     """
     query = _check_features(query, "query")
     if k is None:
         raise TypeError("k is required: knn(query, key=None, k=...)")
-    k = _check_count(k, "k", minimum=1)
-    chunk_size = _check_count(chunk_size, "chunk_size", minimum=1)
+    k = check_size(k, "k", minimum=1)
+    chunk_size = check_size(chunk_size, "chunk_size", minimum=1)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     device = query.device
@@ -194,17 +163,21 @@ def knn(
             raise ValueError("batch and key_batch must be given together when key is given")
     num_queries, num_keys = query.size(0), key.size(0)
     if not loop and num_keys != num_queries:
-        raise ValueError(f"loop=False needs as many keys as queries (the same nodes), got M={num_keys}, N={num_queries}")
+        raise ValueError(
+            f"loop=False needs as many keys as queries (the same nodes), got M={num_keys}, N={num_queries}"
+        )
     if batch is not None:
-        batch = _check_batch(batch, num_queries, "batch", device)
-        key_batch = _check_batch(key_batch, num_keys, "key_batch", device)
+        batch = check_batch(batch, num_queries, "batch", device)
+        key_batch = check_batch(key_batch, num_keys, "key_batch", device)
     if num_queries == 0 or num_keys == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
 
+    shared = key is query
     dtype = torch.promote_types(query.dtype, key.dtype)
     query, key = query.to(dtype), key.to(dtype)
     if metric == "cosine":
-        query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
+        query = F.normalize(query, dim=1)
+        key = query if shared else F.normalize(key, dim=1)
     # Padding rows let every chunk read a key window whose width is a multiple of _GROUP.
     padded_key = torch.cat([key, key.new_zeros(_GROUP - 1, key.size(1))])
     # -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2; the last term is constant per query, so it is dropped.
@@ -215,6 +188,7 @@ def knn(
     lasts = (starts + chunk_size).clamp(max=num_queries) - 1
     bounds = torch.stack([key_lo[starts], key_hi[lasts], key_lo[lasts], key_hi[starts]], dim=1).tolist()
     widths = [math.ceil((hi - lo) / _GROUP) * _GROUP for lo, hi, _, _ in bounds]
+    # One buffer for all chunks: a fresh allocation per chunk would page-fault it in again.
     buffer = query.new_empty(max(min(chunk_size, num_queries) * max(widths), 1))
 
     sources: List[Tensor] = []
@@ -230,6 +204,7 @@ def knn(
         else:
             torch.addmm(key_bias[lo : lo + width], query[start:end], keys_t, alpha=2, out=scores)
         row_lo, row_hi = key_lo[start:end, None] - lo, key_hi[start:end, None] - lo
+        # A chunk inside one segment only needs its padding columns masked.
         if last_lo == lo and first_hi == hi:
             scores[:, hi - lo :] = float("-inf")
         else:
@@ -276,10 +251,10 @@ def lsh_buckets(
         ``[num_hashes, N]`` int64 bucket ids.
     """
     query = _check_features(query, "query")
-    num_buckets = _check_count(num_buckets, "num_buckets", minimum=2)
+    num_buckets = check_size(num_buckets, "num_buckets", minimum=2)
     if num_buckets % 2:
         raise ValueError(f"num_buckets must be even (buckets come in ±rotation pairs), got {num_buckets}")
-    num_hashes = _check_count(num_hashes, "num_hashes", minimum=1)
+    num_hashes = check_size(num_hashes, "num_hashes", minimum=1)
     half = num_buckets // 2
     rotations = torch.randn(
         (num_hashes, query.size(1), half), generator=generator, dtype=torch.float32, device=query.device
@@ -292,7 +267,8 @@ def lsh_buckets(
             largest, argmax = projected.max(dim=1)
             smallest, argmin = projected.min(dim=1)
             # argmax over [xR; -xR] without building it; ties go to the first half like argmax would.
-            buckets[hash_index, start : start + rows_per_block] = torch.where(largest >= -smallest, argmax, argmin + half)
+            rows = slice(start, start + rows_per_block)
+            buckets[hash_index, rows] = torch.where(largest >= -smallest, argmax, argmin + half)
     return buckets
 
 
@@ -347,12 +323,12 @@ def lsh_knn(
     """
     query = _check_features(query, "query")
     if k is not None:
-        k = _check_count(k, "k", minimum=1)
-    num_hashes = _check_count(num_hashes, "num_hashes", minimum=1)
-    chunk_size = _check_count(chunk_size, "chunk_size", minimum=1)
+        k = check_size(k, "k", minimum=1)
+    num_hashes = check_size(num_hashes, "num_hashes", minimum=1)
+    chunk_size = check_size(chunk_size, "chunk_size", minimum=1)
     num_nodes, device = query.size(0), query.device
     if batch is not None:
-        batch = _check_batch(batch, num_nodes, "batch", device)
+        batch = check_batch(batch, num_nodes, "batch", device)
     if num_nodes == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
     segment = batch if batch is not None else torch.zeros(num_nodes, dtype=torch.long, device=device)
@@ -390,9 +366,11 @@ class _ChunkLayout(NamedTuple):
         padded_counts = -torch.div(-counts, chunk_size, rounding_mode="floor") * chunk_size
         shift = (torch.cumsum(padded_counts, 0) - padded_counts) - (torch.cumsum(counts, 0) - counts)
         slot_of_rank = torch.arange(segment.numel(), device=segment.device) + shift[segment]
-        chunk_segment = torch.full((int(padded_counts.sum()) // chunk_size,), -1, dtype=torch.long, device=segment.device)
+        num_chunks = int(padded_counts.sum()) // chunk_size
+        chunk_segment = torch.full((num_chunks,), -1, dtype=torch.long, device=segment.device)
         chunk_segment[slot_of_rank // chunk_size] = segment
-        has_previous = torch.cat([chunk_segment.new_zeros(1, dtype=torch.bool), chunk_segment[1:] == chunk_segment[:-1]])
+        same_as_previous = chunk_segment[1:] == chunk_segment[:-1]
+        has_previous = torch.cat([same_as_previous.new_zeros(1), same_as_previous])
         return _ChunkLayout(slot_of_rank, has_previous, chunk_size)
 
 
@@ -467,7 +445,7 @@ def recall_at_k(approx_edge_index: Tensor, exact_edge_index: Tensor, num_nodes: 
     Returns:
         ``|exact ∩ approx| / |exact|`` as a Python float.
     """
-    num_nodes = _check_count(num_nodes, "num_nodes", minimum=0)
+    num_nodes = check_size(num_nodes, "num_nodes", minimum=0)
     keys = []
     for edge_index, name in ((approx_edge_index, "approx_edge_index"), (exact_edge_index, "exact_edge_index")):
         if not isinstance(edge_index, Tensor) or edge_index.dtype not in (torch.int64, torch.int32):

@@ -14,7 +14,16 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._utils import Device, Segments, check_size, grid_union, resolve_device, runs_to_edge_index, segments
+from ._utils import (
+    Device,
+    Segments,
+    check_size,
+    grid_union,
+    resolve_device,
+    rows_to_edge_index,
+    runs_to_edge_index,
+    segments,
+)
 
 Indices = Union[int, Sequence[int], Tensor]
 
@@ -183,7 +192,7 @@ def log_sparse(num_nodes: int, *, causal: bool = True, batch: Optional[Tensor] =
     offsets = torch.cat(parts)
     reached = seg.pos.unsqueeze(1) + offsets
     valid = (reached >= 0) & (reached < seg.length.unsqueeze(1))
-    return _rows_to_edge_index(reached + seg.start.unsqueeze(1), valid)
+    return rows_to_edge_index(reached + seg.start.unsqueeze(1), valid)
 
 
 def block_local(num_nodes: int, block_size: int, *, batch: Optional[Tensor] = None, device: Device = None) -> Tensor:
@@ -256,7 +265,7 @@ def random(
     num_random = check_size(num_random, "num_random")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
     sources = _sample_sources(seg, num_random, generator, num_nodes)
-    return _rows_to_edge_index(sources, sources < num_nodes)
+    return rows_to_edge_index(sources, sources < num_nodes)
 
 
 def longformer(
@@ -356,15 +365,6 @@ def _runs_per_target(firsts: Sequence[Tensor], counts: Sequence[Tensor], steps: 
     if len(set(steps)) > 1:
         step = torch.tensor(steps, device=first.device).repeat(num_targets)
     return runs_to_edge_index(target, first.flatten(), count.flatten(), step)
-
-
-def _rows_to_edge_index(sources: Tensor, valid: Tensor) -> Tensor:
-    # Edges sources[i, k] -> i where valid[i, k]; rows [N, K] ascending give a sorted pattern.
-    if bool(valid.all()):
-        target = torch.arange(sources.size(0), device=sources.device).repeat_interleave(sources.size(1))
-        return torch.stack([sources.flatten(), target])
-    kept = valid.flatten().nonzero().flatten()
-    return torch.stack([sources.flatten()[kept], torch.div(kept, sources.size(1), rounding_mode="floor")])
 
 
 def _global_positions(indices: Indices, device: torch.device, name: str) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..ops.pattern import check_edge_index
-from ._utils import Device, check_batch, check_size, resolve_device, runs_to_edge_index
+from ._utils import Device, check_batch, check_size, resolve_device, rows_to_edge_index, runs_to_edge_index
 from .combine import sort_and_dedup
 
 
@@ -149,7 +149,7 @@ def expander(
     sources = torch.stack(sources, dim=1).sort(dim=1).values
     keep = sources != node.unsqueeze(1)
     keep[:, 1:] &= sources[:, 1:] != sources[:, :-1]
-    return torch.stack([sources[keep], node.unsqueeze(1).expand_as(sources)[keep]])
+    return rows_to_edge_index(sources, keep)
 
 
 def add_virtual_nodes(

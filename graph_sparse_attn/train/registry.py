@@ -45,7 +45,9 @@ def make_task(config) -> Task:
     if task in SEQUENCE_TASKS:
         return _sequence_task(task, root, options, config)
     if task.startswith("ogbg-"):
-        return GraphPropertyTask(task, root, config.model_options)
+        return GraphPropertyTask.from_ogb(task, root, config.model_options)
+    if task == "peptides-func":
+        return GraphPropertyTask.peptides_func(root, config.model_options)
     if task in ("cora", "citeseer"):
         return _planetoid_task(task, root, config)
     raise UnknownTask(f"task {task!r} is not available in this version")

@@ -102,30 +102,55 @@ class SequenceClassificationTask(Task):
 
 # ---------------------------------------------------------------------------- graphs
 class GraphPropertyTask(Task):
-    """OGB graph property prediction (``ogbg-*``) with OGB's own loader, `Evaluator` and metric."""
+    """Molecular graph property prediction (OGB ``ogbg-*``, LRGB Peptides-func).
 
-    def __init__(self, name: str, root: Path, model_options: Dict[str, Any]) -> None:
+    ``dataset`` holds PyG graphs with OGB atom/bond features, ``split_idx`` the ``train``/``val``/
+    ``test`` indices, ``scorer(prediction, target)`` the official metric; targets may hold NaN
+    (unlabelled), which the loss skips.
+    """
+
+    def __init__(self, name: str, dataset, split_idx: Dict[str, Tensor], metric: str, scorer: Callable[[Tensor, Tensor], float], *,
+                 regression: bool, model_options: Dict[str, Any]) -> None:
+        self.name, self.dataset, self.split_idx, self.metric, self.scorer = name, dataset, split_idx, metric, scorer
+        self.regression, self.model_options = regression, model_options
+        self.higher_is_better = metric not in ("rmse", "mae")
+
+    @classmethod
+    def from_ogb(cls, name: str, root: Path, model_options: Dict[str, Any]) -> "GraphPropertyTask":
+        """An OGB dataset through OGB's own loader, split and `Evaluator`."""
         from ogb.graphproppred import Evaluator, PygGraphPropPredDataset
 
-        self.name, self.model_options = name, model_options
         folder = root / name.replace("-", "_")
         _require_offline_copy(folder, f"ogb's layout for {name}: {folder}/{{raw,split,mapping}}/... and RELEASE_v1.txt",
                               "http://snap.stanford.edu/ogb/data/graphproppred/csv_mol_download/")
         with _no_stdin_prompt(folder), _pyg_safe_globals():
-            self.dataset = PygGraphPropPredDataset(name=name, root=str(root))
-        self.split_idx = self.dataset.get_idx_split()
-        self.evaluator = Evaluator(name)
-        self.metric = self.evaluator.eval_metric
-        self.higher_is_better = self.metric not in ("rmse", "mae")
-        self.regression = self.dataset.task_type == "regression"
+            dataset = PygGraphPropPredDataset(name=name, root=str(root))
+        split = dataset.get_idx_split()
+        evaluator = Evaluator(name)
+        metric = evaluator.eval_metric
+
+        def scorer(prediction: Tensor, target: Tensor) -> float:
+            return float(evaluator.eval({"y_true": target.numpy(), "y_pred": prediction.numpy()})[metric])
+
+        return cls(name, dataset, {"train": split["train"], "val": split["valid"], "test": split["test"]}, metric, scorer,
+                   regression=dataset.task_type == "regression", model_options=model_options)
+
+    @classmethod
+    def peptides_func(cls, root: Path, model_options: Dict[str, Any]) -> "GraphPropertyTask":
+        """LRGB Peptides-func: 10 binary tasks, average precision."""
+        from ..data.lrgb import PeptidesFunctional, average_precision
+
+        dataset = PeptidesFunctional(str(root))
+        return cls("peptides-func", dataset, dataset.get_idx_split(), "ap", average_precision, regression=False,
+                   model_options=model_options)
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
         from torch_geometric.loader import DataLoader
 
         train = self.dataset[self.split_idx["train"]]
         loaders = {"train": DataLoader(train, batch_size=batch_size, sampler=train_sampler(train, seed))}
-        for split, key in (("val", "valid"), ("test", "test")):
-            loaders[split] = DataLoader(self.dataset[self.split_idx[key]], batch_size=batch_size)
+        for split in ("val", "test"):
+            loaders[split] = DataLoader(self.dataset[self.split_idx[split]], batch_size=batch_size)
         return loaders
 
     def build_model(self) -> nn.Module:
@@ -133,7 +158,7 @@ class GraphPropertyTask(Task):
 
         options = {"hidden_channels": 64, "depth": 3, "heads": 4, "attention": "exphormer", "gps": True, "dropout": 0.1,
                    **self.model_options}
-        return GraphTransformer("atom", out_channels=self.dataset.num_tasks, edge_dim="bond", **options)
+        return GraphTransformer("atom", out_channels=self.dataset[0].y.size(-1), edge_dim="bond", **options)
 
     def forward(self, model, batch, split):
         out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
@@ -146,7 +171,7 @@ class GraphPropertyTask(Task):
         return F.binary_cross_entropy_with_logits(prediction[labelled], target[labelled])
 
     def score(self, prediction, target):
-        return float(self.evaluator.eval({"y_true": target.numpy(), "y_pred": prediction.numpy()})[self.metric])
+        return self.scorer(prediction, target)
 
 
 class NodeClassificationTask(Task):

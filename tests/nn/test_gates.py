@@ -1,5 +1,4 @@
 """Learnable patterns: gate modules, penalties, gated SparseAttnConv, and a train-then-prune demo."""
-import math
 
 import pytest
 import torch

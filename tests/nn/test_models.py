@@ -147,3 +147,21 @@ def test_graph_transformer_exphormer_with_expander_and_node_task():
     x = torch.randn(batch.num_nodes, 5)
     assert node_model(x, batch.edge_index).shape == (batch.num_nodes, 3)
     assert "attention='exphormer'" in repr(model)
+
+
+def test_graph_transformer_takes_pyg_positional_encodings():
+    import torch_geometric.transforms as T
+
+    torch.manual_seed(0)
+    transform = T.Compose([T.AddRandomWalkPE(walk_length=4, attr_name="rw"), T.AddLaplacianEigenvectorPE(k=3, attr_name="lap")])
+    batch = Batch.from_data_list([transform(molecule(n, seed=n)) for n in (6, 7)])
+    for pe, lap_pe in ((batch.rw, False), (batch.lap, True)):
+        model = GraphTransformer("atom", 16, 2, depth=1, heads=2, edge_dim="bond", pe_dim=pe.size(1), lap_pe=lap_pe)
+        out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=pe)
+        assert_all_parameters_get_gradients(model, out.sum())
+        model.eval()  # no random sign flips: the encoding changes the output
+        with torch.no_grad():
+            assert not torch.allclose(model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=pe),
+                                      model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=torch.zeros_like(pe)))
+        with pytest.raises(ValueError, match="pe must have shape"):
+            model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)

@@ -133,7 +133,8 @@ def test_knn_output_format():
 def test_knn_empty_inputs():
     assert knn(features(0), None, 3).shape == (2, 0)
     assert knn(features(4), features(0), 3).shape == (2, 0)
-    assert knn(features(4), features(0), 3, batch=torch.zeros(4, dtype=torch.long), key_batch=torch.zeros(0, dtype=torch.long)).shape == (2, 0)
+    batch, key_batch = torch.zeros(4, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    assert knn(features(4), features(0), 3, batch=batch, key_batch=key_batch).shape == (2, 0)
 
 
 def test_knn_bad_inputs():
@@ -213,9 +214,8 @@ def test_lsh_buckets_definition():
 def test_lsh_knn_matches_loop_reference(k, loop):
     batch = batch_from_lengths([9, 0, 1, 23, 6])
     query = features(len(batch), seed=13)
-    edge_index = lsh_knn(
-        query, k, num_hashes=3, num_buckets=4, chunk_size=4, batch=batch, loop=loop, generator=torch.Generator().manual_seed(5)
-    )
+    options = dict(num_hashes=3, num_buckets=4, chunk_size=4, batch=batch, loop=loop)
+    edge_index = lsh_knn(query, k, generator=torch.Generator().manual_seed(5), **options)
     buckets = lsh_buckets(query, 4, num_hashes=3, generator=torch.Generator().manual_seed(5))
     assert as_pairs(edge_index) == lsh_reference(query, k, buckets, 4, batch, loop)
 
@@ -246,7 +246,7 @@ def test_lsh_blocking_does_not_change_the_result(monkeypatch, k):
 
     whole = run()
     monkeypatch.setattr(dynamic, "_MERGE_ROWS", 7)
-    monkeypatch.setattr(dynamic, "_PROJECTION_BLOCK", 11)
+    monkeypatch.setattr(dynamic, "_PROJECTION_BLOCK", 60)
     assert torch.equal(run(), whole)
 
 

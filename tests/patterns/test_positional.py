@@ -69,7 +69,9 @@ def is_power_of_two(x):
 
 
 @pytest.mark.parametrize("num_nodes,batch", cases())
-@pytest.mark.parametrize("window,dilation,is_causal", [(0, 1, False), (1, 1, False), (2, 1, True), (2, 3, False), (3, 2, True), (40, 1, False)])
+@pytest.mark.parametrize(
+    "window,dilation,is_causal", [(0, 1, False), (1, 1, False), (2, 1, True), (2, 3, False), (3, 2, True), (40, 1, False)]
+)
 def test_sliding_window_matches_definition(num_nodes, batch, window, dilation, is_causal):
     def rule(pi, pj, length):
         return abs(pi - pj) <= window * dilation and (pi - pj) % dilation == 0 and (not is_causal or pj <= pi)

@@ -144,3 +144,16 @@ def test_data_parallel_matches_single_process(tmp_path):
     single, ddp = single["model"], ddp["model"]
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_peptides_func_task_reports_average_precision(tmp_path):
+    source = SHARED / "lrgb" / "peptides-functional"
+    if not source.exists():
+        pytest.skip(f"shared dataset {source} is absent (tests read real data from ../shared/data)")
+    shutil.copytree(source, tmp_path / "lrgb" / "peptides-functional")
+    run = tmp_path / "run"
+    proc = gsa("train", "peptides-func", "--root", str(tmp_path / "lrgb"), "--run-dir", str(run), "--max-steps", "3",
+               "--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "32", cwd=tmp_path)
+    assert "test ap" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metric"] == "ap" and 0.0 < summary["test"] <= 1.0
