@@ -62,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = train.add_argument_group("data")
     data.add_argument("--root", default="datasets", help="data root (downloads, generated data, caches)")
     data.add_argument("--imdb-path", default=None, help="aclImdb folder or aclImdb_v1.tar.gz for the imdb task (default: ROOT/aclImdb)")
-    data.add_argument("--num-train", type=_positive_int, default=None, help="ListOps: training samples to generate (default 2000 for the quick default job, 96000 otherwise)")
-    data.add_argument("--num-val", type=_positive_int, default=None, help="ListOps: validation samples (default 200 / 2000)")
-    data.add_argument("--num-test", type=_positive_int, default=None, help="ListOps: test samples (default 200 / 2000)")
-    data.add_argument("--min-length", type=_positive_int, default=None, help="ListOps: shortest sequence in tokens (LRA: 500)")
-    data.add_argument("--max-length", type=_positive_int, default=None, help="ListOps: longest sequence in tokens (LRA: 2000); imdb: bytes kept (LRA: 4096)")
+    data.add_argument("--num-train", type=_positive_int, default=None, help="ListOps: training samples to generate (default 3000, a quick offline job; LRA: 96000)")
+    data.add_argument("--num-val", type=_positive_int, default=None, help="ListOps: validation samples (default 300; LRA: 2000)")
+    data.add_argument("--num-test", type=_positive_int, default=None, help="ListOps: test samples (default 300; LRA: 2000)")
+    data.add_argument("--min-length", type=_positive_int, default=None, help="ListOps: shortest sequence in tokens (default 100; LRA: 500)")
+    data.add_argument("--max-length", type=_positive_int, default=None, help="ListOps: longest sequence in tokens (default 500; LRA: 2000); imdb: bytes kept (default and LRA: 4096)")
 
     model = train.add_argument_group("model")
     model.add_argument("--dim", type=_positive_int, default=None, help="model width (hidden channels)")
@@ -89,15 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="AdamW, or SGD with momentum 0.9")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="weight decay")
     optim.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine", help="learning-rate schedule after warm-up")
-    optim.add_argument("--warmup-steps", type=_non_negative_int, default=0, help="linear warm-up steps")
+    optim.add_argument("--warmup-steps", type=_non_negative_int, default=None, help="linear warm-up steps (default: the task's, else 0)")
     optim.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 disables)")
 
     run = train.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0, help="random seed")
-    run.add_argument("--run-dir", default=None, help="run directory (default runs/TASK-seedSEED)")
+    run.add_argument("--run-dir", default=None, help="run directory (default: a new runs/TASK-seedSEED[-K])")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     run.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
-    run.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (same epoch, optimiser, scheduler and RNG state)")
+    run.add_argument("--resume", action="store_true", help="continue --run-dir from its last.pt (same epoch, optimiser, scheduler and RNG state)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint on its validation and test splits")
     evaluate.add_argument("run_dir", help="a run directory written by 'gsa train'")
@@ -134,16 +134,25 @@ def config_from_args(args: argparse.Namespace):
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
-        warmup_steps=args.warmup_steps,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else defaults.get("warmup_steps", 0),
         grad_clip=args.grad_clip,
         seed=args.seed,
         device=args.device,
         deterministic=args.deterministic,
-        run_dir=args.run_dir or f"runs/{args.task}-seed{args.seed}",
+        run_dir=args.run_dir or _new_run_dir(f"runs/{args.task}-seed{args.seed}"),
         root=args.root,
         task_options=task_options,
         model_options=model_options,
     )
+
+
+def _new_run_dir(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet."""
+    candidate, k = base, 1
+    while Path(candidate).exists():
+        k += 1
+        candidate = f"{base}-{k}"
+    return candidate
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -154,6 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "train":
         from .loop import Trainer
 
+        if args.resume and args.run_dir is None:
+            parser.error("--resume needs the --run-dir of the run to continue")
         try:
             config = config_from_args(args)
         except UnknownTask as error:

@@ -20,8 +20,8 @@ def task_defaults(task: str) -> Dict[str, Any]:
         # The default job: small, offline, a few minutes on 2 CPU cores. Pass --num-train 96000
         # --min-length 500 --max-length 2000 and a larger model/budget for the LRA setting.
         return {
-            "epochs": 4, "batch_size": 32, "lr": 1e-3, "width_key": "dim",
-            "task": {"num_train": 2000, "num_val": 200, "num_test": 200, "min_length": 100, "max_length": 400,
+            "epochs": 5, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "width_key": "dim",
+            "task": {"num_train": 3000, "num_val": 300, "num_test": 300, "min_length": 100, "max_length": 500,
                      "pattern": ["longformer", {"window": 16, "global_indices": [0]}]},
             "model": {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.0, "position": "learned"},
         }

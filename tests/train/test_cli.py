@@ -47,6 +47,7 @@ def test_help_documents_every_option(capsys):
         (["train", "listops", "--pattern", "window:width=3"], "takes no parameter"),
         (["train", "listops", "--dropout", "1.5"], "[0, 1)"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
+        (["train", "listops", "--resume"], "--resume needs"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_path, monkeypatch):
@@ -157,3 +158,13 @@ def test_peptides_func_task_reports_average_precision(tmp_path):
     assert "test ap" in proc.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metric"] == "ap" and 0.0 < summary["test"] <= 1.0
+
+
+def test_default_run_directories_never_collide(tmp_path, monkeypatch):
+    from graph_sparse_attn.train.cli import _new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert _new_run_dir("runs/listops-seed0") == "runs/listops-seed0"
+    (tmp_path / "runs" / "listops-seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "listops-seed0-2").mkdir()
+    assert _new_run_dir("runs/listops-seed0") == "runs/listops-seed0-3"
