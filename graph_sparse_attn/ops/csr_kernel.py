@@ -89,16 +89,17 @@ def per_edge(node_values: Tensor, pattern: CSRPattern) -> Tensor:
     return node_values.index_select(1, pattern.row)
 
 
-def segment_exp(logits: Tensor, pattern: CSRPattern) -> Tuple[Tensor, Tensor, Tensor]:
+def segment_exp_(logits: Tensor, pattern: CSRPattern) -> Tuple[Tensor, Tensor, Tensor]:
     """Unnormalised, max-shifted softmax terms of ``logits [H, E]`` over each target's edges.
 
+    Works in place: ``logits`` is overwritten with the result (one ``[H, E]`` buffer fewer).
     Returns ``(exp [H, E], row_sum [H, N_dst], lse [H, N_dst])`` with ``softmax = exp / row_sum``
     per edge. Targets without edges (or whose logits are all ``-inf``) get ``row_sum = 0`` and
     ``lse = +inf``, so that recomputing ``exp(logit − lse)`` gives exact zeros.
     """
     row_max = torch.stack([torch.segment_reduce(v, "max", offsets=pattern.rowptr) for v in logits])
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(logits - per_edge(row_max, pattern))
+    exp = logits.sub_(per_edge(row_max, pattern)).exp_()
     row_sum = segment_sum(exp, pattern)
     lse = torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_sum, float("inf")))
     return exp, row_sum, lse
@@ -129,8 +130,8 @@ class CSRAttentionFunction(torch.autograd.Function):
     def forward(ctx, query, key, value, bias, gate, pattern, scale, dropout_p, seed, need_weights):
         # Folding the scale into the queries costs [N, H, D] work instead of [H, E].
         scaled_query = query * scale
-        scores = sddmm(pattern, scaled_query, key)
-        exp, row_sum, lse = segment_exp(_logits(scores, bias, gate), pattern)
+        # _logits returns a fresh tensor or `scores` itself, which is not needed again: safe to consume.
+        exp, row_sum, lse = segment_exp_(_logits(sddmm(pattern, scaled_query, key), bias, gate), pattern)
         # A row sum is >= 1 wherever a finite logit exists, so the clamp only turns 0/0 into 0.
         row_sum = row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)
         kept = exp * dropout_scale(seed, exp.shape, dropout_p, exp) if dropout_p > 0 else exp
@@ -151,19 +152,23 @@ class CSRAttentionFunction(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         scores = sddmm(pattern, scaled_query, key)
-        probs = torch.exp(_logits(scores, bias, gate) - per_edge(lse, pattern))
+        # In place where safe: `_logits` is fresh, or `scores` itself, which is only read again with a gate
+        # (and then `_logits` is fresh). Each in-place step saves one [H, E] buffer at the peak.
+        probs = _logits(scores, bias, gate).sub_(per_edge(lse, pattern)).exp_()
         keep = dropout_scale(ctx.seed, probs.shape, dropout_p, probs) if dropout_p > 0 else None
 
         grad_value = spmm(pattern, probs * keep if keep is not None else probs, grad_out, transpose=True)
-        grad_probs_total = sddmm(pattern, grad_out, value)
+        grad_logits = sddmm(pattern, grad_out, value)  # dP, turned into dS = P ⊙ (dP − rowsum(P ⊙ dP)) below
         if keep is not None:
-            grad_probs_total = grad_probs_total * keep
+            grad_logits.mul_(keep)
+            del keep
         # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i, so no segment reduction is needed.
         row_dot = (grad_out * out).sum(-1).t()
         if grad_probs is not None:
-            grad_probs_total = grad_probs_total + grad_probs
+            grad_logits.add_(grad_probs)
             row_dot = row_dot + segment_sum(probs * grad_probs, pattern)
-        grad_logits = probs * (grad_probs_total - per_edge(row_dot, pattern))
+        grad_logits.sub_(per_edge(row_dot, pattern)).mul_(probs)
+        del probs
 
         grad_gate = None
         grad_scores = grad_logits

@@ -43,6 +43,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _fanouts(text: str) -> List[int]:
+    try:
+        fanouts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not fanouts or any(f == 0 or f < -1 for f in fanouts):
+        raise argparse.ArgumentTypeError(f"fanouts must be positive or -1, got {text!r}")
+    return fanouts
+
+
 def _pattern(text: str):
     from ..patterns.registry import parse_pattern
 
@@ -61,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("task", nargs="?", default=DEFAULT_TASK, help="task name (default: a small generated ListOps job that runs offline)")
     data = train.add_argument_group("data")
     data.add_argument("--root", default="datasets", help="data root (downloads, generated data, caches)")
+    data.add_argument("--num-neighbors", type=_fanouts, default=None, metavar="K1,K2,...",
+                      help="node tasks: train on neighbour-sampled mini-batches of --batch-size seeds with these fanouts per hop "
+                           "(-1: all); default: the full graph, except ogbn-products (15,10)")
     data.add_argument("--imdb-path", default=None, help="aclImdb folder or aclImdb_v1.tar.gz for the imdb task (default: ROOT/aclImdb)")
     data.add_argument("--num-train", type=_positive_int, default=None, help="ListOps: training samples to generate (default 3000, a quick offline job; LRA: 96000)")
     data.add_argument("--num-val", type=_positive_int, default=None, help="ListOps: validation samples (default 300; LRA: 2000)")
@@ -120,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
     if args.gate:
         model_options["gate"] = True
     task_options = dict(defaults.get("task", {}))
-    for flag in ("num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path"):
+    for flag in ("num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors"):
         if getattr(args, flag) is not None:
             task_options[flag] = getattr(args, flag)
     if args.pattern is not None:

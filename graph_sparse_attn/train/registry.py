@@ -33,8 +33,12 @@ def task_defaults(task: str) -> Dict[str, Any]:
         }
     if task.startswith("ogbg-") or task == "peptides-func":
         return {"epochs": 30, "batch_size": 64, "lr": 1e-3, "width_key": "hidden_channels", "model": {}}
+    if task == "ogbn-products":  # 2.4M nodes, 62M edges: neighbour-sampled mini-batches
+        return {"epochs": 10, "batch_size": 1024, "lr": 3e-3, "width_key": "hidden_channels", "model": {},
+                "task": {"num_neighbors": [15, 10]}}
     if task in NODE_TASKS:
-        return {"epochs": 200, "batch_size": 1, "lr": 5e-3, "width_key": "hidden_channels", "model": {}}
+        return {"epochs": 200 if task in ("cora", "citeseer") else 100, "batch_size": 1024, "lr": 5e-3,
+                "width_key": "hidden_channels", "model": {}}
     raise UnknownTask(f"unknown task {task!r}; known: listops, imdb, ogbg-<name>, {', '.join(NODE_TASKS)}, peptides-func")
 
 
@@ -50,6 +54,8 @@ def make_task(config) -> Task:
         return GraphPropertyTask.peptides_func(root, config.model_options)
     if task in ("cora", "citeseer"):
         return _planetoid_task(task, root, config)
+    if task.startswith("ogbn-"):
+        return NodeClassificationTask.from_ogb(task, root, config.model_options, options.get("num_neighbors"))
     raise UnknownTask(f"task {task!r} is not available in this version")
 
 
@@ -91,5 +97,6 @@ def _planetoid_task(task: str, root: Path, config) -> NodeClassificationTask:
     _require_offline_copy(root / name, f"{root / name}/raw/ind.{task}.{{x,y,tx,ty,allx,ally,graph,test.index}}",
                           "https://github.com/kimiyoung/planetoid/raw/master/data")
     data = Planetoid(str(root), name)[0]
-    masks = {"train": data.train_mask, "val": data.val_mask, "test": data.test_mask}
-    return NodeClassificationTask(task, data, masks, int(data.y.max()) + 1, config.model_options)
+    split_idx = {split: mask.nonzero().view(-1) for split, mask in (("train", data.train_mask), ("val", data.val_mask), ("test", data.test_mask))}
+    return NodeClassificationTask(task, data, split_idx, int(data.y.max()) + 1, config.model_options,
+                                  num_neighbors=config.task_options.get("num_neighbors"))

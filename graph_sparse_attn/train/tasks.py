@@ -175,17 +175,57 @@ class GraphPropertyTask(Task):
 
 
 class NodeClassificationTask(Task):
-    """Full-graph node classification (Planetoid Cora/CiteSeer, OGB ``ogbn-*``): one batch per epoch."""
+    """Node classification on one graph (Planetoid Cora/CiteSeer, OGB ``ogbn-*``).
+
+    Full-graph training (one batch per epoch) when ``num_neighbors`` is None; otherwise
+    mini-batches of ``batch_size`` seed nodes with their sampled ``num_neighbors`` in-neighbourhood
+    (our `NeighborSampler`; training seeds are sharded across data-parallel ranks).
+    ``split_idx`` maps ``train``/``val``/``test`` to node ids.
+    """
 
     metric = "accuracy"
 
-    def __init__(self, name: str, data, split_masks: Dict[str, Tensor], num_classes: int, model_options: Dict[str, Any],
-                 evaluator: Optional[Callable[[Tensor, Tensor], float]] = None) -> None:
-        self.name, self.data, self.masks, self.num_classes = name, data, split_masks, num_classes
-        self.model_options, self.evaluator = model_options, evaluator
+    def __init__(self, name: str, data, split_idx: Dict[str, Tensor], num_classes: int, model_options: Dict[str, Any], *,
+                 num_neighbors: Optional[Sequence[int]] = None, scorer: Callable[[Tensor, Tensor], float] = None) -> None:
+        self.name, self.data, self.split_idx, self.num_classes = name, data, split_idx, num_classes
+        self.model_options, self.num_neighbors, self.scorer = model_options, num_neighbors, scorer or accuracy
+
+    @classmethod
+    def from_ogb(cls, name: str, root: Path, model_options: Dict[str, Any], num_neighbors: Optional[Sequence[int]]) -> "NodeClassificationTask":
+        """An ``ogbn-*`` dataset through OGB's loader, split and `Evaluator` (graph made undirected)."""
+        from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
+        from torch_geometric.utils import to_undirected
+
+        folder = root / name.replace("-", "_")
+        _require_offline_copy(folder, f"ogb's layout for {name}: {folder}/{{raw,split,mapping}}/... and RELEASE_v1.txt",
+                              "http://snap.stanford.edu/ogb/data/nodeproppred/")
+        with _no_stdin_prompt(folder), _pyg_safe_globals():
+            dataset = PygNodePropPredDataset(name=name, root=str(root))
+        data = dataset[0]
+        data.edge_index = to_undirected(data.edge_index, num_nodes=data.num_nodes)
+        split = dataset.get_idx_split()
+        evaluator = Evaluator(name)
+
+        def scorer(prediction: Tensor, target: Tensor) -> float:
+            result = evaluator.eval({"y_true": target.view(-1, 1).numpy(), "y_pred": prediction.argmax(-1, keepdim=True).numpy()})
+            return float(result["acc"])
+
+        return cls(name, data, {"train": split["train"], "val": split["valid"], "test": split["test"]}, dataset.num_classes,
+                   model_options, num_neighbors=num_neighbors, scorer=scorer)
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
-        return {split: [self.data] for split in ("train", "val", "test")}
+        if self.num_neighbors is None:
+            return {split: [self.data] for split in ("train", "val", "test")}
+        from ..data.sampling import NeighborSampler
+
+        def sampler(split: str, seeds: Tensor, shuffle: bool) -> NeighborSampler:
+            return NeighborSampler(self.data.edge_index, self.data.num_nodes, list(self.num_neighbors), input_nodes=seeds,
+                                   batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                                   x=self.data.x, y=self.data.y.view(-1))
+
+        train_seeds = self.split_idx["train"][dist_utils.rank()::dist_utils.world_size()]
+        return {"train": sampler("train", train_seeds, True), "val": sampler("val", self.split_idx["val"], False),
+                "test": sampler("test", self.split_idx["test"], False)}
 
     def build_model(self) -> nn.Module:
         from ..nn import GraphTransformer
@@ -194,17 +234,19 @@ class NodeClassificationTask(Task):
         return GraphTransformer(self.data.num_features, out_channels=self.num_classes, task="node", **options)
 
     def forward(self, model, batch, split):
-        mask = self.masks[split].to(batch.x.device)
-        return model(batch.x, batch.edge_index)[mask], batch.y.view(-1)[mask]
+        if self.num_neighbors is None:
+            index = self.split_idx[split].to(batch.x.device)
+            return model(batch.x, batch.edge_index)[index], batch.y.view(-1)[index]
+        return model(batch.x, batch.edge_index)[: batch.batch_size], batch.y[: batch.batch_size]
 
     def loss(self, prediction, target):
         return F.cross_entropy(prediction, target)
 
     def score(self, prediction, target):
-        return self.evaluator(prediction, target) if self.evaluator else accuracy(prediction, target)
+        return self.scorer(prediction, target)
 
     def num_samples(self, batch):
-        return int(self.masks["train"].sum())
+        return int(batch.batch_size) if self.num_neighbors is not None else self.split_idx["train"].numel()
 
 
 # ---------------------------------------------------------------------------- helpers

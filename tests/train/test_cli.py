@@ -168,3 +168,18 @@ def test_default_run_directories_never_collide(tmp_path, monkeypatch):
     (tmp_path / "runs" / "listops-seed0").mkdir(parents=True)
     (tmp_path / "runs" / "listops-seed0-2").mkdir()
     assert _new_run_dir("runs/listops-seed0") == "runs/listops-seed0-3"
+
+
+@pytest.mark.parametrize("extra", [[], ["--num-neighbors", "10,5", "--batch-size", "256"]])
+def test_planetoid_node_task_full_graph_and_neighbour_sampled(tmp_path, extra):
+    source = SHARED / "planetoid" / "Cora"
+    if not source.exists():
+        pytest.skip(f"shared dataset {source} is absent (tests read real data from ../shared/data)")
+    shutil.copytree(source, tmp_path / "planetoid" / "Cora")
+    run = tmp_path / "run"
+    proc = gsa("train", "cora", "--root", str(tmp_path / "planetoid"), "--run-dir", str(run), "--epochs", "3", "--dim", "16",
+               "--depth", "1", "--heads", "2", *extra, cwd=tmp_path)
+    assert "test accuracy" in proc.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(0.0 <= r["test_accuracy"] <= 1.0 for r in records)
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
