@@ -5,9 +5,29 @@ positions (`positional`) or graph structure (`structural`), compose with `combin
 sorted by (target, source) without duplicates. Dynamic patterns are built per input
 (`dynamic`: exact chunked kNN, LSH buckets); learned gates are exported with `prune`.
 """
-from .combine import causal, from_dense_mask, from_networkx, intersection, sort_and_dedup, to_dense_mask, to_networkx, union
+from .combine import (
+    causal,
+    from_dense_mask,
+    from_networkx,
+    intersection,
+    sort_and_dedup,
+    to_dense_mask,
+    to_networkx,
+    union,
+)
+from .dynamic import knn, lsh_buckets, lsh_knn, recall_at_k
 from .learned import prune
-from .positional import bigbird, block_local, fixed, global_tokens, log_sparse, longformer, random, sliding_window, strided
+from .positional import (
+    bigbird,
+    block_local,
+    fixed,
+    global_tokens,
+    log_sparse,
+    longformer,
+    random,
+    sliding_window,
+    strided,
+)
 from .registry import POSITIONAL_PATTERNS, build_pattern, parse_pattern
 from .structural import VirtualNodes, add_virtual_nodes, expander, graph_edges, k_hop
 
@@ -15,5 +35,6 @@ __all__ = [
     "sliding_window", "strided", "fixed", "log_sparse", "block_local", "global_tokens", "random", "longformer", "bigbird",
     "graph_edges", "k_hop", "expander", "add_virtual_nodes", "VirtualNodes",
     "union", "intersection", "causal", "sort_and_dedup", "to_dense_mask", "from_dense_mask", "to_networkx", "from_networkx",
+    "knn", "lsh_knn", "lsh_buckets", "recall_at_k",
     "prune", "POSITIONAL_PATTERNS", "build_pattern", "parse_pattern",
 ]
