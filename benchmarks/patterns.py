@@ -50,7 +50,7 @@ def _fixed_patterns():
         "k_hop(ring, k=2)": lambda: patterns.k_hop(graph, 2, n),
         "expander(degree=8)": lambda: patterns.expander(n, 8, generator=gen()),
         "add_virtual_nodes(1, batch)": lambda: patterns.add_virtual_nodes(n, 1, batch=batch).edge_index,
-        "union(window 8, random 8)": lambda: patterns.union(patterns.sliding_window(n, 8), patterns.random(n, 8, generator=gen())),
+        "window 8 + random 8 + union": lambda: patterns.union(patterns.sliding_window(n, 8), patterns.random(n, 8, generator=gen())),
     }
 
 

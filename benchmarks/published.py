@@ -35,11 +35,11 @@ REFERENCES = {
 BUDGETS = {
     "small": {
         "ogbg-molhiv": ["--epochs", "3", "--dim", "64", "--depth", "3", "--batch-size", "128", "--lr", "2e-3"],
-        "listops": ["--num-train", "8000", "--num-val", "1000", "--num-test", "2000", "--min-length", "500", "--max-length", "2000",
+        "listops": ["--num-train", "5000", "--num-val", "500", "--num-test", "2000", "--min-length", "500", "--max-length", "2000",
                     "--epochs", "2", "--dim", "64", "--depth", "2", "--heads", "4", "--batch-size", "32", "--lr", "2e-3",
                     "--warmup-steps", "50", "--pattern", "longformer:window=32,global_indices=0"],
-        "imdb": ["--epochs", "1", "--dim", "64", "--depth", "2", "--heads", "4", "--batch-size", "32", "--lr", "2e-3",
-                 "--max-length", "2048", "--pattern", "longformer:window=32,global_indices=0"],
+        "imdb": ["--num-train", "4000", "--epochs", "1", "--dim", "64", "--depth", "2", "--heads", "4", "--batch-size", "32",
+                 "--lr", "2e-3", "--max-length", "512", "--pattern", "longformer:window=32,global_indices=0"],
         "peptides-func": ["--epochs", "3", "--dim", "64", "--depth", "3", "--batch-size", "64", "--lr", "2e-3"],
     },
     "full": {

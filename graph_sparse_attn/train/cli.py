@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="node tasks: train on neighbour-sampled mini-batches of --batch-size seeds with these fanouts per hop "
                            "(-1: all); default: the full graph, except ogbn-products (15,10)")
     data.add_argument("--imdb-path", default=None, help="aclImdb folder or aclImdb_v1.tar.gz for the imdb task (default: ROOT/aclImdb)")
-    data.add_argument("--num-train", type=_positive_int, default=None, help="ListOps: training samples to generate (default 3000, a quick offline job; LRA: 96000)")
+    data.add_argument("--num-train", type=_positive_int, default=None, help="ListOps: training samples to generate (default 3000, a quick offline job; LRA: 96000); imdb: a seeded subset of the training reviews")
     data.add_argument("--num-val", type=_positive_int, default=None, help="ListOps: validation samples (default 300; LRA: 2000)")
     data.add_argument("--num-test", type=_positive_int, default=None, help="ListOps: test samples (default 300; LRA: 2000)")
     data.add_argument("--min-length", type=_positive_int, default=None, help="ListOps: shortest sequence in tokens (default 100; LRA: 500)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
+import torch
+
 from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask, Task
 
 SEQUENCE_TASKS = ("listops", "imdb")
@@ -78,8 +80,12 @@ def _sequence_task(task: str, root: Path, options: Dict[str, Any], config) -> Se
         train = imdb.load_imdb(path, "train", max_length=options["max_length"])
         # LRA Text has no validation split: hold out a fixed tenth of the training reviews.
         holdout = set(range(0, len(train), 10))
+        kept = [i for i in range(len(train)) if i not in holdout]
+        if "num_train" in options:  # a seeded subset of the training reviews, for small budgets
+            order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))
+            kept = sorted(kept[i] for i in order[: options["num_train"]].tolist())
         splits = {
-            "train": [s for i, s in enumerate(train) if i not in holdout],
+            "train": [train[i] for i in kept],
             "val": [train[i] for i in sorted(holdout)],
             "test": imdb.load_imdb(path, "test", max_length=options["max_length"]),
         }
