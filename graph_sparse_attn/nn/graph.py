@@ -129,7 +129,9 @@ class GraphTransformer(nn.Module):
         total_nodes, total_batch = num_nodes, batch
         if self.attention == "exphormer":
             if self.expander_degree:
-                parts.append((expander(num_nodes, self.expander_degree, batch=batch), None))
+                # A fresh expander per training step; a fixed one in evaluation, so predictions are repeatable.
+                generator = None if self.training else torch.Generator(device=device).manual_seed(0)
+                parts.append((expander(num_nodes, self.expander_degree, generator=generator, batch=batch), None))
                 types.append(EXPANDER_EDGE)
             if self.virtual is not None:
                 total_nodes, virtual_edges, total_batch = add_virtual_nodes(num_nodes, self.num_virtual, batch=batch)

@@ -143,6 +143,10 @@ def test_graph_transformer_exphormer_with_expander_and_node_task():
     out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
     assert out.shape == (2, 2)
     assert_all_parameters_get_gradients(model, out.square().sum())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch.x, batch.edge_index, batch.edge_attr, batch.batch),
+                                   model(batch.x, batch.edge_index, batch.edge_attr, batch.batch))
     node_model = GraphTransformer(5, 8, 3, depth=1, heads=2, task="node")
     x = torch.randn(batch.num_nodes, 5)
     assert node_model(x, batch.edge_index).shape == (batch.num_nodes, 3)
