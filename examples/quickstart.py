@@ -23,7 +23,8 @@ print(f"window: {window.size(1):,} edges, longformer: {longformer.size(1):,}, bi
 q, k, v = (torch.randn(n, heads, dim, requires_grad=True) for _ in range(3))
 out, alpha = sparse_attention(q, k, v, longformer, return_attention=True)
 out.sum().backward()
-print(f"out {tuple(out.shape)}, alpha {tuple(alpha.shape)}, rows of alpha sum to 1")
+row_sums = torch.zeros(n, heads).index_add_(0, longformer[1], alpha.detach())
+print(f"out {tuple(out.shape)}, alpha {tuple(alpha.shape)}, rows of alpha sum to 1 (max error {(row_sums - 1).abs().max():.1e})")
 
 # 3. Sort a pattern once and reuse it across layers.
 pattern = CSRPattern.from_edge_index(bigbird, n)
