@@ -15,7 +15,10 @@ from torch_geometric.data import Data
 from ..ops.pattern import check_edge_index
 from ..patterns._utils import check_size
 
-# Bits of the random tie-break below the segment id in the composite sort key of `_sample_hop`.
+# In-degree, in multiples of the fanout, above which a node is sampled by Floyd's algorithm
+# (O(fanout²) per node) rather than by sorting random keys of all its in-edges.
+HUB_FACTOR = 4
+# Bits of the random tie-break below the segment id in the composite sort key of `_draw_by_sorting`.
 _RANDOM_BITS = 32
 
 
@@ -38,7 +41,8 @@ class NeighborSampler:
     Each batch is a :class:`~torch_geometric.data.Data` with
 
     * ``n_id [N_s]``: global ids of the sampled nodes, the seeds first and in batch order, then
-      the nodes of :math:`S_1`, :math:`S_2`, ... (ascending id within a hop); all distinct;
+      the nodes of :math:`S_1`, :math:`S_2`, ..., each in order of first appearance as a source
+      of the hop's sampled edges (as PyG orders them); all distinct;
     * ``batch_size``: the number of seeds ``B`` (their outputs are the first ``B`` rows);
     * ``edge_index [2, E_s]``: the sampled edges, each once, relabelled to positions in ``n_id``;
     * ``e_id [E_s]``: global id (column of the input ``edge_index``) of each sampled edge;
@@ -46,9 +50,10 @@ class NeighborSampler:
       (``len(num_neighbors)`` ints): sizes per hop, as in PyG (nodes and edges are in hop order);
     * ``x = x[n_id]``, ``y = y[n_id]``, ``edge_attr = edge_attr[e_id]`` when those are given.
 
-    Per hop the cost is O(candidate edges · log) for one sort of the frontier nodes whose
-    in-degree exceeds the fanout; a global-to-local id table of size ``num_nodes`` is kept and
-    reset after each batch, so no batch pays O(num_nodes).
+    A hop costs O(sum over frontier nodes of min(d, HUB_FACTOR · k) · log + k²), with ``d`` the
+    in-degree and ``k`` the fanout: hubs never enumerate their in-edges. New nodes are
+    de-duplicated without sorting through a global-to-local id table of size ``num_nodes``, kept
+    across batches and reset entry by entry, so no batch pays O(num_nodes).
 
     Args:
         edge_index: ``[2, E]`` integer edges ``j -> i`` (repeated pairs are separate edges).
@@ -118,60 +123,103 @@ class NeighborSampler:
         return self._sample(seeds)
 
     def _sample(self, seeds: Tensor) -> Data:
+        # index_select / index_copy_ rather than tensor[index]: several times faster on CPU.
         local_id = self._local_id
-        local_id[seeds] = torch.arange(seeds.numel(), device=self.device)
+        local_id.index_copy_(0, seeds, torch.arange(seeds.numel(), device=self.device))
         hop_nodes: List[Tensor] = [seeds]
         hop_edges: List[Tensor] = []
         num_sampled = seeds.numel()
         for fanout in self.num_neighbors:
             csr_position = self._sample_hop(hop_nodes[-1], fanout)
             hop_edges.append(csr_position)
-            sources = self.csr_source[csr_position]
-            reached = torch.unique(sources[local_id[sources] < 0])
-            local_id[reached] = torch.arange(num_sampled, num_sampled + reached.numel(), device=self.device)
+            reached = self._first_unseen(self.csr_source.index_select(0, csr_position))
+            local_id.index_copy_(0, reached, torch.arange(num_sampled, num_sampled + reached.numel(), device=self.device))
             num_sampled += reached.numel()
             hop_nodes.append(reached)
 
         n_id = torch.cat(hop_nodes)
         csr_position = torch.cat(hop_edges) if hop_edges else seeds.new_empty(0)
-        edge_index = torch.stack([local_id[self.csr_source[csr_position]], local_id[self.csr_target[csr_position]]])
-        local_id[n_id] = -1
-        e_id = self.csr_edge_id[csr_position]
+        edge_index = torch.stack([
+            local_id.index_select(0, self.csr_source.index_select(0, csr_position)),
+            local_id.index_select(0, self.csr_target.index_select(0, csr_position)),
+        ])
+        local_id.index_fill_(0, n_id, -1)
+        e_id = self.csr_edge_id.index_select(0, csr_position)
 
         data = Data(edge_index=edge_index, num_nodes=n_id.numel())
         data.n_id, data.e_id, data.batch_size = n_id, e_id, seeds.numel()
         data.num_sampled_nodes = [nodes.numel() for nodes in hop_nodes]
         data.num_sampled_edges = [edges.numel() for edges in hop_edges]
         if self.x is not None:
-            data.x = self.x[n_id.to(self.x.device)]
+            data.x = self.x.index_select(0, n_id.to(self.x.device))
         if self.y is not None:
-            data.y = self.y[n_id.to(self.y.device)]
+            data.y = self.y.index_select(0, n_id.to(self.y.device))
         if self.edge_attr is not None:
-            data.edge_attr = self.edge_attr[e_id.to(self.edge_attr.device)]
+            data.edge_attr = self.edge_attr.index_select(0, e_id.to(self.edge_attr.device))
         return data
+
+    def _first_unseen(self, sources: Tensor) -> Tensor:
+        """The distinct nodes of ``sources [S]`` without a local id, in order of first appearance.
+
+        Sort-free: each unseen node's table entry (free until the caller assigns it) receives
+        the smallest position at which it occurs, and a position is kept when it is that minimum.
+        """
+        unseen = sources.masked_select(self._local_id.index_select(0, sources) < 0)
+        position = torch.arange(unseen.numel(), device=self.device)
+        self._local_id.index_fill_(0, unseen, unseen.numel())
+        self._local_id.scatter_reduce_(0, unseen, position, reduce="amin")
+        return unseen.masked_select(self._local_id.index_select(0, unseen) == position)
 
     def _sample_hop(self, frontier: Tensor, fanout: int) -> Tensor:
         """CSR positions ``[E_h]`` of the in-edges sampled for the ``[F]`` nodes ``frontier``.
 
-        Nodes with in-degree ``<= fanout`` keep all their in-edges. For the others every
-        candidate edge gets the key ``segment · 2^32 + U``, ``U`` uniform 32-bit: one sort groups
-        the candidates by frontier node in a uniformly random order, and the first ``fanout``
-        of each group are a uniform draw without replacement.
+        Nodes with in-degree ``d <= fanout`` keep all their in-edges; the others draw ``fanout``
+        of them uniformly without replacement, by sorting random keys when
+        ``d <= HUB_FACTOR · fanout`` and by Floyd's algorithm above, so that a hub costs
+        O(fanout²) instead of O(d log d).
         """
-        start = self.rowptr[frontier]
-        degree = self.rowptr[frontier + 1] - start
+        start = self.rowptr.index_select(0, frontier)
+        degree = self.rowptr.index_select(0, frontier + 1) - start
         if fanout < 0:
             return _concat_ranges(start, degree)[0]
-        above = degree > fanout
-        kept_all = _concat_ranges(start[~above], degree[~above])[0]
-        candidates, segment, rank = _concat_ranges(start[above], degree[above])
+        keep_all = degree <= fanout
+        hub = degree > HUB_FACTOR * fanout
+        moderate = ~keep_all & ~hub
+        return torch.cat([
+            _concat_ranges(start[keep_all], degree[keep_all])[0],
+            self._draw_by_sorting(start[moderate], degree[moderate], fanout),
+            self._draw_by_floyd(start[hub], degree[hub], fanout),
+        ])
+
+    def _draw_by_sorting(self, start: Tensor, degree: Tensor, fanout: int) -> Tensor:
+        """``fanout`` positions of each range ``start[s] + [0, degree[s])``, uniform without replacement.
+
+        Every candidate gets the key ``s · 2^32 + U``, ``U`` uniform 32-bit: one sort groups the
+        candidates by range in a uniformly random order, and the first ``fanout`` of each are kept.
+        """
+        candidates, segment, rank = _concat_ranges(start, degree)
         random_bits = torch.randint(
             0, 2**_RANDOM_BITS, candidates.shape, generator=self.generator, device=self.device
         )
         order = torch.argsort((segment << _RANDOM_BITS) | random_bits)
         # Sorting by segment first leaves every segment where it was, so `rank` still applies.
-        drawn = candidates[order[rank < fanout]]
-        return torch.cat([kept_all, drawn])
+        return candidates.index_select(0, order.masked_select(rank < fanout))
+
+    def _draw_by_floyd(self, start: Tensor, degree: Tensor, fanout: int) -> Tensor:
+        """Same draw as `_draw_by_sorting` by Floyd's algorithm, vectorised over the ranges.
+
+        Step ``t = 0 .. fanout - 1`` draws ``r`` uniform in ``[0, u]`` with ``u = d - fanout + t``
+        and takes ``r``, or ``u`` when ``r`` was already taken; the taken set is then a uniform
+        ``fanout``-subset of ``[0, d)`` (Bentley & Floyd 1987). The loop runs over steps, not nodes.
+        """
+        taken = torch.empty(degree.numel(), fanout, dtype=torch.long, device=self.device)
+        for step in range(fanout):
+            upper = degree - fanout + step
+            uniform = torch.rand(degree.numel(), dtype=torch.float64, generator=self.generator, device=self.device)
+            draw = (uniform * (upper + 1)).long().minimum(upper)
+            repeated = (taken[:, :step] == draw.unsqueeze(1)).any(dim=1)
+            taken[:, step] = torch.where(repeated, upper, draw)
+        return (start.unsqueeze(1) + taken).flatten()
 
 
 def _concat_ranges(start: Tensor, length: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -182,8 +230,8 @@ def _concat_ranges(start: Tensor, length: Tensor) -> tuple[Tensor, Tensor, Tenso
     total = int(length.sum()) if length.numel() else 0
     segment = torch.repeat_interleave(torch.arange(length.numel(), device=length.device), length, output_size=total)
     segment_start = torch.cumsum(length, 0) - length
-    rank = torch.arange(total, device=length.device) - segment_start[segment]
-    return start[segment] + rank, segment, rank
+    rank = torch.arange(total, device=length.device) - segment_start.index_select(0, segment)
+    return start.index_select(0, segment) + rank, segment, rank
 
 
 def _check_num_neighbors(num_neighbors: Sequence[int]) -> List[int]:
