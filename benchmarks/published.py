@@ -37,7 +37,7 @@ BUDGETS = {
         "listops": ["--num-train", "5000", "--num-val", "500", "--num-test", "2000", "--min-length", "500", "--max-length", "2000",
                     "--epochs", "2", "--dim", "64", "--depth", "2", "--heads", "4", "--batch-size", "32", "--lr", "2e-3",
                     "--warmup-steps", "50", "--pattern", "longformer:window=32,global_indices=0"],
-        "imdb": ["--num-train", "10000", "--epochs", "2", "--dim", "64", "--depth", "2", "--heads", "4", "--batch-size", "32",
+        "imdb": ["--num-train", "10000", "--epochs", "1", "--dim", "64", "--depth", "2", "--heads", "4", "--batch-size", "32",
                  "--lr", "1e-3", "--warmup-steps", "100", "--max-length", "1024", "--pattern", "longformer:window=32,global_indices=0"],
         "peptides-func": ["--epochs", "3", "--dim", "64", "--depth", "3", "--batch-size", "64", "--lr", "2e-3"],
     },
