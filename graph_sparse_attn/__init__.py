@@ -2,9 +2,27 @@
 
 Layers: ``ops`` and ``patterns`` at the bottom, ``nn`` and ``data`` above them, ``train`` on top.
 """
-from .nn import SparseAttnConv
+from . import data, nn, ops, patterns
+from .data import NeighborSampler, SequenceGraphCollator
+from .nn import (
+    EdgeGate,
+    GraphTransformer,
+    KNNAttention,
+    MLPGate,
+    RelativePositionGate,
+    SequenceTransformer,
+    SparseAttnConv,
+    SparseMultiheadAttention,
+    SparseTransformerLayer,
+)
 from .ops import CSRPattern, sparse_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["CSRPattern", "SparseAttnConv", "sparse_attention"]
+__all__ = [
+    "data", "nn", "ops", "patterns",
+    "CSRPattern", "sparse_attention",
+    "SparseAttnConv", "SparseMultiheadAttention", "SparseTransformerLayer", "KNNAttention",
+    "SequenceTransformer", "GraphTransformer", "EdgeGate", "RelativePositionGate", "MLPGate",
+    "NeighborSampler", "SequenceGraphCollator",
+]
