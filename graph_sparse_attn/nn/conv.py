@@ -1,7 +1,6 @@
 """`SparseAttnConv`: a memory-lean drop-in for PyG's `TransformerConv`."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -10,8 +9,8 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
 from ..ops import CSRPattern
-from ..ops.attention import GATE_MODES, attention_with_weights
-from ..ops.edge_features import edge_dot, edge_weighted_sum
+from ..ops.attention import GATE_MODES
+from ..ops.edge_features import edge_feature_attention
 
 PairTensor = Tuple[Tensor, Tensor]
 
@@ -156,72 +155,3 @@ class SparseAttnConv(MessagePassing):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads})"
-
-
-def edge_feature_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    pattern: CSRPattern,
-    edge_attr: Optional[Tensor],
-    edge_weight: Optional[Tensor],
-    *,
-    edge_gate: Optional[Tensor] = None,
-    edge_bias: Optional[Tensor] = None,
-    gate_mode: str = "scale",
-    dropout: float = 0.0,
-    training: bool = True,
-    need_weights: bool = False,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    r"""Attention whose keys and values both carry projected edge features, without ``[E, H, C]`` tensors.
-
-    .. math::
-        \alpha_{ij} = \mathrm{softmax}_j\big(\mathbf{q}_i^\top(\mathbf{k}_j + \mathbf{W}\mathbf{e}_{ij})/\sqrt{C}\big),\qquad
-        \mathbf{o}_i = \sum_j \alpha_{ij}(\mathbf{v}_j + \mathbf{W}\mathbf{e}_{ij})
-
-    computed as :math:`(\mathbf{W}^\top\mathbf{q}_i)^\top\mathbf{e}_{ij}` (an edge bias) and
-    :math:`\mathbf{W}\sum_j \alpha_{ij}\mathbf{e}_{ij}`, where ``α`` are the weights after dropout.
-    Without ``edge_weight`` it is plain :func:`~graph_sparse_attn.sparse_attention`.
-
-    Args:
-        query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C]``; pattern: the edges;
-        edge_attr ``[E, F]``; edge_weight ``W`` as ``[H, C, F]``; edge_gate / edge_bias ``[E]`` or
-        ``[E, H]`` (see `sparse_attention`; a ``"scale"`` gate multiplies the edge-feature score too).
-
-    Returns:
-        ``(out [N_dst, H, C], alpha [E, H] or None)`` with ``alpha`` before dropout, caller's edge order.
-    """
-    edge_attr_sorted = None
-    if edge_weight is not None:
-        heads, channels, edge_dim = edge_weight.shape
-        if edge_attr is None:
-            raise ValueError(f"edge_attr [E, {edge_dim}] is required because the layer has edge features (edge_dim={edge_dim})")
-        if edge_attr.dim() == 1:
-            edge_attr = edge_attr.unsqueeze(-1)
-        if edge_attr.shape != (pattern.num_edges, edge_dim):
-            raise ValueError(f"edge_attr must have shape [E, edge_dim]=[{pattern.num_edges}, {edge_dim}], got {list(edge_attr.shape)}")
-        edge_attr_sorted = pattern.caller_to_sorted(edge_attr)
-        # q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C): no [E, H, C] keys needed.
-        query_edge = torch.einsum("nhc,hcf->nhf", query, edge_weight) / math.sqrt(channels)
-        edge_score = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, pattern.row))
-        if edge_gate is not None and gate_mode == "scale":
-            edge_score = edge_score * _per_head(edge_gate, "edge_gate", pattern.num_edges, heads)
-        if edge_bias is not None:
-            edge_score = edge_score + _per_head(edge_bias, "edge_bias", pattern.num_edges, heads)
-        edge_bias = edge_score
-
-    out, alpha, weights = attention_with_weights(
-        query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
-        dropout=dropout, training=training, need_weights=need_weights or edge_attr_sorted is not None,
-    )
-    if edge_attr_sorted is not None:
-        # Σ_j α_ij W a_ij == W Σ_j α_ij a_ij, with the α that multiplied the values.
-        edge_sum = edge_weighted_sum(pattern.caller_to_sorted(weights), edge_attr_sorted, pattern.row, pattern.num_dst)
-        out = out + torch.einsum("nhf,hcf->nhc", edge_sum, edge_weight)
-    return out, (alpha if need_weights else None)
-
-
-def _per_head(t: Tensor, name: str, num_edges: int, heads: int) -> Tensor:
-    if t.shape not in (torch.Size([num_edges]), torch.Size([num_edges, 1]), torch.Size([num_edges, heads])):
-        raise ValueError(f"{name} must have shape [E]=[{num_edges}] or [E, H]=[{num_edges}, {heads}], got {list(t.shape)}")
-    return t.unsqueeze(-1) if t.dim() == 1 else t

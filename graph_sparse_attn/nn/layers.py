@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..ops import CSRPattern
 from ..patterns.dynamic import knn
-from .conv import edge_feature_attention
+from ..ops.edge_features import edge_feature_attention
 
 Pattern = Union[Tensor, CSRPattern]
 

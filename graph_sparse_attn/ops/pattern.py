@@ -1,6 +1,7 @@
 """`CSRPattern`: an attention pattern sorted once into CSR (by target) and CSC (by source)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -8,6 +9,7 @@ import torch
 from torch import Tensor
 
 NumNodes = Union[int, Tuple[int, int], None]
+_TENSOR_FIELDS = ("rowptr", "col", "row", "perm", "colptr", "row_t", "perm_t")
 
 
 def _index_dtype(num_edges: int, num_src: int, num_dst: int) -> torch.dtype:
@@ -56,7 +58,8 @@ class CSRPattern:
         rowptr: ``[N_dst + 1]`` offsets of each target's incoming edges in sorted order.
         col: ``[E]`` source ``j`` of each sorted edge.
         row: ``[E]`` target ``i`` of each sorted edge.
-        perm: ``[E]`` caller's edge id of each sorted edge.
+        perm: ``[E]`` caller's edge id of each sorted edge, or ``None`` when the caller's order
+            is the sorted order (see :meth:`sorted`): per-edge tensors then pass through unpermuted.
         colptr: ``[N_src + 1]`` offsets of each source's outgoing edges in the transposed order.
         row_t: ``[E]`` target of each edge in the transposed (by-source) order.
         perm_t: ``[E]`` sorted-edge position of each edge in the transposed order.
@@ -67,7 +70,7 @@ class CSRPattern:
     rowptr: Tensor
     col: Tensor
     row: Tensor
-    perm: Tensor
+    perm: Optional[Tensor]
     colptr: Tensor
     row_t: Tensor
     perm_t: Tensor
@@ -100,7 +103,7 @@ class CSRPattern:
         # Stable sorts make the layout (and hence every reduction order) a function of the input only.
         keys = dst * max(num_src, 1) + src
         if bool((keys[1:] >= keys[:-1]).all()):  # patterns from `patterns` arrive sorted
-            sorted_keys, perm = keys, torch.arange(num_edges, device=keys.device)
+            sorted_keys, perm = keys, None
             col, row = src, dst
         else:
             sorted_keys, perm = torch.sort(keys, stable=True)
@@ -137,9 +140,16 @@ class CSRPattern:
     @property
     def edge_index(self) -> Tensor:
         """The pattern as ``edge_index [2, E]`` in the caller's original edge order."""
-        out = torch.empty(2, self.num_edges, dtype=torch.long, device=self.device)
-        out[:, self.perm] = torch.stack([self.col.long(), self.row.long()])
-        return out
+        return self.sorted_to_caller(torch.stack([self.col.long(), self.row.long()]).t()).t()
+
+    def sorted(self) -> "CSRPattern":
+        """The same pattern whose caller order *is* the sorted order (``perm`` is ``None``).
+
+        A model that sorts its pattern once per forward permutes its per-edge tensors (edge
+        features, bias, gates) once with :meth:`caller_to_sorted` and hands this view to every
+        layer, so no layer permutes edges again.
+        """
+        return dataclasses.replace(self, perm=None)
 
     def in_degree(self) -> Tensor:
         """``[N_dst]`` number of incoming edges of each target."""
@@ -147,15 +157,17 @@ class CSRPattern:
 
     def to(self, device: Union[str, torch.device]) -> "CSRPattern":
         """Copy of the pattern on ``device``."""
-        tensors = {k: getattr(self, k).to(device) for k in ("rowptr", "col", "row", "perm", "colptr", "row_t", "perm_t")}
-        return CSRPattern(**tensors, num_src=self.num_src, num_dst=self.num_dst, has_duplicates=self.has_duplicates)
+        moved = {k: getattr(self, k).to(device) for k in _TENSOR_FIELDS if getattr(self, k) is not None}
+        return dataclasses.replace(self, **moved)
 
     def sorted_to_caller(self, values: Tensor) -> Tensor:
         """Reorder per-edge ``values [E, ...]`` from sorted order back to the caller's order."""
+        if self.perm is None:
+            return values
         out = torch.empty_like(values)
         out[self.perm] = values
         return out
 
     def caller_to_sorted(self, values: Optional[Tensor]) -> Optional[Tensor]:
         """Reorder per-edge ``values [E, ...]`` from the caller's order to sorted order."""
-        return None if values is None else values[self.perm]
+        return values if values is None or self.perm is None else values[self.perm]
