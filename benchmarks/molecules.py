@@ -1,0 +1,361 @@
+"""One training step on ogbg-molhiv batches: our graph Transformers vs PyG layers, side by side.
+
+Every model reads OGB atom/bond features through ``AtomEncoder``/``BondEncoder`` (width 64),
+runs 3 blocks, and is trained with AdamW on the task's loss (binary cross-entropy on HIV
+activity); a step is forward + backward + optimiser step:
+
+* ``graph``         (a) ``GraphTransformer(attention="graph", edge_dim="bond")``, 4 heads;
+* ``transformer``   (b) the same pre-norm blocks (LayerNorm → attention → residual, LayerNorm →
+  FFN 4×64 → residual) with PyG ``TransformerConv`` (4 heads × 16, ``edge_dim``) as attention,
+  then (a)'s LayerNorm, mean pool and MLP head;
+* ``exphormer-gps`` (c) the CLI default, built by the ogbg task itself
+  (``attention="exphormer"``, ``gps=True``, dropout 0.1);
+* ``gps``           (d) PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, 4 heads,
+  dropout 0.1), same head;
+* ``gine``          (e) PyG ``GINEConv`` alone (residual), same head.
+
+All models train on one fixed set of batches from the training split. Their steps are
+interleaved round-robin (one step of each model per batch), so load drift on a shared machine
+hits every model alike; a model's time is the median of its timed steps after warm-up.
+
+Usage::
+
+    python benchmarks/molecules.py                      # print the table
+    python benchmarks/molecules.py --write              # ... and put it into benchmarks/RESULTS.md
+    python benchmarks/molecules.py --steps 2 --batch-size 16 --warmup 1   # smoke run
+    python benchmarks/molecules.py --models graph --profile               # where (a)'s step goes
+    python benchmarks/molecules.py --device cuda
+
+The dataset is read from a writable copy (OGB writes ``processed/`` beside the raw files):
+``--root DIR`` holding ``ogbg_molhiv/``, or by default a temporary copy of
+``../shared/data/ogb/ogbg_molhiv`` (processing it takes a minute; pass ``--root`` to keep it).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from common import HERE, is_oom, update_results
+
+SHARED_OGB = HERE.parent.parent / "shared" / "data" / "ogb"
+DATASET = "ogbg-molhiv"
+DIM, DEPTH, HEADS, LR = 64, 3, 4, 1e-3
+MODELS = {
+    "graph": '(a) `GraphTransformer(attention="graph")`',
+    "transformer": "(b) pre-norm `TransformerConv` blocks",
+    "exphormer-gps": '(c) `GraphTransformer(attention="exphormer", gps=True)` (CLI default)',
+    "gps": "(d) PyG `GPSConv` (GINE + dense attention)",
+    "gine": "(e) PyG `GINEConv`",
+}
+# (ours, baseline, issue 8's target for ours / baseline)
+RATIOS = (("graph", "transformer", 0.7), ("exphormer-gps", "gps", 0.5))
+Step = Callable[[object], Tensor]
+
+
+# ---------------------------------------------------------------------------- PyG baselines
+class PygGraphModel(nn.Module):
+    """Atom/bond encoders → ``blocks(h, edge_index, edge_features, batch)`` → LayerNorm → mean pool →
+    ``Linear → GELU → Linear`` (`GraphTransformer`'s readout). ``[N, 9] long → [B, out]``."""
+
+    def __init__(self, blocks: List[nn.Module], out_channels: int) -> None:
+        super().__init__()
+        from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+
+        self.atom, self.bond = AtomEncoder(DIM), BondEncoder(DIM)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(DIM)
+        self.head = nn.Sequential(nn.Linear(DIM, DIM), nn.GELU(), nn.Linear(DIM, out_channels))
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+        from torch_geometric.nn import global_mean_pool
+
+        h, edge_features = self.atom(x), self.bond(edge_attr)
+        for block in self.blocks:
+            h = block(h, edge_index, edge_features, batch)
+        return self.head(global_mean_pool(self.norm(h), batch))
+
+
+class TransformerConvBlock(nn.Module):
+    """`SparseTransformerLayer`'s pre-norm block with PyG ``TransformerConv`` as the attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch_geometric.nn import TransformerConv
+
+        from graph_sparse_attn.nn import FeedForward
+
+        self.norm_attn, self.norm_ffn = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+        self.attn = TransformerConv(DIM, DIM // HEADS, heads=HEADS, edge_dim=DIM)
+        self.ffn = FeedForward(DIM, 4 * DIM)
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_features: Tensor, batch: Tensor) -> Tensor:
+        h = h + self.attn(self.norm_attn(h), edge_index, edge_features)
+        return h + self.ffn(self.norm_ffn(h))
+
+
+def _gine_conv():
+    from torch_geometric.nn import GINEConv
+
+    return GINEConv(nn.Sequential(nn.Linear(DIM, DIM), nn.ReLU(), nn.Linear(DIM, DIM)), edge_dim=DIM)
+
+
+class GPSBlock(nn.Module):
+    """PyG ``GPSConv``: GINE on the bonds + dense multi-head attention within each molecule."""
+
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        from torch_geometric.nn import GPSConv
+
+        self.conv = GPSConv(DIM, _gine_conv(), heads=HEADS, dropout=dropout)
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_features: Tensor, batch: Tensor) -> Tensor:
+        return self.conv(h, edge_index, batch, edge_attr=edge_features)
+
+
+class GINEBlock(nn.Module):
+    """Residual ``GINEConv``: ``h + ReLU(GINE(h))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = _gine_conv()
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_features: Tensor, batch: Tensor) -> Tensor:
+        return h + torch.relu(self.conv(h, edge_index, edge_features))
+
+
+# ---------------------------------------------------------------------------- models and data
+def backend_options(backend: Optional[str]) -> Tuple[dict, Optional[str]]:
+    """``GraphTransformer`` keyword arguments for ``--backend``, and a note when it cannot take them."""
+    from graph_sparse_attn.nn import GraphTransformer
+
+    if backend is None:
+        return {}, None
+    if "backend" in inspect.signature(GraphTransformer).parameters:
+        return {"backend": backend}, None
+    return {}, (f"`--backend {backend}` was not applied: `GraphTransformer` takes no `backend` argument at this "
+                f"commit, so (a) and (c) ran its default attention path.")
+
+
+def build_model(name: str, task, out_channels: int) -> nn.Module:
+    """Model ``name`` (a key of ``MODELS``) for ``task``; (c) comes from the task's own ``build_model``."""
+    from graph_sparse_attn.nn import GraphTransformer
+
+    if name == "graph":
+        return GraphTransformer("atom", DIM, out_channels, depth=DEPTH, heads=HEADS, attention="graph", edge_dim="bond",
+                                **task.model_options)
+    if name == "exphormer-gps":
+        return task.build_model()
+    if name == "transformer":
+        return PygGraphModel([TransformerConvBlock() for _ in range(DEPTH)], out_channels)
+    if name == "gps":
+        return PygGraphModel([GPSBlock(dropout=0.1) for _ in range(DEPTH)], out_channels)
+    if name == "gine":
+        return PygGraphModel([GINEBlock() for _ in range(DEPTH)], out_channels)
+    raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}")
+
+
+@contextlib.contextmanager
+def dataset_root(root: Optional[str]) -> Iterator[Path]:
+    """``root`` itself, or a temporary copy of the shared molhiv folder (removed afterwards)."""
+    if root is not None:
+        yield Path(root)
+        return
+    source = SHARED_OGB / DATASET.replace("-", "_")
+    if not source.exists():
+        raise FileNotFoundError(f"{source} is absent: pass --root DIR holding a writable copy of {DATASET.replace('-', '_')}/")
+    with tempfile.TemporaryDirectory(prefix="molecules-") as tmp:
+        shutil.copytree(source, Path(tmp) / source.name)
+        yield Path(tmp)
+
+
+def training_step(model: nn.Module, task) -> Step:
+    """Forward, loss, backward and AdamW step of ``model`` on one batch; returns the loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    model.train()
+
+    def step(batch) -> Tensor:
+        loss = task.loss(*task.forward(model, batch, "train"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(steps: Dict[str, Step], batches: list, warmup: int, repeats: int, device: torch.device) -> Dict[str, object]:
+    """Seconds of each timed step per model (steps interleaved), or the error that stopped the model."""
+    times: Dict[str, object] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        batch = batches[i % len(batches)]
+        for name, step in steps.items():
+            if not isinstance(times[name], list):
+                continue
+            try:
+                _sync(device)
+                start = time.perf_counter()
+                loss = step(batch)
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"non-finite loss {float(loss)}")
+            except (MemoryError, RuntimeError) as error:
+                times[name] = "out of memory" if is_oom(error) else f"error: {str(error).splitlines()[0]}"
+                continue
+            if i >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def profile_step(step: Step, batches: list, repeats: int, device: torch.device) -> str:
+    """torch.profiler report of ``repeats`` steps: aten calls per step and the top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(repeats):
+            step(batches[i % len(batches)])
+        _sync(device)
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    # Top level: called from Python or the autograd engine, not from inside another aten op.
+    top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    averages = prof.key_averages()
+    by_count = sorted((e for e in averages if e.key.startswith("aten::")), key=lambda e: -e.count)[:15]
+    lines = [
+        f"aten calls per step: {len(aten) / repeats:,.0f} in all (nested included), {len(top) / repeats:,.0f} at top level "
+        f"(profiled over {repeats} steps)",
+        "most frequent aten ops per step: " + ", ".join(f"{e.key} {e.count / repeats:,.0f}" for e in by_count),
+        "",
+        averages.table(sort_by="self_cpu_time_total", row_limit=20),
+    ]
+    return "\n".join(lines)
+
+
+def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]]:
+    """Time the models of ``args``; returns ``(rows, facts about the run, profile report or None)``."""
+    from graph_sparse_attn.train.tasks import GraphPropertyTask
+
+    device = torch.device(args.device)
+    options, note = backend_options(args.backend)
+    with dataset_root(args.root) as root:
+        task = GraphPropertyTask.from_ogb(DATASET, root, options)
+        loader = task.loaders(args.batch_size, seed=0)["train"]
+        batches = [batch.to(device) for batch, _ in zip(loader, range(args.batches))]
+    out_channels = task.dataset[0].y.size(-1)
+    steps, rows = {}, []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name, task, out_channels).to(device)
+        steps[name] = training_step(model, task)
+        rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters())})
+    times = time_round_robin(steps, batches, args.warmup, args.steps, device)
+    graphs = statistics.mean(int(b.num_graphs) for b in batches)
+    for row in rows:
+        measured = times[row["model"]]
+        if isinstance(measured, list):
+            seconds = statistics.median(measured)
+            row.update(status="ok", ms_per_step=seconds * 1e3, graphs_per_s=graphs / seconds)
+        else:
+            row["status"] = measured
+    facts = {
+        "graphs": graphs, "nodes": statistics.mean(b.num_nodes for b in batches),
+        "edges": statistics.mean(b.num_edges for b in batches), "device": _describe(device),
+        "note": note,
+    }
+    report = None
+    if args.profile:
+        torch.manual_seed(0)
+        step = training_step(build_model("graph", task, out_channels).to(device), task)
+        for i in range(args.warmup):
+            step(batches[i % len(batches)])
+        report = profile_step(step, batches, args.profile_steps, device)
+    return rows, facts, report
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, command: str) -> str:
+    lookup = {r["model"]: r for r in rows}
+    lines = ["| model | ms / step | graphs / s | parameters |", "|---|---|---|---|"]
+    for r in rows:
+        timing = [f"{r['ms_per_step']:.1f}", f"{r['graphs_per_s']:,.0f}"] if r["status"] == "ok" else [r["status"], "—"]
+        lines.append(f"| {MODELS[r['model']]} | " + " | ".join(timing) + f" | {r['parameters']:,} |")
+    ratios = []
+    for ours, base, target in RATIOS:
+        a, b = lookup.get(ours, {}), lookup.get(base, {})
+        if a.get("status") == b.get("status") == "ok":
+            label = f"{MODELS[ours][:3]} / {MODELS[base][:3]}"
+            ratios.append(f"| {label} time | {a['ms_per_step'] / b['ms_per_step']:.2f} | ≤ {target} |")
+    if ratios:
+        lines += ["", "| ratio | measured | target (issue 8) |", "|---|---|---|", *ratios]
+    text = (
+        f"## Molecule batches (`{command}`)\n\n"
+        f"{DATASET} training split, {args.batches} fixed batches of {facts['graphs']:.0f} molecules (mean "
+        f"{facts['nodes']:,.0f} nodes, {facts['edges']:,.0f} edges); width {DIM}, {DEPTH} blocks, {HEADS} heads, "
+        f"AtomEncoder/BondEncoder, AdamW; one step = forward + backward + optimiser step. Median of {args.steps} "
+        f"steps per model after {args.warmup} warm-up steps, models interleaved step by step. Device: "
+        f"{facts['device']}.\n\n" + "\n".join(lines)
+    )
+    return text + (f"\n\n{facts['note']}" if facts["note"] else "")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=128, help="molecules per batch")
+    parser.add_argument("--batches", type=int, default=4, help="fixed batches, cycled through")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--backend", help="attention backend passed to GraphTransformer(backend=...) where it takes one")
+    parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
+    parser.add_argument("--root", help="writable folder holding ogbg_molhiv/ (default: a temporary copy of the shared one)")
+    parser.add_argument("--profile", action="store_true", help="also profile model (a): aten calls per step, top-20 ops")
+    parser.add_argument("--profile-steps", type=int, default=5, help="steps recorded by --profile")
+    parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if min(args.batch_size, args.batches, args.steps, args.profile_steps) <= 0 or args.warmup < 0:
+        parser.error("--batch-size, --batches, --steps and --profile-steps must be positive, --warmup non-negative")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    rows, facts, report = benchmark(args)
+    argv = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "benchmarks/molecules.py", *(a for a in argv if a != "--write")])
+    markdown = format_markdown(rows, facts, args, command)
+    print(markdown)
+    out_dir = HERE / "out"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "molecules.json").write_text(json.dumps({"command": command, **facts, "rows": rows}, indent=1))
+    if report is not None:
+        print("\n### Profile of (a), one training step\n\n" + report)
+        (out_dir / "molecules-profile.txt").write_text(f"{command}\n\n{report}\n")
+    if args.write:
+        update_results("molecules", markdown)
+
+
+if __name__ == "__main__":
+    main()
