@@ -1,4 +1,4 @@
-"""The ``csr`` backend: fused sparse attention with a hand-written, recomputing backward.
+"""The ``csr`` backend: sparse attention from sparse-matrix primitives, with a recomputing backward.
 
 Only ``[E, H]`` edge scores and ``[N, H, D]`` node tensors are ever allocated; per-edge
 messages ``[E, H, D]`` are never formed. Per head, scores come from a sampled dense-dense
@@ -11,7 +11,8 @@ keeping ``[E, H]`` intermediates alive between forward and backward:
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -113,106 +114,51 @@ def dropout_scale(seed: int, shape: Tuple[int, ...], p: float, like: Tensor) -> 
     return keep.to(like.dtype) / (1.0 - p)
 
 
-def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
-    return grad.sum(dim=0, keepdim=True) if shape[0] == 1 and grad.size(0) != 1 else grad
+def logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> Tensor:
+    """``scores ⊙ gate + bias`` (``[H, E]``); returns ``scores`` itself when both are None."""
+    out = scores * gate if gate is not None else scores
+    return out + bias if bias is not None else out
 
 
-class CSRAttentionFunction(torch.autograd.Function):
-    """Autograd function of the ``csr`` backend (all per-edge tensors in sorted edge order).
-
-    Inputs: ``query [N_dst, H, D]``, ``key [N_src, H, D]``, ``value [N_src, H, Dv]``,
-    ``bias [1|H, E]`` or None, ``gate [1|H, E]`` or None (multiplies ``q·k`` before scaling),
-    the ``CSRPattern``, ``scale``, dropout probability, dropout seed, and whether to also
-    return the (pre-dropout, differentiable) probabilities ``[H, E]``.
-    """
-
-    @staticmethod
-    def forward(ctx, query, key, value, bias, gate, pattern, scale, dropout_p, seed, need_weights):
-        # Folding the scale into the queries costs [N, H, D] work instead of [H, E].
-        scaled_query = query * scale
-        # _logits returns a fresh tensor or `scores` itself, which is not needed again: safe to consume.
-        exp, row_sum, lse = segment_exp_(_logits(sddmm(pattern, scaled_query, key), bias, gate), pattern)
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Backend contract (see `ops.attention`): ``(out [N_dst, H, Dv], lse [H, N_dst])`` for scaled ``q``."""
+    with _quiet_sparse():
+        # `logits` returns a fresh tensor or the scores themselves, which are not needed again: safe to consume.
+        exp, row_sum, lse = segment_exp_(logits(sddmm(pattern, q, k), bias, gate), pattern)
         # A row sum is >= 1 wherever a finite logit exists, so the clamp only turns 0/0 into 0.
         row_sum = row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)
-        kept = exp * dropout_scale(seed, exp.shape, dropout_p, exp) if dropout_p > 0 else exp
         # Normalising the aggregated [N, H, Dv] output instead of the [H, E] weights saves a pass over edges.
-        out = spmm(pattern, kept, value) / row_sum.t().unsqueeze(-1)
-        ctx.save_for_backward(scaled_query, key, value, bias, gate, out, lse)
-        ctx.pattern, ctx.scale, ctx.dropout_p, ctx.seed = pattern, scale, dropout_p, seed
-        ctx.set_materialize_grads(False)
-        if need_weights:
-            return out, exp / per_edge(row_sum, pattern)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
+        out = spmm(pattern, exp.mul_(keep) if keep is not None else exp, v) / row_sum.t().unsqueeze(-1)
+    return out, lse
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_probs):
-        scaled_query, key, value, bias, gate, out, lse = ctx.saved_tensors
-        pattern, dropout_p = ctx.pattern, ctx.dropout_p
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        scores = sddmm(pattern, scaled_query, key)
-        # In place where safe: `_logits` is fresh, or `scores` itself, which is only read again with a gate
-        # (and then `_logits` is fresh). Each in-place step saves one [H, E] buffer at the peak.
-        probs = _logits(scores, bias, gate).sub_(per_edge(lse, pattern)).exp_()
-        keep = dropout_scale(ctx.seed, probs.shape, dropout_p, probs) if dropout_p > 0 else None
 
+def backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pattern: CSRPattern,
+    bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor], need_dlogits: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Backend contract: ``(dq, dk, dv, dlogits [H, E] or None)``, probabilities recomputed from ``lse``."""
+    with _quiet_sparse():
+        # In place where safe: each in-place step saves one [H, E] buffer at the peak.
+        probs = logits(sddmm(pattern, q, k), bias, gate).sub_(per_edge(lse, pattern)).exp_()
         grad_value = spmm(pattern, probs * keep if keep is not None else probs, grad_out, transpose=True)
-        grad_logits = sddmm(pattern, grad_out, value)  # dP, turned into dS = P ⊙ (dP − rowsum(P ⊙ dP)) below
+        grad_logits = sddmm(pattern, grad_out, v)  # dP, turned into dS = P ⊙ (dP − rowsum(P ⊙ dP)) below
         if keep is not None:
             grad_logits.mul_(keep)
-            del keep
         # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i, so no segment reduction is needed.
         row_dot = (grad_out * out).sum(-1).t()
-        if grad_probs is not None:
-            grad_logits.add_(grad_probs)
-            row_dot = row_dot + segment_sum(probs * grad_probs, pattern)
         grad_logits.sub_(per_edge(row_dot, pattern)).mul_(probs)
         del probs
-
-        grad_gate = None
-        grad_scores = grad_logits
-        if gate is not None:
-            if ctx.needs_input_grad[4]:
-                grad_gate = _reduce_to(grad_logits * scores, gate.shape)
-            grad_scores = grad_logits * gate
-        grad_query = spmm(pattern, grad_scores, key) * ctx.scale if ctx.needs_input_grad[0] else None
-        grad_key = spmm(pattern, grad_scores, scaled_query, transpose=True) if ctx.needs_input_grad[1] else None
-        grad_bias = _reduce_to(grad_logits, bias.shape) if bias is not None and ctx.needs_input_grad[3] else None
-        return grad_query, grad_key, grad_value, grad_bias, grad_gate, None, None, None, None, None
+        grad_scores = grad_logits * gate if gate is not None else grad_logits
+        grad_query = spmm(pattern, grad_scores, k)
+        grad_key = spmm(pattern, grad_scores, q, transpose=True)
+    return grad_query, grad_key, grad_value, (grad_logits if need_dlogits else None)
 
 
-def _logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> Tensor:
-    logits = scores * gate if gate is not None else scores
-    return logits + bias if bias is not None else logits
-
-
-def csr_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    pattern: CSRPattern,
-    bias: Optional[Tensor],
-    gate: Optional[Tensor],
-    scale: float,
-    dropout_p: float,
-    need_weights: bool,
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Run the ``csr`` backend; per-edge inputs and outputs are ``[E, 1|H]`` in sorted edge order.
-
-    Returns ``(out, probs, weights)``: the softmax ``probs [E, H]`` and the weights after
-    dropout (the ones that multiplied the values) when ``need_weights``, else ``None``.
-    The dropout mask is regenerated from the same seed, so both share it.
-    """
-    bias, gate = (None if t is None else t.t().contiguous() for t in (bias, gate))
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
+@contextlib.contextmanager
+def _quiet_sparse() -> Iterator[None]:
+    # torch flags every sparse CSR construction as beta; the kernels used here are stable.
     with warnings.catch_warnings():
-        # torch flags every sparse CSR construction as beta; the kernels used here are stable.
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        out, probs = CSRAttentionFunction.apply(
-            query, key, value, bias, gate, pattern, scale, dropout_p, seed, need_weights
-        )
-    if not need_weights:
-        return out, None, None
-    weights = probs * dropout_scale(seed, probs.shape, dropout_p, probs) if dropout_p > 0 else probs
-    return out, probs.t(), weights.t()
+        yield

@@ -1,4 +1,5 @@
 """`sparse_attention` against dense masked SDPA, between its backends, and on bad input."""
+import importlib.util
 import math
 
 import pytest
@@ -9,7 +10,15 @@ from hypothesis import strategies as st
 
 from graph_sparse_attn import CSRPattern, sparse_attention
 
-BACKENDS = ["csr", "reference"]
+BACKENDS = ["csr", "compiled", "triton", "reference"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Every backend runs every test of the shared suite (triton on CPU through TRITON_INTERPRET=1)."""
+    if request.param == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (pip install 'graph-sparse-attn[gpu]')")
+    return request.param
 
 
 def random_graph(num_src, num_dst, num_edges, *, generator, isolated=(), unique=True):
@@ -63,7 +72,6 @@ def dense_scale_gate(query, key, value, edge_index, gate):
     return torch.einsum("hij,jhd->ihd", probs, value)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("num_src,num_dst", [(9, 9), (6, 11), (13, 4)])
 def test_matches_dense_sdpa_forward_and_backward(backend, num_src, num_dst):
     gen = torch.Generator().manual_seed(num_src * 100 + num_dst)
@@ -81,7 +89,6 @@ def test_matches_dense_sdpa_forward_and_backward(backend, num_src, num_dst):
         torch.testing.assert_close(g, r)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_isolated_targets_output_zero_with_finite_gradients(backend):
     gen = torch.Generator().manual_seed(1)
     edge_index = random_graph(8, 8, 20, generator=gen, isolated=(0, 5, 7))
@@ -93,7 +100,6 @@ def test_isolated_targets_output_zero_with_finite_gradients(backend):
     assert torch.equal(grads[0][[0, 5, 7]], torch.zeros(3, 2, 3, dtype=out.dtype))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_repeated_pairs_count_as_separate_edges(backend):
     gen = torch.Generator().manual_seed(2)
     edge_index = random_graph(6, 6, 30, generator=gen, unique=False)
@@ -104,7 +110,6 @@ def test_repeated_pairs_count_as_separate_edges(backend):
     torch.testing.assert_close(out[has_edge], ref[has_edge])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("per_head", [False, True])
 def test_edge_bias_and_scale_match_dense(backend, per_head):
     gen = torch.Generator().manual_seed(3)
@@ -119,7 +124,6 @@ def test_edge_bias_and_scale_match_dense(backend, per_head):
     torch.testing.assert_close(g, r)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_gate_modes_match_dense_formulas(backend):
     gen = torch.Generator().manual_seed(4)
     edge_index = random_graph(6, 6, 24, generator=gen)
@@ -139,20 +143,34 @@ def test_gate_modes_match_dense_formulas(backend):
     torch.testing.assert_close(g, r)
 
 
-def test_log_gate_of_zero_removes_the_edge():
+def test_log_gate_of_zero_removes_the_edge(backend):
     gen = torch.Generator().manual_seed(5)
     edge_index = random_graph(6, 6, 24, generator=gen)
     q, k, v = qkv(6, 6, 2, 4, 3, generator=gen)
     gate = torch.ones(edge_index.size(1), dtype=torch.float64)
     gate[:5] = 0.0
-    out = sparse_attention(q, k, v, edge_index, edge_gate=gate, gate_mode="log")
-    kept = sparse_attention(q, k, v, edge_index[:, 5:])
-    has_edge = torch.zeros(6, dtype=torch.bool)
-    has_edge[edge_index[1, 5:]] = True
-    torch.testing.assert_close(out[has_edge], kept[has_edge])
+    gate[edge_index[1] == edge_index[1, 0]] = 0.0  # every in-edge of one target: it must output zeros
+    gate.requires_grad_()
+    out, alpha = sparse_attention(q, k, v, edge_index, edge_gate=gate, gate_mode="log", backend=backend, return_attention=True)
+    kept_edges = edge_index[:, gate.detach() > 0]
+    kept = sparse_attention(q, k, v, kept_edges, backend=backend)
+    torch.testing.assert_close(out, kept)  # targets left without edges are zero in both
+    assert torch.equal(out[edge_index[1, 0]], torch.zeros_like(out[0]))
+    assert torch.equal(alpha[gate.detach() == 0], torch.zeros_like(alpha[gate.detach() == 0]))
+    (grad,) = torch.autograd.grad((out.square().sum() + alpha.sum()), gate)
+    assert torch.isfinite(grad).all() and torch.equal(grad[gate.detach() == 0], torch.zeros_like(grad[gate.detach() == 0]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_pattern_and_empty_graph(backend):
+    q, k, v = (torch.randn(n, 2, 3, dtype=torch.float64, requires_grad=True) for n in (4, 5, 5))
+    empty = torch.empty(2, 0, dtype=torch.long)
+    out, alpha = sparse_attention(q, k, v, empty, backend=backend, return_attention=True)
+    assert torch.equal(out, torch.zeros(4, 2, 3, dtype=torch.float64)) and alpha.shape == (0, 2)
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in torch.autograd.grad(out.sum(), (q, k, v)))
+    nothing = torch.randn(0, 2, 3, dtype=torch.float64)
+    assert sparse_attention(nothing, nothing, nothing, empty, backend=backend).shape == (0, 2, 3)
+
+
 def test_gradcheck_float64_all_inputs(backend):
     gen = torch.Generator().manual_seed(6)
     edge_index = random_graph(5, 6, 14, generator=gen, isolated=(2,))
@@ -166,7 +184,6 @@ def test_gradcheck_float64_all_inputs(backend):
     assert torch.autograd.gradcheck(run, (q, k, v, bias, gate))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_is_consistent_between_forward_and_backward(backend):
     gen = torch.Generator().manual_seed(7)
     edge_index = random_graph(6, 6, 24, generator=gen)
@@ -208,17 +225,20 @@ def test_backends_agree_including_attention_order():
         torch.testing.assert_close(g_c, g_r, rtol=1e-4, atol=1e-5)
 
 
-def test_prebuilt_pattern_matches_edge_index():
+def test_prebuilt_pattern_matches_edge_index(backend):
     gen = torch.Generator().manual_seed(10)
     edge_index = random_graph(12, 9, 50, generator=gen, unique=False)
     pattern = CSRPattern.from_edge_index(edge_index, (12, 9))
     assert torch.equal(pattern.edge_index, edge_index)
     assert torch.equal(pattern.in_degree(), torch.bincount(edge_index[1], minlength=9))
     q, k, v = qkv(12, 9, 2, 3, 3, generator=gen)
-    for backend in BACKENDS:
-        a = sparse_attention(q, k, v, pattern, backend=backend, return_attention=True)
-        b = sparse_attention(q, k, v, edge_index, backend=backend, return_attention=True)
-        torch.testing.assert_close(a, b)
+    a = sparse_attention(q, k, v, pattern, backend=backend, return_attention=True)
+    b = sparse_attention(q, k, v, edge_index, backend=backend, return_attention=True)
+    torch.testing.assert_close(a, b)
+    sorted_view = pattern.sorted()
+    c = sparse_attention(q, k, v, sorted_view, backend=backend, return_attention=True)
+    torch.testing.assert_close(c[0], a[0])
+    torch.testing.assert_close(pattern.sorted_to_caller(c[1]), a[1])
 
 
 @pytest.mark.parametrize("unique", [True, False])
@@ -237,7 +257,6 @@ def test_deterministic_bitwise_on_cpu(unique):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_low_precision_inputs(dtype, backend):
     gen = torch.Generator().manual_seed(12)
     edge_index = random_graph(30, 30, 200, generator=gen)
@@ -300,7 +319,6 @@ def _inputs():
         (lambda a: {"edge_index": CSRPattern.from_edge_index(a["edge_index"], 6)}, ValueError, "CSRPattern"),
     ],
 )
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_input_is_named(change, error, match, backend):
     q, k, v, edge_index = _inputs()
     args = {"query": q, "key": k, "value": v, "edge_index": edge_index, "backend": backend}

@@ -1,0 +1,176 @@
+"""Every adjacency form a PyG layer accepts, turned into a `CSRPattern` (and back).
+
+PyG layers take the graph as
+
+* ``edge_index [2, E]`` (row 0 source ``j``, row 1 target ``i``), possibly a
+  :class:`torch_geometric.EdgeIndex` that caches its CSR/CSC sorts;
+* a transposed adjacency ``adj_t [N_dst, N_src]`` (``adj_t[i, j] != 0`` for an edge ``j → i``):
+  a ``torch.sparse`` COO/CSR/CSC tensor or a ``torch_sparse.SparseTensor``. Its per-edge order is
+  the order its non-zeros are stored in (row-major for CSR and ``SparseTensor``, column-major for
+  CSC, as stored for COO), and values with a feature dimension (``[E, F]``) are edge features;
+* or, here, a prebuilt :class:`CSRPattern`.
+
+:func:`pattern_from_adjacency` gives the pattern whose caller order is that per-edge order, so
+edge features, gates and attention weights line up with the input exactly as in PyG.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.typing import SparseTensor
+
+from .pattern import CSRPattern, _counts_to_ptr, _index_dtype, check_edge_index
+
+Adjacency = Union[Tensor, SparseTensor, CSRPattern]
+_SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+
+
+def is_sparse_adjacency(adj: object) -> bool:
+    """Whether ``adj`` is a ``torch.sparse`` tensor or a ``torch_sparse.SparseTensor``."""
+    return isinstance(adj, SparseTensor) or (isinstance(adj, Tensor) and adj.layout in _SPARSE_LAYOUTS)
+
+
+def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[CSRPattern, Optional[Tensor]]:
+    """Sort any PyG adjacency into a :class:`CSRPattern`.
+
+    Args:
+        adj: ``edge_index [2, E]``, :class:`~torch_geometric.EdgeIndex`, ``torch.sparse``
+            ``adj_t [N_dst, N_src(, F)]``, ``SparseTensor`` ``adj_t``, or a :class:`CSRPattern`.
+        num_nodes: ``(N_src, N_dst)``, the sizes of the node features the pattern is used with.
+
+    Returns:
+        ``(pattern, values)``: the pattern (caller order = ``adj``'s per-edge order) and the
+        adjacency's stored values ``[E]`` or ``[E, F]`` in that order (``None`` when it has none).
+
+    Raises:
+        ValueError: when ``adj``'s node counts disagree with ``num_nodes``.
+        TypeError: for anything that is not an adjacency.
+    """
+    num_src, num_dst = num_nodes
+    if isinstance(adj, CSRPattern):
+        _check_sizes((adj.num_src, adj.num_dst), num_nodes, "the CSRPattern")
+        return adj, None
+    if isinstance(adj, SparseTensor):
+        _check_sizes((adj.sparse_size(1), adj.sparse_size(0)), num_nodes, "the SparseTensor adj_t [N_dst, N_src]")
+        row, col, value = adj.coo()  # row-major: (target, source) order
+        return CSRPattern.from_edge_index(torch.stack([col, row]), num_nodes), value
+    if isinstance(adj, Tensor) and adj.layout in _SPARSE_LAYOUTS:
+        if adj.sparse_dim() != 2:
+            raise ValueError(f"edge_index as a torch.sparse adjacency must have 2 sparse dims [N_dst, N_src], got {adj.sparse_dim()}")
+        _check_sizes((adj.size(1), adj.size(0)), num_nodes, "the sparse adj_t [N_dst, N_src]")
+        dst, src, values = _sparse_entries(adj)
+        return CSRPattern.from_edge_index(torch.stack([src, dst]), num_nodes), values
+    if isinstance(adj, EdgeIndex):
+        sizes = adj.sparse_size()
+        _check_sizes(tuple(s if s is not None else n for s, n in zip(sizes, num_nodes)), num_nodes, "the EdgeIndex")
+        return _from_edge_index_cache(adj, num_src, num_dst), None
+    if isinstance(adj, Tensor):
+        return CSRPattern.from_edge_index(adj, num_nodes), None
+    raise TypeError(
+        "edge_index must be a LongTensor [2, E], a torch_geometric.EdgeIndex, a torch.sparse or "
+        f"torch_sparse.SparseTensor adjacency adj_t [N_dst, N_src], or a CSRPattern; got {type(adj).__name__}"
+    )
+
+
+def with_edge_values(adj: Union[Tensor, SparseTensor], values: Tensor) -> Union[Tensor, SparseTensor]:
+    """The sparse adjacency ``adj`` with its stored values replaced by ``values [E, ...]``.
+
+    ``values`` are in ``adj``'s per-edge order (as from :func:`pattern_from_adjacency`). A
+    ``torch.sparse`` result keeps ``adj``'s layout and indices and has size
+    ``[N_dst, N_src, *values.shape[1:]]``; a ``SparseTensor`` result is ``adj.set_value(values, layout="coo")``.
+    """
+    if isinstance(adj, SparseTensor):
+        return adj.set_value(values, layout="coo")
+    size = adj.shape[:2] + values.shape[1:]
+    if adj.layout == torch.sparse_coo:
+        return torch.sparse_coo_tensor(adj._indices(), values, size, is_coalesced=adj.is_coalesced())
+    if adj.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), values, size)
+    if adj.layout == torch.sparse_csc:
+        return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(), values, size)
+    raise TypeError(f"adj must be a torch.sparse or SparseTensor adjacency, got layout {adj.layout}")
+
+
+def _check_sizes(got: Tuple[int, int], expected: Tuple[int, int], what: str) -> None:
+    if tuple(int(n) for n in got) != tuple(expected):
+        raise ValueError(
+            f"edge_index ({what}) has (N_src, N_dst)={tuple(got)} but the node features give {tuple(expected)}"
+        )
+
+
+def _ptr_to_index(ptr: Tensor) -> Tensor:
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff())
+
+
+def _sparse_entries(adj: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(row, col, values)`` of a 2-d ``torch.sparse`` tensor in its stored order (no coalescing,
+    so repeated entries stay separate edges as in PyG's message passing)."""
+    if adj.layout == torch.sparse_coo:
+        row, col = adj._indices()
+        return row, col, adj._values()
+    if adj.layout == torch.sparse_csr:
+        return _ptr_to_index(adj.crow_indices()), adj.col_indices(), adj.values()
+    return adj.row_indices(), _ptr_to_index(adj.ccol_indices()), adj.values()
+
+
+def _pad_ptr(ptr: Tensor, num: int) -> Tensor:
+    """Extend a compressed pointer over ``n < num`` rows to ``num`` rows (the extra rows are empty)."""
+    return torch.cat([ptr, ptr[-1:].expand(num + 1 - ptr.numel())]) if ptr.numel() < num + 1 else ptr
+
+
+def _nondecreasing(major: Tensor, minor: Tensor, num_minor: int) -> bool:
+    keys = major.long() * max(num_minor, 1) + minor.long()
+    return bool((keys[1:] >= keys[:-1]).all())
+
+
+def _from_edge_index_cache(edge_index: EdgeIndex, num_src: int, num_dst: int) -> CSRPattern:
+    """Build the pattern from an :class:`EdgeIndex`'s cached CSC (by target) and CSR (by source).
+
+    A sorted ``EdgeIndex`` computes each sort once and caches it, so every layer and epoch that
+    reuses the object skips sorting. The caches are used only where their order is ours —
+    (target, source) for the pattern and (source, target) for its transpose — which holds for an
+    ``EdgeIndex`` built from lexicographically sorted edges (e.g. ``sort_edge_index``); otherwise
+    the missing order is sorted here (stably, as in :meth:`CSRPattern.from_edge_index`).
+    """
+    data = edge_index.as_tensor()
+    if not edge_index.is_sorted:
+        return CSRPattern.from_edge_index(data, (num_src, num_dst))
+    check_edge_index(data, num_src, num_dst)
+    (ptr_by_dst, src_by_dst), perm = edge_index.get_csc()
+    dst_by_dst = data[1] if perm is None else data[1][perm]
+    if not _nondecreasing(dst_by_dst, src_by_dst, num_src):
+        return CSRPattern.from_edge_index(data, (num_src, num_dst))
+    num_edges = data.size(1)
+    index_dtype = _index_dtype(num_edges, num_src, num_dst)
+    keys_equal = (dst_by_dst[1:] == dst_by_dst[:-1]) & (src_by_dst[1:] == src_by_dst[:-1])
+
+    (ptr_by_src, dst_by_src), perm_src = edge_index.get_csr()
+    src_by_src = data[0] if perm_src is None else data[0][perm_src]
+    if _nondecreasing(src_by_src, dst_by_src, num_dst):
+        # By-source position k holds caller edge perm_src[k]; perm_t[k] is that edge's position
+        # among the (target, source)-sorted edges: the inverse of `perm`, applied to perm_src.
+        position = torch.arange(num_edges, device=data.device)
+        if perm is not None:
+            position = torch.empty_like(position).scatter_(0, perm.long(), position)
+        perm_t = position if perm_src is None else position[perm_src.long()]
+    else:
+        # Edges are in (target, source) order, so a stable sort by source gives (source, target).
+        perm_t = torch.sort(src_by_dst, stable=True).indices
+        dst_by_src = dst_by_dst[perm_t]
+        ptr_by_src = _counts_to_ptr(torch.bincount(src_by_dst, minlength=num_src), index_dtype)
+
+    return CSRPattern(
+        rowptr=_pad_ptr(ptr_by_dst, num_dst).to(index_dtype),
+        col=src_by_dst.to(index_dtype),
+        row=dst_by_dst.to(index_dtype),
+        perm=None if perm is None else perm.long(),
+        colptr=_pad_ptr(ptr_by_src, num_src).to(index_dtype),
+        row_t=dst_by_src.to(index_dtype),
+        perm_t=perm_t.to(index_dtype),
+        num_src=num_src,
+        num_dst=num_dst,
+        has_duplicates=bool(keys_equal.any()),
+    )

@@ -1,0 +1,166 @@
+"""Autograd for the kernel backends, registered as `torch.library` custom ops.
+
+``graph_sparse_attn::attention`` returns ``(out, lse)`` and ``graph_sparse_attn::attention_backward``
+its gradients; both dispatch to the backend module named by their first argument (see
+`ops.dispatch`). As custom ops they are opaque to ``torch.compile``: a compiled user model calls
+them without graph breaks, whatever the backend does inside (sparse tensors, triton launches,
+its own compiled kernels). The pattern travels as its index tensors.
+
+Per-edge tensors are head-major ``[1|H, E]`` in the pattern's sorted order. Dropout draws its
+mask from a one-element seed tensor, so the backward pass (and `sparse_attention`'s returned
+weights) regenerate exactly the mask the forward pass used without storing it.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import csr_kernel
+from .dispatch import kernel_module
+from .pattern import CSRPattern
+
+_NO_SEED: Optional[Tensor] = None
+# The CSRPattern behind each live rowptr tensor, so backends can cache layouts per pattern object.
+_patterns: "weakref.WeakValueDictionary[int, CSRPattern]" = weakref.WeakValueDictionary()
+
+
+def fused_attention(
+    backend: str, q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern,
+    bias: Optional[Tensor], gate: Optional[Tensor], dropout_p: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    """``(out [N_dst, H, Dv], lse [H, N_dst])`` of kernel ``backend``, differentiable in q, k, v, bias, gate.
+
+    ``q`` is already scaled; ``lse`` is not differentiable.
+    """
+    if not torch.compiler.is_compiling():
+        _patterns[id(pattern.rowptr)] = pattern
+    return torch.ops.graph_sparse_attn.attention(
+        backend, q, k, v, *_pattern_tensors(pattern), pattern.num_src, pattern.has_duplicates, bias, gate, dropout_p, seed
+    )
+
+
+def _pattern_tensors(pattern: CSRPattern) -> Tuple[Tensor, ...]:
+    return pattern.rowptr, pattern.col, pattern.row, pattern.colptr, pattern.row_t, pattern.perm_t
+
+
+def _pattern(rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
+             num_src: int, has_duplicates: bool) -> CSRPattern:
+    known = _patterns.get(id(rowptr))
+    if known is not None and known.rowptr is rowptr and known.col is col:
+        return known
+    return CSRPattern(rowptr=rowptr, col=col, row=row, perm=None, colptr=colptr, row_t=row_t, perm_t=perm_t,
+                      num_src=num_src, num_dst=rowptr.numel() - 1, has_duplicates=has_duplicates)
+
+
+def _dropout_keep(seed: Optional[Tensor], like: Tensor, dropout_p: float) -> Optional[Tensor]:
+    """The ``[H, E]`` dropout multipliers drawn from ``seed`` (``None`` without dropout)."""
+    if dropout_p == 0 or seed is None:
+        return None
+    return csr_kernel.dropout_scale(int(seed), tuple(like.shape), dropout_p, like)
+
+
+@torch.library.custom_op("graph_sparse_attn::attention", mutates_args=())
+def _attention_op(
+    backend: str, q: Tensor, k: Tensor, v: Tensor,
+    rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
+    num_src: int, has_duplicates: bool, bias: Optional[Tensor], gate: Optional[Tensor], dropout_p: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
+    keep = _dropout_keep(seed, q.new_empty(()).expand(q.size(1), col.numel()), dropout_p)
+    return kernel_module(backend).forward(q, k, v, pattern, bias, gate, keep)
+
+
+@_attention_op.register_fake
+def _(backend, q, k, v, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, dropout_p, seed):
+    return q.new_empty(q.size(0), q.size(1), v.size(2)), q.new_empty(q.size(1), q.size(0))
+
+
+@torch.library.custom_op("graph_sparse_attn::attention_backward", mutates_args=())
+def _attention_backward_op(
+    backend: str, grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
+    num_src: int, has_duplicates: bool, bias: Optional[Tensor], gate: Optional[Tensor], dropout_p: float,
+    seed: Optional[Tensor], need_dlogits: bool, need_dgate: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
+    keep = _dropout_keep(seed, q.new_empty(()).expand(q.size(1), col.numel()), dropout_p)
+    dq, dk, dv, dlogits = kernel_module(backend).backward(
+        grad_out.contiguous(), q, k, v, out, lse, pattern, bias, gate, keep, need_dlogits or need_dgate
+    )
+    # d logit / d gate = the unscaled-by-gate score q·k, recomputed only when a gate is learned.
+    dgate = dlogits * csr_kernel.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
+    return dq, dk, dv, (dlogits if need_dlogits else q.new_empty(0)), dgate
+
+
+@_attention_backward_op.register_fake
+def _(backend, grad_out, q, k, v, out, lse, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate,
+      dropout_p, seed, need_dlogits, need_dgate):
+    edge_grad = lambda needed: q.new_empty(q.size(1), col.numel()) if needed else q.new_empty(0)  # noqa: E731
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), edge_grad(need_dlogits), edge_grad(need_dgate)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    backend, q, k, v, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, dropout_p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, rowptr, col, row, colptr, row_t, perm_t, bias, gate, seed)
+    ctx.backend, ctx.num_src, ctx.has_duplicates, ctx.dropout_p = backend, num_src, has_duplicates, dropout_p
+    ctx.set_materialize_grads(True)
+
+
+def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+    q, k, v, out, lse, rowptr, col, row, colptr, row_t, perm_t, bias, gate, seed = ctx.saved_tensors
+    need_bias = bias is not None and ctx.needs_input_grad[12]
+    need_gate = gate is not None and ctx.needs_input_grad[13]
+    dq, dk, dv, dlogits, dgate = torch.ops.graph_sparse_attn.attention_backward(
+        ctx.backend, grad_out, q, k, v, out, lse, rowptr, col, row, colptr, row_t, perm_t, ctx.num_src, ctx.has_duplicates,
+        bias, gate, ctx.dropout_p, seed, need_bias, need_gate,
+    )
+    grad_bias = _reduce_heads(dlogits, bias) if need_bias else None
+    grad_gate = _reduce_heads(dgate, gate) if need_gate else None
+    return (None, dq, dk, dv) + (None,) * 8 + (grad_bias, grad_gate, None, None)
+
+
+def _reduce_heads(grad: Tensor, like: Tensor) -> Tensor:
+    """Sum a ``[H, E]`` gradient over heads for a per-edge tensor shared by all heads (``[1, E]``)."""
+    return grad.sum(0, keepdim=True) if like.size(0) == 1 and grad.size(0) != 1 else grad
+
+
+torch.library.register_autograd("graph_sparse_attn::attention", _backward, setup_context=_setup_context)
+
+
+class _EdgeSoftmax(torch.autograd.Function):
+    """The attention probabilities ``[H, E]`` from the row log-sum-exp, with the softmax's own backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, bias, gate, lse, pattern):
+        with csr_kernel._quiet_sparse():
+            scores = csr_kernel.sddmm(pattern, q, k)
+        probs = csr_kernel.logits(scores, bias, gate).sub(csr_kernel.per_edge(lse, pattern)).exp_()
+        ctx.save_for_backward(q, k, bias, gate, probs)
+        ctx.pattern = pattern
+        return probs
+
+    @staticmethod
+    def backward(ctx, grad_probs):
+        q, k, bias, gate, probs = ctx.saved_tensors
+        pattern = ctx.pattern
+        with csr_kernel._quiet_sparse():
+            # dS = P ⊙ (dP − rowsum(P ⊙ dP)): the Jacobian of a softmax over each target's edges.
+            row_dot = csr_kernel.segment_sum(probs * grad_probs, pattern)
+            grad_logits = (grad_probs - csr_kernel.per_edge(row_dot, pattern)).mul_(probs)
+            grad_scores = grad_logits * gate if gate is not None else grad_logits
+            grad_q = csr_kernel.spmm(pattern, grad_scores, k) if ctx.needs_input_grad[0] else None
+            grad_k = csr_kernel.spmm(pattern, grad_scores, q, transpose=True) if ctx.needs_input_grad[1] else None
+            grad_bias = _reduce_heads(grad_logits, bias) if bias is not None and ctx.needs_input_grad[2] else None
+            grad_gate = None
+            if gate is not None and ctx.needs_input_grad[3]:
+                grad_gate = _reduce_heads(grad_logits * csr_kernel.sddmm(pattern, q, k), gate)
+        return grad_q, grad_k, grad_bias, grad_gate, None, None
+
+
+def edge_softmax(q: Tensor, k: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor) -> Tensor:
+    """``softmax`` of ``q·k ⊙ gate + bias`` over each target's edges, ``[H, E]`` in sorted order, from ``lse``."""
+    return _EdgeSoftmax.apply(q, k, bias, gate, lse.detach(), pattern)
