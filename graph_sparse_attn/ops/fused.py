@@ -131,36 +131,68 @@ def _reduce_heads(grad: Tensor, like: Tensor) -> Tensor:
 torch.library.register_autograd("graph_sparse_attn::attention", _backward, setup_context=_setup_context)
 
 
-class _EdgeSoftmax(torch.autograd.Function):
-    """The attention probabilities ``[H, E]`` from the row log-sum-exp, with the softmax's own backward."""
+@torch.library.custom_op("graph_sparse_attn::edge_softmax", mutates_args=())
+def _edge_softmax_op(
+    q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
+    num_src: int, has_duplicates: bool, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor,
+) -> Tensor:
+    pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
+    with csr_kernel._quiet_sparse():
+        scores = csr_kernel.sddmm(pattern, q, k)
+    return csr_kernel.logits(scores, bias, gate).sub_(csr_kernel.per_edge(lse, pattern)).exp_()
 
-    @staticmethod
-    def forward(ctx, q, k, bias, gate, lse, pattern):
-        with csr_kernel._quiet_sparse():
-            scores = csr_kernel.sddmm(pattern, q, k)
-        probs = csr_kernel.logits(scores, bias, gate).sub(csr_kernel.per_edge(lse, pattern)).exp_()
-        ctx.save_for_backward(q, k, bias, gate, probs)
-        ctx.pattern = pattern
-        return probs
 
-    @staticmethod
-    def backward(ctx, grad_probs):
-        q, k, bias, gate, probs = ctx.saved_tensors
-        pattern = ctx.pattern
-        with csr_kernel._quiet_sparse():
-            # dS = P ⊙ (dP − rowsum(P ⊙ dP)): the Jacobian of a softmax over each target's edges.
-            row_dot = csr_kernel.segment_sum(probs * grad_probs, pattern)
-            grad_logits = (grad_probs - csr_kernel.per_edge(row_dot, pattern)).mul_(probs)
-            grad_scores = grad_logits * gate if gate is not None else grad_logits
-            grad_q = csr_kernel.spmm(pattern, grad_scores, k) if ctx.needs_input_grad[0] else None
-            grad_k = csr_kernel.spmm(pattern, grad_scores, q, transpose=True) if ctx.needs_input_grad[1] else None
-            grad_bias = _reduce_heads(grad_logits, bias) if bias is not None and ctx.needs_input_grad[2] else None
-            grad_gate = None
-            if gate is not None and ctx.needs_input_grad[3]:
-                grad_gate = _reduce_heads(grad_logits * csr_kernel.sddmm(pattern, q, k), gate)
-        return grad_q, grad_k, grad_bias, grad_gate, None, None
+@_edge_softmax_op.register_fake
+def _(q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, lse):
+    return q.new_empty(q.size(1), col.numel())
+
+
+@torch.library.custom_op("graph_sparse_attn::edge_softmax_backward", mutates_args=())
+def _edge_softmax_backward_op(
+    grad_probs: Tensor, probs: Tensor, q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor,
+    row_t: Tensor, perm_t: Tensor, num_src: int, has_duplicates: bool, gate: Optional[Tensor], need_dgate: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
+    with csr_kernel._quiet_sparse():
+        # dS = P ⊙ (dP − rowsum(P ⊙ dP)): the Jacobian of a softmax over each target's edges.
+        row_dot = csr_kernel.segment_sum(probs * grad_probs, pattern)
+        grad_logits = (grad_probs - csr_kernel.per_edge(row_dot, pattern)).mul_(probs)
+        grad_scores = grad_logits * gate if gate is not None else grad_logits
+        grad_q = csr_kernel.spmm(pattern, grad_scores, k)
+        grad_k = csr_kernel.spmm(pattern, grad_scores, q, transpose=True)
+        grad_gate = grad_logits * csr_kernel.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
+    return grad_q, grad_k, grad_logits, grad_gate
+
+
+@_edge_softmax_backward_op.register_fake
+def _(grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, gate, need_dgate):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(probs), torch.empty_like(probs) if need_dgate else q.new_empty(0)
+
+
+def _setup_edge_softmax(ctx, inputs, output) -> None:
+    q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, lse = inputs
+    ctx.save_for_backward(output, q, k, rowptr, col, row, colptr, row_t, perm_t, bias, gate)
+    ctx.num_src, ctx.has_duplicates = num_src, has_duplicates
+
+
+def _edge_softmax_backward(ctx, grad_probs: Tensor):
+    probs, q, k, rowptr, col, row, colptr, row_t, perm_t, bias, gate = ctx.saved_tensors
+    need_gate = gate is not None and ctx.needs_input_grad[11]
+    grad_q, grad_k, grad_logits, grad_gate = torch.ops.graph_sparse_attn.edge_softmax_backward(
+        grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, ctx.num_src, ctx.has_duplicates, gate, need_gate
+    )
+    grad_bias = _reduce_heads(grad_logits, bias) if bias is not None and ctx.needs_input_grad[10] else None
+    return (grad_q, grad_k) + (None,) * 8 + (grad_bias, _reduce_heads(grad_gate, gate) if need_gate else None, None)
+
+
+torch.library.register_autograd("graph_sparse_attn::edge_softmax", _edge_softmax_backward, setup_context=_setup_edge_softmax)
 
 
 def edge_softmax(q: Tensor, k: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor) -> Tensor:
-    """``softmax`` of ``q·k ⊙ gate + bias`` over each target's edges, ``[H, E]`` in sorted order, from ``lse``."""
-    return _EdgeSoftmax.apply(q, k, bias, gate, lse.detach(), pattern)
+    """``softmax`` of ``q·k ⊙ gate + bias`` over each target's edges, ``[H, E]`` in sorted order, from ``lse``.
+
+    Differentiable in ``q``, ``k``, ``bias`` and ``gate`` with the softmax's own Jacobian (``lse`` is a constant).
+    """
+    return torch.ops.graph_sparse_attn.edge_softmax(
+        q, k, *_pattern_tensors(pattern), pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()
+    )
