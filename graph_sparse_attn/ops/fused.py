@@ -70,7 +70,8 @@ def _attention_op(
 ) -> Tuple[Tensor, Tensor]:
     pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
     keep = _dropout_keep(seed, q.new_empty(()).expand(q.size(1), col.numel()), dropout_p)
-    return kernel_module(backend).forward(q, k, v, pattern, bias, gate, keep)
+    out, lse = kernel_module(backend).forward(q, k, v, pattern, bias, gate, keep)
+    return out.contiguous(), lse.contiguous()
 
 
 @_attention_op.register_fake
@@ -92,7 +93,9 @@ def _attention_backward_op(
     )
     # d logit / d gate = the unscaled-by-gate score q·k, recomputed only when a gate is learned.
     dgate = dlogits * csr_kernel.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
-    return dq, dk, dv, (dlogits if need_dlogits else q.new_empty(0)), dgate
+    # Custom-op outputs must have the strides their fake kernels promise: contiguous.
+    grads = (dq, dk, dv, dlogits if need_dlogits else q.new_empty(0), dgate)
+    return tuple(g.contiguous() for g in grads)
 
 
 @_attention_backward_op.register_fake
@@ -155,13 +158,14 @@ def _edge_softmax_backward_op(
     pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
     with csr_kernel._quiet_sparse():
         # dS = P ⊙ (dP − rowsum(P ⊙ dP)): the Jacobian of a softmax over each target's edges.
+        grad_probs = grad_probs.contiguous()
         row_dot = csr_kernel.segment_sum(probs * grad_probs, pattern)
         grad_logits = (grad_probs - csr_kernel.per_edge(row_dot, pattern)).mul_(probs)
         grad_scores = grad_logits * gate if gate is not None else grad_logits
         grad_q = csr_kernel.spmm(pattern, grad_scores, k)
         grad_k = csr_kernel.spmm(pattern, grad_scores, q, transpose=True)
         grad_gate = grad_logits * csr_kernel.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
-    return grad_q, grad_k, grad_logits, grad_gate
+    return grad_q.contiguous(), grad_k.contiguous(), grad_logits.contiguous(), grad_gate.contiguous()
 
 
 @_edge_softmax_backward_op.register_fake
