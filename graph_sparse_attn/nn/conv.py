@@ -1,18 +1,22 @@
 """`SparseAttnConv`: a memory-lean drop-in for PyG's `TransformerConv`."""
-from __future__ import annotations
-
+import typing
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.typing import Adj, NoneType, PairTensor, SparseTensor
 
 from ..ops import CSRPattern
+from ..ops.adjacency import is_sparse_adjacency, pattern_from_adjacency, with_edge_values
 from ..ops.attention import GATE_MODES
 from ..ops.edge_features import edge_feature_attention
 
-PairTensor = Tuple[Tensor, Tensor]
+if typing.TYPE_CHECKING:
+    from typing import overload
+else:  # TorchScript resolves the overloads of `forward` by argument types, as for TransformerConv.
+    from torch.jit import _overload_method as overload
 
 
 class SparseAttnConv(MessagePassing):
@@ -51,10 +55,11 @@ class SparseAttnConv(MessagePassing):
         **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
-        - input: ``x [N, F_in]`` or ``([N_src, F_src], [N_dst, F_dst])``, ``edge_index [2, E]`` or a
-          :class:`~graph_sparse_attn.CSRPattern`, ``edge_attr [E, edge_dim]`` (optional)
-        - output: ``[N_dst, H * C]`` (or ``[N_dst, C]`` if ``concat=False``), plus
-          ``(edge_index [2, E], alpha [E, H])`` when ``return_attention_weights`` is set.
+        - input: ``x [N, F_in]`` or ``([N_src, F_src], [N_dst, F_dst])``; ``edge_index [2, E]``
+          (or an ``EdgeIndex``), a ``torch.sparse`` / ``SparseTensor`` ``adj_t [N_dst, N_src]``, or a
+          :class:`~graph_sparse_attn.CSRPattern`; ``edge_attr [E, edge_dim]`` (optional)
+        - output: ``[N_dst, H * C]`` (or ``[N_dst, C]`` if ``concat=False``), plus the attention
+          ``alpha [E, H]`` when ``return_attention_weights`` is set (see :meth:`forward`).
     """
 
     def __init__(
@@ -88,6 +93,9 @@ class SparseAttnConv(MessagePassing):
         self.dropout = dropout
         self.edge_dim = edge_dim
         self.gate_mode = gate_mode
+        # TransformerConv keeps the last attention here during a call and clears it after; code
+        # that checks ``conv._alpha`` sees the same ``None`` (alpha is returned, never stored).
+        self._alpha: Optional[Tensor] = None
 
         src_channels, dst_channels = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
         self.lin_key = Linear(src_channels, heads * out_channels, bias=bias)
@@ -111,37 +119,86 @@ class SparseAttnConv(MessagePassing):
             if lin is not None:
                 lin.reset_parameters()
 
+    @overload
     def forward(
         self,
         x: Union[Tensor, PairTensor],
-        edge_index: Union[Tensor, CSRPattern],
+        edge_index: Adj,
+        edge_attr: Optional[Tensor] = None,
+        return_attention_weights: NoneType = None,
+        edge_gate: Optional[Tensor] = None,
+        edge_bias: Optional[Tensor] = None,
+    ) -> Tensor:
+        pass
+
+    @overload
+    def forward(  # noqa: F811
+        self,
+        x: Union[Tensor, PairTensor],
+        edge_index: Tensor,
+        edge_attr: Optional[Tensor] = None,
+        return_attention_weights: bool = None,
+        edge_gate: Optional[Tensor] = None,
+        edge_bias: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        pass
+
+    @overload
+    def forward(  # noqa: F811
+        self,
+        x: Union[Tensor, PairTensor],
+        edge_index: SparseTensor,
+        edge_attr: Optional[Tensor] = None,
+        return_attention_weights: bool = None,
+        edge_gate: Optional[Tensor] = None,
+        edge_bias: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, SparseTensor]:
+        pass
+
+    def forward(  # noqa: F811
+        self,
+        x: Union[Tensor, PairTensor],
+        edge_index: Adj,
         edge_attr: Optional[Tensor] = None,
         return_attention_weights: Optional[bool] = None,
         edge_gate: Optional[Tensor] = None,
         edge_bias: Optional[Tensor] = None,
-    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]], Tuple[Tensor, SparseTensor]]:
         """Run the layer.
 
-        ``return_attention_weights`` set to any bool (as in PyG) also returns
-        ``(edge_index, alpha [E, H])`` in the caller's edge order. ``edge_gate [E]`` or
-        ``[E, H]`` in ``[0, 1]`` re-weights the edges (a learnable pattern, see `nn.gates`);
-        ``edge_bias [E]`` or ``[E, H]`` is added to the attention logits (e.g. a positional bias).
+        ``edge_index`` takes every form ``TransformerConv`` takes (see
+        :func:`~graph_sparse_attn.ops.adjacency.pattern_from_adjacency`): ``[2, E]``, an
+        ``EdgeIndex``, a ``torch.sparse`` or ``SparseTensor`` ``adj_t [N_dst, N_src]``, or a
+        prebuilt ``CSRPattern``. Per-edge tensors (``edge_attr``, ``edge_gate``, ``edge_bias`` and
+        the returned ``alpha``) follow its edge order; a sparse ``adj_t`` whose values are
+        ``[E, edge_dim]`` supplies ``edge_attr`` when none is passed.
+
+        ``return_attention_weights`` set to any bool (as in PyG) also returns the attention
+        ``alpha [E, H]``: as ``(edge_index, alpha)`` for an ``edge_index`` tensor (the pattern's
+        ``edge_index`` for a ``CSRPattern``), as ``(adj_t with values alpha, alpha)`` for a
+        ``torch.sparse`` ``adj_t`` (``GATConv``'s form), and as ``adj_t.set_value(alpha)`` for a
+        ``SparseTensor``. ``edge_gate [E]`` or ``[E, H]`` in ``[0, 1]`` re-weights the edges (a
+        learnable pattern, see `nn.gates`); ``edge_bias [E]`` or ``[E, H]`` is added to the
+        attention logits (e.g. a positional bias).
+
+        The layer scripts with ``torch.jit.script`` like ``TransformerConv`` (the attention itself
+        runs in Python, see :meth:`_attend`).
         """
         heads, channels = self.heads, self.out_channels
-        x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+        if isinstance(x, Tensor):
+            x_src, x_dst = x, x
+        else:
+            x_src, x_dst = x[0], x[1]
         query = self.lin_query(x_dst).view(-1, heads, channels)
         key = self.lin_key(x_src).view(-1, heads, channels)
         value = self.lin_value(x_src).view(-1, heads, channels)
-        if not isinstance(edge_index, CSRPattern):
-            edge_index = CSRPattern.from_edge_index(edge_index, (x_src.size(0), x_dst.size(0)))
         want_alpha = isinstance(return_attention_weights, bool)
-        edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(heads, channels, -1)
-        out, alpha = edge_feature_attention(
-            query, key, value, edge_index, edge_attr, edge_weight,
-            edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
-            dropout=self.dropout, training=self.training, need_weights=want_alpha,
-        )
-        out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
+        out, alpha = self._attend(query, key, value, edge_index, edge_attr, edge_gate, edge_bias, want_alpha)
+
+        if self.concat:
+            out = out.reshape(-1, heads * channels)
+        else:
+            out = out.mean(dim=1)
         if self.root_weight:
             x_root = self.lin_skip(x_dst)
             if self.lin_beta is not None:
@@ -149,9 +206,46 @@ class SparseAttnConv(MessagePassing):
                 out = beta * x_root + (1 - beta) * out
             else:
                 out = out + x_root
-        if want_alpha:
-            return out, (edge_index.edge_index, alpha)
+
+        if isinstance(return_attention_weights, bool):
+            assert alpha is not None
+            if isinstance(edge_index, SparseTensor):
+                return out, edge_index.set_value(alpha, layout="coo")
+            return out, (self._attention_index(edge_index, alpha), alpha)
         return out
+
+    @torch.jit.ignore
+    def _attend(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        edge_index: Adj,
+        edge_attr: Optional[Tensor],
+        edge_gate: Optional[Tensor],
+        edge_bias: Optional[Tensor],
+        need_weights: bool,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(out [N_dst, H, C], alpha [E, H] or None)`` over any adjacency (run as Python when scripted)."""
+        pattern, adj_values = pattern_from_adjacency(edge_index, (key.size(0), query.size(0)))
+        if edge_attr is None and adj_values is not None and adj_values.dim() > 1:
+            edge_attr = adj_values
+        edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
+        return edge_feature_attention(
+            query, key, value, pattern, edge_attr, edge_weight,
+            edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
+            dropout=self.dropout, training=self.training, need_weights=need_weights,
+        )
+
+    @torch.jit.ignore
+    def _attention_index(self, edge_index: Tensor, alpha: Tensor) -> Tensor:
+        """What is returned beside ``alpha``: the caller's ``edge_index``, a ``torch.sparse``
+        ``adj_t`` carrying ``alpha`` as values, or a ``CSRPattern``'s ``edge_index [2, E]``."""
+        if isinstance(edge_index, CSRPattern):
+            return edge_index.edge_index
+        if is_sparse_adjacency(edge_index):
+            return with_edge_values(edge_index, alpha)
+        return edge_index
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads})"
