@@ -37,6 +37,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -226,26 +227,63 @@ def time_round_robin(steps: Dict[str, Step], batches: list, warmup: int, repeats
     return times
 
 
+_SOURCE = re.compile(r"((?:graph_sparse_attn|torch_geometric|ogb)/\S*\(\d+\): \S+)")
+
+
+def _source(event) -> str:
+    """The innermost project/PyG/OGB function above an aten call, and the autograd node running it in backward."""
+    frame = node = None
+    parent = event.cpu_parent
+    while parent is not None:
+        match = _SOURCE.search(parent.name)
+        if frame is None and match:
+            frame = match.group(1)
+        if node is None and parent.name.startswith("autograd::engine"):
+            node = parent.name.rsplit(": ", 1)[-1]
+        parent = parent.cpu_parent
+    if frame is None:
+        return f"autograd: {node}" if node else "no project frame (optimizer step, loss)"
+    return frame + (f" [backward: {node}]" if node else "")
+
+
 def profile_step(step: Step, batches: list, repeats: int, device: torch.device) -> str:
-    """torch.profiler report of ``repeats`` steps: aten calls per step and the top ops by self CPU time."""
+    """torch.profiler report of ``repeats`` steps: aten calls per step, the top ops by self CPU time,
+    and the time of top-level aten calls grouped by the function (``file(def line): name``) that made them."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for i in range(repeats):
-            step(batches[i % len(batches)])
-        _sync(device)
-    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    reports = []
+    for with_stack in (False, True):  # Python stacks inflate short ops: op timings come from the run without them.
+        with profile(activities=activities, with_stack=with_stack) as prof:
+            for i in range(repeats):
+                step(batches[i % len(batches)])
+            _sync(device)
+        reports.append(prof)
+    aten = [e for e in reports[0].events() if e.name.startswith("aten::")]
     # Top level: called from Python or the autograd engine, not from inside another aten op.
     top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    averages = prof.key_averages()
+    averages = reports[0].key_averages()
     by_count = sorted((e for e in averages if e.key.startswith("aten::")), key=lambda e: -e.count)[:15]
+    by_source: Dict[str, List[float]] = {}
+    for e in reports[1].events():
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
+            entry = by_source.setdefault(_source(e), [0.0, 0])
+            entry[0] += e.cpu_time_total / 1e3 / repeats
+            entry[1] += 1
+    total = sum(ms for ms, _ in by_source.values())
+    sources = ["| share | ms / step | aten calls / step | source |", "|---|---|---|---|"]
+    for name, (ms, calls) in sorted(by_source.items(), key=lambda kv: -kv[1][0])[:20]:
+        sources.append(f"| {100 * ms / total:.1f} % | {ms:.1f} | {calls / repeats:,.0f} | `{name}` |")
     lines = [
         f"aten calls per step: {len(aten) / repeats:,.0f} in all (nested included), {len(top) / repeats:,.0f} at top level "
         f"(profiled over {repeats} steps)",
         "most frequent aten ops per step: " + ", ".join(f"{e.key} {e.count / repeats:,.0f}" for e in by_count),
         "",
         averages.table(sort_by="self_cpu_time_total", row_limit=20),
+        "",
+        "Top-level aten time by the function that called it (`file(line of its def): name`; a second run, with Python stacks):",
+        "",
+        *sources,
     ]
     return "\n".join(lines)
 
