@@ -1,0 +1,54 @@
+"""The kernels' `torch.library` custom ops: registration checks, torch.compile without graph breaks."""
+import pytest
+import torch
+
+from graph_sparse_attn import CSRPattern, sparse_attention
+from graph_sparse_attn.ops import fused
+
+
+def _case(num_edges=30, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = torch.randint(0, 7, (2, num_edges), generator=gen)
+    pattern = CSRPattern.from_edge_index(edge_index, 7)
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)  # noqa: E731
+    return pattern, make(7, 2, 3), make(7, 2, 3), make(7, 2, 4), make(2, pattern.num_edges), torch.rand(1, pattern.num_edges, dtype=torch.float64, generator=gen, requires_grad=True)
+
+
+@pytest.mark.parametrize("with_edges", [True, False])
+def test_custom_ops_pass_opcheck(with_edges):
+    pattern, q, k, v, bias, gate = _case()
+    if not with_edges:
+        bias = gate = None
+    tensors = fused._pattern_tensors(pattern)
+    args = ("csr", q, k, v, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, 0.0, None)
+    torch.library.opcheck(torch.ops.graph_sparse_attn.attention.default, args)
+    out, lse = torch.ops.graph_sparse_attn.attention(*args)
+    torch.library.opcheck(torch.ops.graph_sparse_attn.edge_softmax.default,
+                          (q, k, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()))
+
+
+def test_dropout_seed_is_a_tensor_and_replays():
+    pattern, q, k, v, _, _ = _case()
+    seed = torch.tensor([1234])
+    tensors = fused._pattern_tensors(pattern)
+    run = lambda: torch.ops.graph_sparse_attn.attention("csr", q, k, v, *tensors, pattern.num_src, pattern.has_duplicates,  # noqa: E731
+                                                        None, None, 0.5, seed)[0]
+    assert torch.equal(run(), run())
+
+
+def test_compiled_function_calling_sparse_attention_has_no_graph_breaks():
+    pattern, q, k, v, bias, gate = _case()
+
+    def f(q, k, v, bias, gate):
+        out, alpha = sparse_attention(q, k, v, pattern, edge_bias=bias.t(), edge_gate=gate.t(), return_attention=True)
+        return out.square().sum() + alpha.sum()
+
+    explanation = torch._dynamo.explain(f)(q, k, v, bias, gate)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager")
+    args = (q, k, v, bias, gate)
+    eager_loss, compiled_loss = f(*args), compiled(*args)
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for g, r in zip(torch.autograd.grad(compiled_loss, args), torch.autograd.grad(eager_loss, args)):
+        torch.testing.assert_close(g, r)
