@@ -6,7 +6,7 @@ sorted by (target, source) without duplicate pairs.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -134,13 +134,31 @@ def expander(
     if batch is not None:
         batch = check_batch(batch, num_nodes)
     draw_device = generator.device if generator is not None else device
-    node = torch.arange(num_nodes, device=device)
-    sources = []
+    orders = []
     for _ in range(degree // 2):
         order = torch.randperm(num_nodes, generator=generator, device=draw_device).to(device)
         if batch is not None:
             # A stable sort by graph keeps the random order inside each graph's slot range.
             order = order[torch.sort(batch[order], stable=True).indices]
+        orders.append(order)
+    return expander_from_permutations(orders, num_nodes, device=device)
+
+
+def expander_from_permutations(permutations: Sequence[Tensor], num_nodes: int, *, device: Device = None) -> Tensor:
+    r"""The expander of given node permutations :math:`\sigma_k` (each ``[N]``): :math:`j \to i` iff
+    :math:`j \ne i` and :math:`j = \sigma_k(i)` or :math:`i = \sigma_k(j)` for some :math:`k`.
+
+    :func:`expander` draws the permutations; callers that draw them otherwise (e.g. graph by
+    graph, so a batch's expander equals its graphs' expanders drawn one after another) build
+    the same pattern here. Returns ``[2, E]`` sorted by (target, source), no duplicates.
+    """
+    num_nodes = check_size(num_nodes, "num_nodes")
+    device = resolve_device(permutations[0] if permutations else None, device, "permutations")
+    if any(order.shape != (num_nodes,) or order.dtype != torch.long for order in permutations):
+        raise ValueError(f"permutations must be LongTensors [num_nodes]=[{num_nodes}]")
+    node = torch.arange(num_nodes, device=device)
+    sources = []
+    for order in permutations:
         inverse = torch.empty_like(order)
         inverse[order] = node
         sources += [order, inverse]
