@@ -151,13 +151,20 @@ def backend_options(backend: Optional[str]) -> Tuple[dict, Optional[str]]:
                 f"commit, so (a) and (c) ran its default attention path.")
 
 
-def build_model(name: str, task, out_channels: int) -> nn.Module:
-    """Model ``name`` (a key of ``MODELS``) for ``task``; (c) comes from the task's own ``build_model``."""
+def load_task(root: Path, options: dict):
+    """The ``gsa train ogbg-molhiv`` task (data from ``root``), its model built with ``options`` over the CLI defaults."""
+    from graph_sparse_attn.train.tasks import GraphPropertyTask
+
+    return GraphPropertyTask.from_ogb(DATASET, root, options)
+
+
+def build_model(name: str, task, out_channels: int, options: dict) -> nn.Module:
+    """Model ``name`` (a key of ``MODELS``); (c) comes from the task's own ``build_model``, ``options`` go to (a)."""
     from graph_sparse_attn.nn import GraphTransformer
 
     if name == "graph":
         return GraphTransformer("atom", DIM, out_channels, depth=DEPTH, heads=HEADS, attention="graph", edge_dim="bond",
-                                **task.model_options)
+                                **options)
     if name == "exphormer-gps":
         return task.build_model()
     if name == "transformer":
@@ -290,19 +297,17 @@ def profile_step(step: Step, batches: list, repeats: int, device: torch.device) 
 
 def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]]:
     """Time the models of ``args``; returns ``(rows, facts about the run, profile report or None)``."""
-    from graph_sparse_attn.train.tasks import GraphPropertyTask
-
     device = torch.device(args.device)
     options, note = backend_options(args.backend)
     with dataset_root(args.root) as root:
-        task = GraphPropertyTask.from_ogb(DATASET, root, options)
+        task = load_task(root, options)
         loader = task.loaders(args.batch_size, seed=0)["train"]
         batches = [batch.to(device) for batch, _ in zip(loader, range(args.batches))]
-    out_channels = task.dataset[0].y.size(-1)
+    out_channels = batches[0].y.size(-1)
     steps, rows = {}, []
     for name in args.models:
         torch.manual_seed(0)
-        model = build_model(name, task, out_channels).to(device)
+        model = build_model(name, task, out_channels, options).to(device)
         steps[name] = training_step(model, task)
         rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters())})
     times = time_round_robin(steps, batches, args.warmup, args.steps, device)
@@ -322,7 +327,7 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
     report = None
     if args.profile:
         torch.manual_seed(0)
-        step = training_step(build_model("graph", task, out_channels).to(device), task)
+        step = training_step(build_model("graph", task, out_channels, options).to(device), task)
         for i in range(args.warmup):
             step(batches[i % len(batches)])
         report = profile_step(step, batches, args.profile_steps, device)
