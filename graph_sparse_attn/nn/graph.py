@@ -8,18 +8,29 @@ from torch import Tensor, nn
 from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
 
 from ..ops import CSRPattern
-from ..patterns import add_virtual_nodes, expander, k_hop
+from ..transforms import (  # noqa: F401  (edge types re-exported: their home is `transforms`)
+    ATTENTION_PATTERNS,
+    EXPANDER_EDGE,
+    GRAPH_EDGE,
+    HOP_EDGE,
+    NUM_EDGE_TYPES,
+    SELF_LOOP,
+    VIRTUAL_EDGE,
+    AttentionPattern,
+    attention_pattern,
+    batch_edge_ids,
+    virtual_layout,
+)
 from .layers import SparseTransformerLayer
-
-ATTENTION_PATTERNS = ("graph", "k_hop", "exphormer")
-# Edge types of the attention pattern; each gets a learned embedding added to its edge features.
-GRAPH_EDGE, SELF_LOOP, HOP_EDGE, EXPANDER_EDGE, VIRTUAL_EDGE = range(5)
 
 
 class GraphTransformer(nn.Module):
     r"""Graph Transformer: encoders → ``depth`` sparse-attention blocks → node or graph head.
 
-    Attention runs over a sparse pattern built per batch from the graph itself:
+    Attention runs over a sparse pattern, carried by the batch (``attn_index``/``attn_type``/
+    ``attn_edge`` from the :mod:`graph_sparse_attn.transforms`, e.g. as a dataset's
+    ``pre_transform``/``transform``) or, when none is given, built per batch from the graph
+    itself by the same recipe (:func:`~graph_sparse_attn.transforms.attention_pattern`):
 
     * ``"graph"``: the graph's edges plus self loops;
     * ``"k_hop"``: every pair within ``k_hops`` hops (:func:`~graph_sparse_attn.patterns.k_hop`);
@@ -37,6 +48,9 @@ class GraphTransformer(nn.Module):
         depth, heads: blocks and attention heads.
         task: ``"graph"`` (pooled, ``[B, out]``) or ``"node"`` (``[N, out]``).
         attention: pattern name (see above). k_hops, expander_degree, num_virtual: its parameters.
+        expander_seed: seed of the generator the model's own expanders are drawn from in
+            training, graph after graph (``None``: the global RNG); equal to
+            ``AddExpanderPattern(seed=...)`` drawing the same graphs in the same order.
         edge_dim: edge feature size, ``"bond"`` for OGB molecules (``BondEncoder``), or None.
         pe_dim: size of a positional/structural encoding passed as ``pe`` (e.g. PyG's
             ``AddLaplacianEigenvectorPE`` or ``AddRandomWalkPE`` output), 0 for none.
@@ -46,7 +60,11 @@ class GraphTransformer(nn.Module):
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
 
     Shapes: ``forward(x [N, F] (long [N, 9] for atoms), edge_index [2, E], edge_attr [E, F_e] = None,
-    batch [N] = None, pe [N, pe_dim] = None) -> [B, out]`` or ``[N, out]``.
+    batch [N] = None, pe [N, pe_dim] = None, *, attn_index [2, E'] | CSRPattern = None, attn_type [E'] = None,
+    attn_edge [E'] = None, num_graphs: int = None) -> [B, out]`` or ``[N, out]``. A given pattern
+    spans ``N + B num_virtual`` nodes (each graph's virtual nodes after its real ones; a
+    ``CSRPattern``'s caller order is that of ``attn_type``/``attn_edge``); ``attn_edge`` is graph-local,
+    as PyG batches it. With a pattern and ``num_graphs`` given, the forward makes no host sync of its own.
     """
 
     def __init__(
@@ -62,6 +80,7 @@ class GraphTransformer(nn.Module):
         k_hops: int = 2,
         expander_degree: int = 4,
         num_virtual: int = 1,
+        expander_seed: Optional[int] = None,
         edge_dim: Union[int, str, None] = None,
         pe_dim: int = 0,
         lap_pe: bool = False,
@@ -82,11 +101,12 @@ class GraphTransformer(nn.Module):
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
         self.depth, self.heads, self.task, self.attention = depth, heads, task, attention
         self.k_hops, self.expander_degree, self.num_virtual = k_hops, expander_degree, num_virtual
+        self.generator = None if expander_seed is None else torch.Generator().manual_seed(expander_seed)
         self.edge_dim, self.pe_dim, self.lap_pe, self.gps, self.pooling = edge_dim, pe_dim, lap_pe, gps, pooling
 
         self.node_encoder = _node_encoder(in_channels, hidden_channels)
         self.edge_encoder = _edge_encoder(edge_dim, hidden_channels)
-        self.edge_type = nn.Embedding(5, hidden_channels)
+        self.edge_type = nn.Embedding(NUM_EDGE_TYPES, hidden_channels)
         self.pe_encoder = nn.Linear(pe_dim, hidden_channels) if pe_dim else None
         self.virtual = nn.Embedding(num_virtual, hidden_channels) if attention == "exphormer" and num_virtual else None
         self.layers = nn.ModuleList(
@@ -109,49 +129,18 @@ class GraphTransformer(nn.Module):
         for module in self.head:
             _reset(module)
 
-    def attention_pattern(
-        self, edge_index: Tensor, num_nodes: int, batch: Tensor, edge_features: Tensor
-    ) -> Tuple[Tensor, Tensor, int, Tensor]:
-        """Build the attention edges for a batch.
-
-        Returns ``(att_edge_index [2, E'], att_edge_attr [E', hidden], total_nodes, total_batch)``
-        where virtual nodes (if any) are appended after the ``num_nodes`` real ones.
-        """
-        device = edge_index.device
-        if self.attention == "k_hop":
-            hops = k_hop(edge_index, self.k_hops, num_nodes)
-            parts = [(hops, self._hop_features(hops, edge_index, edge_features, num_nodes))]
-            types = [HOP_EDGE]
-        else:
-            loops = torch.arange(num_nodes, device=device).repeat(2, 1)
-            parts = [(edge_index, edge_features), (loops, None)]
-            types = [GRAPH_EDGE, SELF_LOOP]
-        total_nodes, total_batch = num_nodes, batch
-        if self.attention == "exphormer":
-            if self.expander_degree:
-                # A fresh expander per training step; a fixed one in evaluation, so predictions are repeatable.
-                generator = None if self.training else torch.Generator(device=device).manual_seed(0)
-                parts.append((expander(num_nodes, self.expander_degree, generator=generator, batch=batch), None))
-                types.append(EXPANDER_EDGE)
-            if self.virtual is not None:
-                total_nodes, virtual_edges, total_batch = add_virtual_nodes(num_nodes, self.num_virtual, batch=batch)
-                parts.append((virtual_edges, None))
-                types.append(VIRTUAL_EDGE)
-        att_edges = torch.cat([edges for edges, _ in parts], dim=1)
-        att_attr = torch.cat(
-            [
-                self.edge_type.weight[kind].expand(edges.size(1), -1) + (0 if feats is None else feats)
-                for (edges, feats), kind in zip(parts, types)
-            ]
+    def attention_pattern(self, edge_index: Tensor, num_nodes: int, batch: Optional[Tensor] = None,
+                          num_graphs: Optional[int] = None) -> AttentionPattern:
+        """The model's own pattern for a batch (:func:`~graph_sparse_attn.transforms.attention_pattern`),
+        used when ``forward`` is given none. Training draws expanders from the ``expander_seed``
+        generator (or the global RNG); evaluation draws each graph's from a generator seeded 0, so
+        predictions are repeatable and do not depend on the batch."""
+        seed_per_graph = None if self.training else 0
+        return attention_pattern(
+            edge_index, num_nodes, self.attention, batch=batch, num_graphs=num_graphs, k_hops=self.k_hops,
+            expander_degree=self.expander_degree, num_virtual=self.num_virtual, generator=self.generator,
+            seed_per_graph=seed_per_graph,
         )
-        return att_edges, att_attr, total_nodes, total_batch
-
-    def _hop_features(self, hops: Tensor, edge_index: Tensor, edge_features: Tensor, num_nodes: int) -> Tensor:
-        """Edge features on k-hop pairs: the graph edge's encoded features (+ its type) where one exists."""
-        hop_keys = hops[1] * num_nodes + hops[0]  # sorted: k_hop returns (target, source) order
-        position = torch.searchsorted(hop_keys, edge_index[1] * num_nodes + edge_index[0])
-        direct = edge_features + self.edge_type.weight[GRAPH_EDGE] - self.edge_type.weight[HOP_EDGE]
-        return torch.zeros(hops.size(1), self.hidden_channels, dtype=edge_features.dtype, device=hops.device).index_add(0, position, direct)
 
     def forward(
         self,
@@ -160,9 +149,20 @@ class GraphTransformer(nn.Module):
         edge_attr: Optional[Tensor] = None,
         batch: Optional[Tensor] = None,
         pe: Optional[Tensor] = None,
+        *,
+        attn_index: Union[Tensor, CSRPattern, None] = None,
+        attn_type: Optional[Tensor] = None,
+        attn_edge: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
     ) -> Tensor:
         num_nodes = x.size(0)
-        batch = torch.zeros(num_nodes, dtype=torch.long, device=x.device) if batch is None else batch
+        if batch is None:
+            batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=x.device), 1
+        elif num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if num_nodes else 0
+        num_virtual = self.num_virtual if self.virtual is not None else 0
+        total_nodes = num_nodes + num_graphs * num_virtual
+
         h = self.node_encoder(x)
         if self.pe_encoder is not None:
             if pe is None or pe.shape != (num_nodes, self.pe_dim):
@@ -177,17 +177,52 @@ class GraphTransformer(nn.Module):
         else:
             edge_features = torch.zeros(edge_index.size(1), self.hidden_channels, device=x.device, dtype=h.dtype)
 
-        att_edges, att_attr, total_nodes, total_batch = self.attention_pattern(edge_index, num_nodes, batch, edge_features)
-        if total_nodes > num_nodes:
-            num_graphs = int(batch.max()) + 1 if num_nodes else 0
-            h = torch.cat([h, self.virtual.weight.repeat(num_graphs, 1)])
-        pattern = CSRPattern.from_edge_index(att_edges, total_nodes)  # sorted once for all layers
+        if attn_index is None:
+            if attn_type is not None or attn_edge is not None:
+                raise ValueError("attn_type and attn_edge describe an attn_index: pass it too")
+            attn_index, attn_type, attn_edge, _ = self.attention_pattern(edge_index, num_nodes, batch, num_graphs)
+        elif attn_type is None or (attn_edge is None and self.edge_encoder is not None):
+            raise ValueError("a given attn_index needs attn_type [E'] (and attn_edge [E'] when the model has edge features)")
+        # Sorted once per forward; per-edge tensors follow into sorted order once, and every layer
+        # gets the sorted view, so no layer permutes edges again.
+        pattern = attn_index if isinstance(attn_index, CSRPattern) else CSRPattern.from_edge_index(attn_index, total_nodes)
+        if pattern.num_dst != total_nodes or pattern.num_src != total_nodes:
+            raise ValueError(
+                f"attn_index must span N + B * num_virtual = {total_nodes} nodes, got {pattern.num_src}x{pattern.num_dst} "
+                f"(was it built with num_virtual={num_virtual}?)"
+            )
+        if attn_type.shape != (pattern.num_edges,) or (attn_edge is not None and attn_edge.shape != (pattern.num_edges,)):
+            raise ValueError(f"attn_type and attn_edge must have shape [E']=[{pattern.num_edges}]")
+        attn_attr = self.edge_type(pattern.caller_to_sorted(attn_type))
+        if self.edge_encoder is not None:
+            graph = self._node_graph(batch, num_graphs, num_virtual)[pattern.row]
+            edge_id = batch_edge_ids(pattern.caller_to_sorted(attn_edge), graph, edge_index, batch, num_graphs)
+            bond = edge_features[edge_id.clamp(min=0)]
+            attn_attr = attn_attr + torch.where((edge_id >= 0).unsqueeze(-1), bond, torch.zeros_like(bond))
+        pattern = pattern.sorted()
+
+        local_edge_index = edge_index
+        if num_virtual:
+            real_pos, virtual_pos = virtual_layout(batch, num_graphs, num_virtual)
+            h = h.new_empty(total_nodes, h.size(1)).index_copy_(0, real_pos, h).index_copy_(
+                0, virtual_pos, self.virtual.weight.repeat(num_graphs, 1))
+            local_edge_index = real_pos[edge_index]
         for layer in self.layers:
-            h = layer(h, pattern, total_batch, edge_attr=att_attr, local_edge_index=edge_index, local_edge_attr=edge_features)
-        h = self.norm(h[:num_nodes])
+            h = layer(h, pattern, edge_attr=attn_attr, local_edge_index=local_edge_index, local_edge_attr=edge_features)
+        if num_virtual:
+            h = h[real_pos]
+        h = self.norm(h)
         if self.task == "graph":
-            h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch)
+            h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch, num_graphs)
         return self.head(h)
+
+    @staticmethod
+    def _node_graph(batch: Tensor, num_graphs: int, num_virtual: int) -> Tensor:
+        """``[N + B V]`` graph of every node of the pattern (virtual nodes after their graph's real ones)."""
+        if not num_virtual:
+            return batch
+        counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
+        return torch.arange(num_graphs, device=batch.device).repeat_interleave(counts + num_virtual, output_size=batch.numel() + num_graphs * num_virtual)
 
     def extra_repr(self) -> str:
         return (

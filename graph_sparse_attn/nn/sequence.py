@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,11 @@ class SequenceTransformer(nn.Module):
         knn: use dynamic kNN attention with this many keys per query instead of the pattern.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
 
-    Shapes: ``forward(tokens [T], batch [T], edge_index [2, E] = None, pos [T] = None) -> [B, num_classes]``.
+    Shapes: ``forward(tokens [T], batch [T], edge_index [2, E] | CSRPattern = None, pos [T] = None, *,
+    num_graphs: int = None) -> [B, num_classes]``. ``edge_index`` is the pattern the batch carries
+    (a collator's ``edge_index``, or ``attn_index`` from
+    :class:`~graph_sparse_attn.transforms.AddPositionalPattern`); without it the model builds
+    its own. With a ``CSRPattern`` and ``num_graphs`` given, the forward makes no host sync of its own.
     """
 
     def __init__(
@@ -120,25 +124,39 @@ class SequenceTransformer(nn.Module):
         """The model's default pattern for the sequences of ``batch [T]``."""
         return build_pattern(self.pattern_name, batch.numel(), batch=batch, **self.pattern_params)
 
-    def forward(self, tokens: Tensor, batch: Tensor, edge_index: Optional[Tensor] = None, pos: Optional[Tensor] = None) -> Tensor:
+    def forward(self, tokens: Tensor, batch: Tensor, edge_index: Union[Tensor, CSRPattern, None] = None,
+                pos: Optional[Tensor] = None, *, num_graphs: Optional[int] = None) -> Tensor:
         if tokens.dim() != 1 or tokens.dtype != torch.long:
             raise TypeError(f"tokens must be a LongTensor [T], got {tokens.dtype} {list(tokens.shape)}")
         if batch.shape != tokens.shape:
             raise ValueError(f"batch must have shape [T]={list(tokens.shape)}, got {list(batch.shape)}")
+        if num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         pos = positions_in_sequence(batch) if pos is None else pos
-        if self.position == "learned" and int(pos.max()) >= self.max_length:
+        if self.position == "learned" and not torch.compiler.is_compiling() and int(pos.max()) >= self.max_length:
             raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
         if edge_index is None and self.knn is None:
             edge_index = self.pattern(batch)
 
-        # Sorted once here and shared by every layer, instead of once per layer.
-        pattern = None if edge_index is None else CSRPattern.from_edge_index(edge_index, tokens.numel())
+        pattern = None
+        if edge_index is not None:
+            # Sorted once here and handed to every layer in sorted order; the gates are computed
+            # on the sorted edges, so no per-edge tensor is ever permuted.
+            pattern = edge_index if isinstance(edge_index, CSRPattern) else CSRPattern.from_edge_index(edge_index, tokens.numel())
+            if pattern.num_src != tokens.numel() or pattern.num_dst != tokens.numel():
+                raise ValueError(f"edge_index must span the T={tokens.numel()} tokens, got {pattern.num_src}x{pattern.num_dst}")
+            pattern = pattern.sorted()
+        sorted_edges = None if self.gates is None or pattern is None else torch.stack([pattern.col, pattern.row]).long()
         x = self.dropout(self.embed(tokens) + self.pos_embed(pos))
         for i, layer in enumerate(self.layers):
-            gate = self.gates[i](edge_index, pos) if self.gates is not None else None
+            gate = self.gates[i](sorted_edges, pos) if self.gates is not None else None
             x = layer(x, pattern, batch, edge_gate=gate)
         x = self.norm(x)
-        pooled = x[pos == 0] if self.pooling == "cls" else global_mean_pool(x, batch)
+        if self.pooling == "cls":
+            counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
+            pooled = x[torch.cumsum(counts, 0) - counts]  # first token of each sequence
+        else:
+            pooled = global_mean_pool(x, batch, num_graphs)
         return self.head(pooled)
 
     def gate_penalty(self, edge_index: Tensor, pos: Tensor) -> Tensor:

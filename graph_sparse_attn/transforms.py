@@ -1,0 +1,411 @@
+r"""Attention patterns as PyG transforms, built once in the data pipeline instead of in the model.
+
+Each transform attaches (or extends) a pattern on a graph's :class:`~torch_geometric.data.Data`:
+
+* ``attn_index [2, E']``: attention edges (row 0 source ``j``, row 1 target ``i``), sorted by
+  (target, source); the graph's ``num_virtual`` virtual nodes, if any, are numbered after its
+  real nodes (``num_nodes .. num_nodes + num_virtual - 1``);
+* ``attn_type [E']``: the kind of each attention edge (:data:`GRAPH_EDGE`, :data:`SELF_LOOP`,
+  :data:`HOP_EDGE`, :data:`EXPANDER_EDGE`, :data:`VIRTUAL_EDGE`);
+* ``attn_edge [E']``: for an attention edge that is a graph edge, its position in the graph's
+  ``edge_index`` (so the model can gather that edge's features), else ``-1``;
+* ``num_virtual``: virtual nodes of the graph (0 without :class:`AddVirtualNodes`).
+
+Transforms return an :class:`AttentionData`, whose batching offsets ``attn_index`` by
+``num_nodes + num_virtual`` per graph: in a batch every graph's real nodes are followed by its
+virtual nodes (:func:`virtual_layout` maps the batch's real nodes into that numbering).
+``attn_edge`` is *not* offset by PyG (``-1`` must stay ``-1``): :func:`batch_edge_ids` turns it
+into positions in the batch's ``edge_index``.
+
+Deterministic transforms (:class:`AddGraphPattern`, :class:`AddKHopPattern`,
+:class:`AddVirtualNodes`, :class:`AddPositionalPattern` with a fixed pattern) belong in a
+dataset's ``pre_transform`` (computed once, cached on disk); random ones
+(:class:`AddExpanderPattern`) in its ``transform``, so a ``DataLoader`` draws them afresh in its
+workers. :func:`attention_pattern` builds the same patterns for a whole batch at once; the
+models call it when no pattern is given, so both routes give identical patterns.
+
+This module sits beside ``data``: it imports ``patterns``, ``ops`` and PyG only.
+"""
+from __future__ import annotations
+
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+
+from .ops.pattern import check_edge_index
+from .patterns.registry import RANDOM_PATTERNS, build_pattern
+from .patterns.structural import add_virtual_nodes, expander_from_permutations, k_hop
+
+# Kinds of attention edges, one learned embedding each in `nn.GraphTransformer`.
+GRAPH_EDGE, SELF_LOOP, HOP_EDGE, EXPANDER_EDGE, VIRTUAL_EDGE = range(5)
+NUM_EDGE_TYPES = 5
+ATTENTION_PATTERNS = ("graph", "k_hop", "exphormer")
+
+
+class AttentionPattern(NamedTuple):
+    """An attention pattern with per-edge provenance (see the module docstring).
+
+    Attributes:
+        index: ``[2, E']`` attention edges sorted by (target, source).
+        type: ``[E']`` kind of each edge.
+        edge: ``[E']`` graph-local position in ``edge_index`` of the graph edge it is, or ``-1``.
+        num_nodes: nodes of the pattern, ``N + B V`` (virtual ones included).
+    """
+
+    index: Tensor
+    type: Tensor
+    edge: Tensor
+    num_nodes: int
+
+
+class AttentionData(Data):
+    """A :class:`~torch_geometric.data.Data` whose ``attn_index`` counts the graph's virtual nodes
+    when batched: it is offset by ``num_nodes + num_virtual`` per graph (plain ``Data`` would
+    offset it by ``num_nodes`` only)."""
+
+    def __inc__(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key == "attn_index":
+            return self.num_nodes + int(self["num_virtual"] if "num_virtual" in self else 0)
+        return super().__inc__(key, value, *args, **kwargs)
+
+
+# Cached datasets are reloaded with `torch.load(weights_only=True)`; PyG allow-lists its own classes the same way.
+torch.serialization.add_safe_globals([AttentionData])
+
+
+# --------------------------------------------------------------------------- batch helpers
+def _graph_counts(index: Tensor, num_graphs: int) -> Tensor:
+    """``[B]`` how many entries of ``index`` fall in each graph (static shape: no host sync)."""
+    return torch.zeros(num_graphs, dtype=torch.long, device=index.device).index_add_(0, index, torch.ones_like(index))
+
+
+def virtual_layout(batch: Tensor, num_graphs: int, num_virtual: int) -> Tuple[Tensor, Tensor]:
+    """Positions of real and virtual nodes when each graph's ``V`` virtual nodes follow its real ones.
+
+    Args:
+        batch: ``[N]`` sorted graph id of each real node.
+        num_graphs: ``B``. num_virtual: ``V``.
+
+    Returns:
+        ``(real_pos [N], virtual_pos [B V])``: real node ``r`` sits at ``r + V batch[r]``, virtual
+        node ``v`` of graph ``g`` at ``ptr[g + 1] + g V + v`` (``ptr`` the graphs' real-node offsets).
+    """
+    real_pos = torch.arange(batch.numel(), device=batch.device) + num_virtual * batch
+    ends = torch.cumsum(_graph_counts(batch, num_graphs), 0) + num_virtual * torch.arange(num_graphs, device=batch.device)
+    virtual_pos = ends.repeat_interleave(num_virtual) + torch.arange(num_virtual, device=batch.device).repeat(num_graphs)
+    return real_pos, virtual_pos
+
+
+def batch_edge_ids(attn_edge: Tensor, attn_graph: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Graph-local ``attn_edge`` (as a PyG batch holds it) → positions in the batch's ``edge_index``.
+
+    Args:
+        attn_edge: ``[E']`` graph-local edge position or ``-1``.
+        attn_graph: ``[E']`` graph of each attention edge.
+        edge_index: ``[2, E]`` the batch's graph edges, graph by graph (PyG's ``Batch`` order).
+        batch: ``[N]`` graph of each real node. num_graphs: ``B``.
+
+    Returns:
+        ``[E']`` with ``-1`` kept.
+    """
+    edge_counts = _graph_counts(batch[edge_index[1]], num_graphs)
+    edge_start = torch.cumsum(edge_counts, 0) - edge_counts
+    return torch.where(attn_edge >= 0, attn_edge + edge_start[attn_graph], attn_edge)
+
+
+# --------------------------------------------------------------------------- pattern parts
+# Each part is (index [2, E_p], type [E_p], edge [E_p]) over real nodes 0..N-1 (virtual: N + g V + v),
+# with `edge` a position in the given edge_index. `_merge` numbers them per graph and sorts them.
+Part = Tuple[Tensor, Tensor, Tensor]
+
+
+def _part(index: Tensor, kind: int, edge: Optional[Tensor] = None) -> Part:
+    types = torch.full((index.size(1),), kind, dtype=torch.long, device=index.device)
+    return index, types, types.new_full(types.shape, -1) if edge is None else edge
+
+
+def graph_part(edge_index: Tensor, num_nodes: int, *, self_loops: bool = True) -> List[Part]:
+    """The graph's edges, in order (:data:`GRAPH_EDGE`), plus every self loop (:data:`SELF_LOOP`)."""
+    parts = [_part(edge_index, GRAPH_EDGE, torch.arange(edge_index.size(1), device=edge_index.device))]
+    if self_loops:
+        parts.append(_part(torch.arange(num_nodes, device=edge_index.device).repeat(2, 1), SELF_LOOP))
+    return parts
+
+
+def k_hop_part(edge_index: Tensor, num_nodes: int, k: int) -> List[Part]:
+    """The graph's edges (:data:`GRAPH_EDGE`) and every other pair within ``k`` hops, self loops
+    included (:data:`HOP_EDGE`; see :func:`~graph_sparse_attn.patterns.k_hop`)."""
+    hops = k_hop(edge_index, k, num_nodes)
+    width = max(num_nodes, 1)
+    direct = torch.isin(hops[1] * width + hops[0], edge_index[1] * width + edge_index[0])
+    return graph_part(edge_index, num_nodes, self_loops=False) + [_part(hops[:, ~direct], HOP_EDGE)]
+
+
+def expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torch.Generator] = None,
+                  seed_per_graph: Optional[int] = None, device: Optional[torch.device] = None) -> List[Part]:
+    """Exphormer's random ``degree``-regular expander (:data:`EXPANDER_EDGE`) inside each graph.
+
+    Graphs are drawn one after another (``degree / 2`` permutations each), so a batch's expander
+    equals its graphs' expanders drawn in turn from the same ``generator`` (``None``: the global
+    RNG of ``device``). With ``seed_per_graph``, each graph is drawn from a generator freshly
+    seeded with it instead: the expander then depends on the graph's size only.
+    """
+    if degree % 2 or degree < 0:
+        raise ValueError(f"degree must be even and non-negative, got {degree}")
+    if degree == 0:
+        return []
+    device = torch.device("cpu") if device is None else torch.device(device)
+    orders: List[List[Tensor]] = [[] for _ in range(degree // 2)]
+    start = 0
+    for size in sizes:
+        gen = torch.Generator().manual_seed(seed_per_graph) if seed_per_graph is not None else generator
+        draw_device = gen.device if gen is not None else device
+        for order in orders:
+            order.append(torch.randperm(size, generator=gen, device=draw_device).to(device) + start)
+        start += size
+    orders = [torch.cat(order) if order else torch.empty(0, dtype=torch.long, device=device) for order in orders]
+    return [_part(expander_from_permutations(orders, start, device=device), EXPANDER_EDGE)]
+
+
+def virtual_part(num_nodes: int, num_virtual: int, batch: Optional[Tensor] = None, device: Optional[torch.device] = None) -> List[Part]:
+    """``num_virtual`` virtual nodes per graph linked both ways to its real nodes (:data:`VIRTUAL_EDGE`)."""
+    if num_virtual == 0:
+        return []
+    virtual = add_virtual_nodes(num_nodes, num_virtual, batch=batch, device=device)
+    return [_part(virtual.edge_index, VIRTUAL_EDGE)]
+
+
+def _merge(parts: List[Part], num_nodes: int, num_virtual: int, batch: Tensor, num_graphs: int,
+           edge_index: Tensor) -> AttentionPattern:
+    """Concatenate parts (in order), number virtual nodes after their graph's real ones, sort
+    stably by (target, source) and make ``edge`` graph-local."""
+    index = torch.cat([p[0] for p in parts], dim=1)
+    types = torch.cat([p[1] for p in parts])
+    edge = torch.cat([p[2] for p in parts])
+    total = num_nodes + num_graphs * num_virtual
+    if num_virtual:
+        index = torch.cat(virtual_layout(batch, num_graphs, num_virtual))[index]
+    # Stable: ties (repeated pairs) keep the parts' order, so merging parts one at a time sorts alike.
+    order = torch.sort(index[1] * max(total, 1) + index[0], stable=True).indices
+    index, types, edge = index[:, order], types[order], edge[order]
+    if num_graphs > 1:
+        graph_of = torch.cat([batch, torch.arange(num_graphs, device=batch.device).repeat_interleave(num_virtual)])
+        layout = torch.cat(virtual_layout(batch, num_graphs, num_virtual))
+        node_graph = torch.empty_like(graph_of)
+        node_graph[layout] = graph_of
+        edge_counts = _graph_counts(batch[edge_index[1]], num_graphs)
+        edge_start = torch.cumsum(edge_counts, 0) - edge_counts
+        edge = torch.where(edge >= 0, edge - edge_start[node_graph[index[1]]], edge)
+    return AttentionPattern(index, types, edge, total)
+
+
+def attention_pattern(
+    edge_index: Tensor,
+    num_nodes: int,
+    attention: str = "exphormer",
+    *,
+    batch: Optional[Tensor] = None,
+    num_graphs: Optional[int] = None,
+    k_hops: int = 2,
+    expander_degree: int = 4,
+    num_virtual: int = 1,
+    generator: Optional[torch.Generator] = None,
+    seed_per_graph: Optional[int] = None,
+) -> AttentionPattern:
+    """The attention pattern of a graph or a batch of graphs: the one home of each recipe.
+
+    * ``"graph"``: the graph's edges + self loops;
+    * ``"k_hop"``: the graph's edges + every other pair within ``k_hops`` hops (self loops too);
+    * ``"exphormer"`` (Shirzad et al. 2023): graph edges + self loops + a random
+      ``expander_degree``-regular expander + ``num_virtual`` virtual nodes per graph, linked both ways.
+
+    For a batch the result equals ``Batch.from_data_list`` of the graphs' transforms
+    (:class:`AddGraphPattern` + :class:`AddExpanderPattern` + :class:`AddVirtualNodes`, or
+    :class:`AddKHopPattern`), expander draws included (see :func:`expander_part`).
+
+    Args:
+        edge_index: ``[2, E]`` graph edges (a batch's graph by graph).
+        num_nodes: ``N`` real nodes.
+        batch: ``[N]`` sorted graph id of each node, or ``None`` for one graph.
+        num_graphs: ``B`` (default ``max(batch) + 1``).
+        generator, seed_per_graph: expander randomness (:func:`expander_part`).
+    """
+    if attention not in ATTENTION_PATTERNS:
+        raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
+    edge_index = check_edge_index(edge_index, num_nodes, num_nodes)
+    device = edge_index.device
+    if batch is None:
+        batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=device), 1
+    elif num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if num_nodes else 0
+    if attention == "k_hop":
+        parts, num_virtual = k_hop_part(edge_index, num_nodes, k_hops), 0
+    else:
+        parts = graph_part(edge_index, num_nodes)
+    if attention == "exphormer":
+        sizes = _graph_counts(batch, num_graphs).tolist()
+        parts += expander_part(sizes, expander_degree, generator=generator, seed_per_graph=seed_per_graph, device=device)
+        parts += virtual_part(num_nodes, num_virtual, batch if num_graphs > 1 else None, device)
+    else:
+        num_virtual = 0
+    return _merge(parts, num_nodes, num_virtual, batch, num_graphs, edge_index)
+
+
+# --------------------------------------------------------------------------- transforms
+def _pattern_of(data: Data) -> Tuple[AttentionData, List[Part], int]:
+    """``data`` as an :class:`AttentionData` with its existing pattern as one part (in the
+    appended numbering: virtual nodes after the real ones) and its virtual node count."""
+    out = data if isinstance(data, AttentionData) else AttentionData.from_dict(data.to_dict())
+    num_virtual = int(out["num_virtual"]) if "num_virtual" in out else 0
+    if "attn_index" not in out:
+        return out, [], num_virtual
+    attn_edge = out["attn_edge"] if "attn_edge" in out else torch.full_like(out.attn_type, -1)
+    return out, [(out.attn_index, out.attn_type, attn_edge)], num_virtual
+
+
+def _attach(data: AttentionData, parts: List[Part], num_virtual: int) -> AttentionData:
+    num_nodes = data.num_nodes
+    edge_index = data.edge_index if "edge_index" in data else torch.empty(2, 0, dtype=torch.long)
+    batch = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
+    # A single graph's numbering already has its virtual nodes last: merge without renumbering.
+    pattern = _merge(parts, num_nodes + num_virtual, 0, batch.new_zeros(num_nodes + num_virtual), 1, edge_index)
+    data.attn_index, data.attn_type, data.attn_edge, data.num_virtual = pattern.index, pattern.type, pattern.edge, num_virtual
+    return data
+
+
+class _GraphTransform(BaseTransform):
+    def _edge_index(self, data: Data) -> Tensor:
+        if "edge_index" not in data or data.edge_index is None:
+            raise ValueError(f"{type(self).__name__} needs data.edge_index")
+        return check_edge_index(data.edge_index, data.num_nodes, data.num_nodes, "data.edge_index")
+
+
+class AddGraphPattern(_GraphTransform):
+    """Attend over the graph's own edges (``GRAPH_EDGE``, carrying their ``attn_edge``) plus
+    self loops (``SELF_LOOP``). Deterministic: use it as ``pre_transform``."""
+
+    def __init__(self, self_loops: bool = True) -> None:
+        self.self_loops = self_loops
+
+    def forward(self, data: Data) -> AttentionData:
+        edge_index = self._edge_index(data)
+        data, parts, num_virtual = _pattern_of(data)
+        return _attach(data, parts + graph_part(edge_index, data.num_nodes, self_loops=self.self_loops), num_virtual)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(self_loops={self.self_loops})"
+
+
+class AddKHopPattern(_GraphTransform):
+    """Attend over the graph's edges (``GRAPH_EDGE``) and every other pair within ``k`` hops
+    (``HOP_EDGE``, self loops included). Deterministic: use it as ``pre_transform``."""
+
+    def __init__(self, k: int = 2) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        self.k = k
+
+    def forward(self, data: Data) -> AttentionData:
+        edge_index = self._edge_index(data)
+        data, parts, num_virtual = _pattern_of(data)
+        return _attach(data, parts + k_hop_part(edge_index, data.num_nodes, self.k), num_virtual)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(k={self.k})"
+
+
+class AddExpanderPattern(BaseTransform):
+    """Add Exphormer's random ``degree``-regular expander over the graph's real nodes (``EXPANDER_EDGE``).
+
+    Random: use it as ``transform`` so every epoch sees fresh expanders.
+
+    Args:
+        degree: even expander degree.
+        seed: ``None`` draws from the global RNG (a ``DataLoader`` seeds it in each worker);
+            an int seeds a generator of this transform, drawn graph after graph, so the
+            expanders match :class:`~graph_sparse_attn.nn.GraphTransformer`'s own with
+            ``expander_seed=seed`` on the same graphs in the same order (inside a ``DataLoader``
+            worker it is re-seeded from ``seed`` and the worker's seed, so workers differ).
+        seed_per_graph: draw every graph from a generator freshly seeded with this (deterministic:
+            fit for ``pre_transform``; ``0`` reproduces ``GraphTransformer``'s evaluation-mode expander).
+    """
+
+    def __init__(self, degree: int = 4, *, seed: Optional[int] = None, seed_per_graph: Optional[int] = None) -> None:
+        if not isinstance(degree, int) or degree < 0 or degree % 2:
+            raise ValueError(f"degree must be an even non-negative int, got {degree!r}")
+        if seed is not None and seed_per_graph is not None:
+            raise ValueError("give seed or seed_per_graph, not both")
+        self.degree, self.seed, self.seed_per_graph = degree, seed, seed_per_graph
+        self._generator: Optional[torch.Generator] = None
+        self._worker_seed: Optional[int] = None
+
+    def _draws(self) -> Optional[torch.Generator]:
+        if self.seed is None:
+            return None
+        worker = torch.utils.data.get_worker_info()
+        worker_seed = None if worker is None else worker.seed
+        if self._generator is None or worker_seed != self._worker_seed:
+            seed = self.seed if worker_seed is None else hash((self.seed, worker_seed)) % 2**63
+            self._generator, self._worker_seed = torch.Generator().manual_seed(seed), worker_seed
+        return self._generator
+
+    def forward(self, data: Data) -> AttentionData:
+        data, parts, num_virtual = _pattern_of(data)
+        device = parts[0][0].device if parts else None
+        parts += expander_part([data.num_nodes], self.degree, generator=self._draws(),
+                               seed_per_graph=self.seed_per_graph, device=device)
+        return _attach(data, parts, num_virtual)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(degree={self.degree}, seed={self.seed}, seed_per_graph={self.seed_per_graph})"
+
+
+class AddVirtualNodes(BaseTransform):
+    """Add ``num_virtual`` virtual nodes linked both ways to every real node (``VIRTUAL_EDGE``).
+
+    The virtual nodes are not added to ``x``: they exist in the pattern only, numbered after the
+    real nodes, and ``data.num_virtual`` records them (the model supplies their embeddings).
+    Deterministic: use it as ``pre_transform``.
+    """
+
+    def __init__(self, num_virtual: int = 1) -> None:
+        if not isinstance(num_virtual, int) or num_virtual < 0:
+            raise ValueError(f"num_virtual must be a non-negative int, got {num_virtual!r}")
+        self.num_virtual = num_virtual
+
+    def forward(self, data: Data) -> AttentionData:
+        data, parts, num_virtual = _pattern_of(data)
+        if num_virtual:
+            raise ValueError(f"data already has {num_virtual} virtual node(s)")
+        device = parts[0][0].device if parts else None
+        return _attach(data, parts + virtual_part(data.num_nodes, self.num_virtual, device=device), self.num_virtual)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_virtual={self.num_virtual})"
+
+
+class AddPositionalPattern(BaseTransform):
+    """Attend over a positional pattern of a token sequence (``data.num_nodes`` tokens in order),
+    by name as in :func:`~graph_sparse_attn.patterns.build_pattern`: ``attn_index [2, E']``.
+
+    ``AddPositionalPattern("longformer", window=64, global_indices=[0])``. Fixed patterns belong in
+    ``pre_transform``; random ones (``random``, ``bigbird``) in ``transform``, where ``seed``
+    (optional) seeds a generator of this transform.
+    """
+
+    def __init__(self, name: str, *, seed: Optional[int] = None, **params: Any) -> None:
+        build_pattern(name, 1, **params)  # fail fast on a bad name or parameters
+        self.name, self.params, self.seed = name, params, seed
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None and name in RANDOM_PATTERNS else None
+
+    def forward(self, data: Data) -> Data:
+        extra = {} if self._generator is None else {"generator": self._generator}
+        data.attn_index = build_pattern(self.name, data.num_nodes, **self.params, **extra)
+        return data
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({self.name!r}, {params})"
