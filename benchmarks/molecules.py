@@ -27,8 +27,10 @@ Usage::
     python benchmarks/molecules.py --device cuda
 
 The dataset is read from a writable copy (OGB writes ``processed/`` beside the raw files):
-``--root DIR`` holding ``ogbg_molhiv/``, or by default a temporary copy of
-``../shared/data/ogb/ogbg_molhiv`` (processing it takes a minute; pass ``--root`` to keep it).
+``--root DIR`` holding ``ogbg_molhiv/``; by default ``datasets/ogbg_molhiv`` (``gsa train``'s
+root) if present, else a temporary copy of ``../shared/data/ogb/ogbg_molhiv`` (processing it
+takes a few seconds to a minute each run). On a lent GPU machine, which does not get
+``../shared``, copy the folder to ``datasets/ogbg_molhiv`` and carry that path.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from torch import Tensor, nn
 from common import HERE, is_oom, update_results
 
 SHARED_OGB = HERE.parent.parent / "shared" / "data" / "ogb"
+CLI_ROOT = HERE.parent / "datasets"  # `gsa train --root` default, relative to the repository
 DATASET = "ogbg-molhiv"
 DIM, DEPTH, HEADS, LR = 64, 3, 4, 1e-3
 MODELS = {
@@ -178,13 +181,15 @@ def build_model(name: str, task, out_channels: int, options: dict) -> nn.Module:
 
 @contextlib.contextmanager
 def dataset_root(root: Optional[str]) -> Iterator[Path]:
-    """``root`` itself, or a temporary copy of the shared molhiv folder (removed afterwards)."""
-    if root is not None:
-        yield Path(root)
+    """``root``; else ``gsa train``'s default root ``datasets/`` where it holds the dataset; else a
+    temporary copy of the shared folder (removed afterwards)."""
+    folder = DATASET.replace("-", "_")
+    if root is not None or (CLI_ROOT / folder).exists():
+        yield Path(root) if root is not None else CLI_ROOT
         return
-    source = SHARED_OGB / DATASET.replace("-", "_")
+    source = SHARED_OGB / folder
     if not source.exists():
-        raise FileNotFoundError(f"{source} is absent: pass --root DIR holding a writable copy of {DATASET.replace('-', '_')}/")
+        raise FileNotFoundError(f"{source} is absent: pass --root DIR holding a writable copy of {folder}/")
     with tempfile.TemporaryDirectory(prefix="molecules-") as tmp:
         shutil.copytree(source, Path(tmp) / source.name)
         yield Path(tmp)
@@ -299,7 +304,8 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
     """Time the models of ``args``; returns ``(rows, facts about the run, profile report or None)``."""
     device = torch.device(args.device)
     options, note = backend_options(args.backend)
-    with dataset_root(args.root) as root:
+    # OGB reports its processing on stdout: keep stdout for the table (benchmarks/gpu.py captures it).
+    with dataset_root(args.root) as root, contextlib.redirect_stdout(sys.stderr):
         task = load_task(root, options)
         loader = task.loaders(args.batch_size, seed=0)["train"]
         batches = [batch.to(device) for batch, _ in zip(loader, range(args.batches))]
