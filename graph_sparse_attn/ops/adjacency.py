@@ -116,61 +116,44 @@ def _sparse_entries(adj: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return adj.row_indices(), _ptr_to_index(adj.ccol_indices()), adj.values()
 
 
-def _pad_ptr(ptr: Tensor, num: int) -> Tensor:
-    """Extend a compressed pointer over ``n < num`` rows to ``num`` rows (the extra rows are empty)."""
-    return torch.cat([ptr, ptr[-1:].expand(num + 1 - ptr.numel())]) if ptr.numel() < num + 1 else ptr
-
-
 def _nondecreasing(major: Tensor, minor: Tensor, num_minor: int) -> bool:
     keys = major.long() * max(num_minor, 1) + minor.long()
     return bool((keys[1:] >= keys[:-1]).all())
 
 
 def _from_edge_index_cache(edge_index: EdgeIndex, num_src: int, num_dst: int) -> CSRPattern:
-    """Build the pattern from an :class:`EdgeIndex`'s cached CSC (by target) and CSR (by source).
+    """The pattern of an :class:`EdgeIndex`, reusing its sort where its order is one of ours.
 
-    A sorted ``EdgeIndex`` computes each sort once and caches it, so every layer and epoch that
-    reuses the object skips sorting. The caches are used only where their order is ours —
-    (target, source) for the pattern and (source, target) for its transpose — which holds for an
-    ``EdgeIndex`` built from lexicographically sorted edges (e.g. ``sort_edge_index``); otherwise
-    the missing order is sorted here (stably, as in :meth:`CSRPattern.from_edge_index`).
+    Ours are (target, source) for the pattern and (source, target) for its transpose. An
+    ``EdgeIndex`` sorted by target (``sort_order="col"``) with sorted sources per target is the
+    former: :meth:`CSRPattern.from_edge_index` detects that and sorts only the transpose. One
+    sorted by source (``"row"``) with sorted targets per source (e.g. from ``sort_edge_index``) is
+    the latter: its cached CSR pointer is the transpose's, and one stable sort by target gives the
+    pattern, where :meth:`CSRPattern.from_edge_index` would sort twice. PyG caches the other
+    direction from an unstable sort (not ordered within a row), so that cache is not reused.
     """
     data = edge_index.as_tensor()
-    if not edge_index.is_sorted:
+    src, dst = data[0], data[1]
+    if not (edge_index.is_sorted_by_row and _nondecreasing(src, dst, num_dst)):
         return CSRPattern.from_edge_index(data, (num_src, num_dst))
     check_edge_index(data, num_src, num_dst)
-    (ptr_by_dst, src_by_dst), perm = edge_index.get_csc()
-    dst_by_dst = data[1] if perm is None else data[1][perm]
-    if not _nondecreasing(dst_by_dst, src_by_dst, num_src):
-        return CSRPattern.from_edge_index(data, (num_src, num_dst))
     num_edges = data.size(1)
     index_dtype = _index_dtype(num_edges, num_src, num_dst)
-    keys_equal = (dst_by_dst[1:] == dst_by_dst[:-1]) & (src_by_dst[1:] == src_by_dst[:-1])
-
-    (ptr_by_src, dst_by_src), perm_src = edge_index.get_csr()
-    src_by_src = data[0] if perm_src is None else data[0][perm_src]
-    if _nondecreasing(src_by_src, dst_by_src, num_dst):
-        # By-source position k holds caller edge perm_src[k]; perm_t[k] is that edge's position
-        # among the (target, source)-sorted edges: the inverse of `perm`, applied to perm_src.
-        position = torch.arange(num_edges, device=data.device)
-        if perm is not None:
-            position = torch.empty_like(position).scatter_(0, perm.long(), position)
-        perm_t = position if perm_src is None else position[perm_src.long()]
-    else:
-        # Edges are in (target, source) order, so a stable sort by source gives (source, target).
-        perm_t = torch.sort(src_by_dst, stable=True).indices
-        dst_by_src = dst_by_dst[perm_t]
-        ptr_by_src = _counts_to_ptr(torch.bincount(src_by_dst, minlength=num_src), index_dtype)
-
+    # Stably sorting (source, target)-ordered edges by target gives (target, source) order.
+    perm = torch.sort(dst, stable=True).indices
+    # The caller's order is the transposed order, so perm_t is the inverse of perm.
+    perm_t = torch.empty_like(perm).scatter_(0, perm, torch.arange(num_edges, device=data.device))
+    (colptr, _), _ = edge_index.get_csr()
+    colptr = torch.cat([colptr, colptr[-1:].expand(num_src + 1 - colptr.numel())])  # sizes inferred from max index
     return CSRPattern(
-        rowptr=_pad_ptr(ptr_by_dst, num_dst).to(index_dtype),
-        col=src_by_dst.to(index_dtype),
-        row=dst_by_dst.to(index_dtype),
-        perm=None if perm is None else perm.long(),
-        colptr=_pad_ptr(ptr_by_src, num_src).to(index_dtype),
-        row_t=dst_by_src.to(index_dtype),
+        rowptr=_counts_to_ptr(torch.bincount(dst, minlength=num_dst), index_dtype),
+        col=src[perm].to(index_dtype),
+        row=dst[perm].to(index_dtype),
+        perm=perm,
+        colptr=colptr.to(index_dtype),
+        row_t=dst.to(index_dtype),
         perm_t=perm_t.to(index_dtype),
         num_src=num_src,
         num_dst=num_dst,
-        has_duplicates=bool(keys_equal.any()),
+        has_duplicates=bool(((src[1:] == src[:-1]) & (dst[1:] == dst[:-1])).any()),
     )
