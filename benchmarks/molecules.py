@@ -311,7 +311,7 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
         batches = [batch.to(device) for batch, _ in zip(loader, range(args.batches))]
     out_channels = batches[0].y.size(-1)
     steps, rows = {}, []
-    for name in args.models:
+    for name in sorted(set(args.models), key=list(MODELS).index):
         torch.manual_seed(0)
         model = build_model(name, task, out_channels, options).to(device)
         steps[name] = training_step(model, task)
