@@ -4,8 +4,10 @@ Every point runs in a fresh process so that its peak resident memory (above the 
 own baseline after inputs are built) is its own. Methods, all with 64 input channels and
 4 heads × 16 channels:
 
-* ``csr``        — ``SparseAttnConv`` (the memory-lean kernel)
-* ``reference``  — the same layer computed with ``sparse_attention(backend="reference")``
+* ``ours``       — ``SparseAttnConv`` as a user gets it (``backend="auto"``)
+* ``csr``, ``compiled``, ``reference`` — the same projections around ``sparse_attention`` with that
+  backend forced (the sparse-matrix kernels, the ``torch.compile``-generated CPU kernels, the
+  gather/scatter oracle); the measured crossover between the first two sets the ``"auto"`` rule
 * ``transformer``— PyG ``TransformerConv``
 * ``gatv2``      — PyG ``GATv2Conv``
 * ``dense``      — dense ``scaled_dot_product_attention`` with the boolean mask (where it fits)
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from common import HERE, MEMORY_LIMIT_GB, is_oom, peak_mb_since, run_point, start_memory_probe, update_results
 
-METHODS = ("csr", "reference", "transformer", "gatv2", "dense")
+METHODS = ("ours", "csr", "compiled", "reference", "transformer", "gatv2", "dense")
+KERNELS = ("csr", "compiled", "reference")
 IN_CHANNELS, HEADS, HEAD_DIM, WINDOW, RANDOM_DEGREE = 64, 4, 16, 64, 16
 
 
@@ -35,7 +38,7 @@ def _build_layer(method: str):
 
     from graph_sparse_attn import SparseAttnConv, sparse_attention
 
-    if method == "csr":
+    if method == "ours":
         return SparseAttnConv(IN_CHANNELS, HEAD_DIM, heads=HEADS)
     if method == "transformer":
         return TransformerConv(IN_CHANNELS, HEAD_DIM, heads=HEADS)
@@ -43,7 +46,7 @@ def _build_layer(method: str):
         return GATv2Conv(IN_CHANNELS, HEAD_DIM, heads=HEADS, add_self_loops=False)
 
     class ProjectedAttention(torch.nn.Module):
-        """Query/key/value/skip projections around the reference op or dense masked SDPA."""
+        """Query/key/value/skip projections around one `sparse_attention` backend or dense masked SDPA."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -52,8 +55,8 @@ def _build_layer(method: str):
 
         def forward(self, x, edge_index):
             q, k, v = self.qkv(x).view(x.size(0), 3, HEADS, HEAD_DIM).unbind(1)
-            if method == "reference":
-                out = sparse_attention(q, k, v, edge_index, backend="reference")
+            if method in KERNELS:
+                out = sparse_attention(q, k, v, edge_index, backend=method)
             else:
                 mask = torch.zeros(x.size(0), x.size(0), dtype=torch.bool)
                 mask[edge_index[1], edge_index[0]] = True
@@ -107,7 +110,7 @@ def format_table(rows: list[dict], graph: str) -> str:
     sizes = sorted({r["num_nodes"] for r in rows if r["graph"] == graph})
     methods = [m for m in METHODS if any(r["method"] == m and r["graph"] == graph for r in rows)]
     lookup = {(r["method"], r["num_nodes"]): r for r in rows if r["graph"] == graph}
-    head = "| N | E | " + " | ".join(f"{m} time (s) | {m} peak (MB)" for m in methods) + " | csr time / transformer | csr peak / transformer |"
+    head = "| N | E | " + " | ".join(f"{m} time (s) | {m} peak (MB)" for m in methods) + " | ours time / transformer | ours peak / transformer |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for n in sizes:
         edges = next((lookup[m, n]["edges"] for m in methods if lookup.get((m, n), {}).get("status") == "ok"), "")
@@ -115,7 +118,7 @@ def format_table(rows: list[dict], graph: str) -> str:
         for m in methods:
             r = lookup.get((m, n), {"status": "not run"})
             cells += [f"{r['seconds']:.3f}", f"{r['peak_mb']:.0f}"] if r["status"] == "ok" else [r["status"], "—"]
-        ours, base = lookup.get(("csr", n), {}), lookup.get(("transformer", n), {})
+        ours, base = lookup.get(("ours", n), {}), lookup.get(("transformer", n), {})
         if ours.get("status") == base.get("status") == "ok":
             cells += [f"{ours['seconds'] / base['seconds']:.2f}", f"{ours['peak_mb'] / max(base['peak_mb'], 1):.3f}"]
         else:
@@ -163,7 +166,8 @@ def main() -> None:
         args.repeats = 1
     else:
         plan = [(m, "window", n) for n in (1024, 4096, 16384, 65536, 262144) for m in METHODS]
-        plan += [(m, "random", n) for n in (16384, 65536, 262144, 1048576) for m in ("csr", "transformer", "gatv2")]
+        plan += [("ours", "window", 1048576)]  # E ≈ 135M: must fit in 24 GB
+        plan += [(m, "random", n) for n in (16384, 65536, 262144, 1048576) for m in ("ours", "csr", "compiled", "transformer", "gatv2")]
     rows = []
     for method, graph, n in tqdm(plan, desc="benchmark points"):
         if not _fits(method, n):
