@@ -1,8 +1,8 @@
-"""Pictures of attention patterns: mask images and weighted graph drawings (matplotlib, PNG)."""
+"""Pictures of attention patterns (mask images, weighted graph drawings) and training curves (matplotlib, PNG)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import matplotlib
 
@@ -114,3 +114,25 @@ def draw_graph(
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], metric: str, path: PathLike) -> None:
+    """Training loss and validation metric per epoch (test where validation improved), saved as a PNG.
+
+    ``history``: one record per epoch with ``epoch``, ``train_loss``, ``val_<metric>`` and
+    ``test_<metric>`` (None where the test split was not scored), as in ``metrics.jsonl``.
+    """
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-")
+    ax_loss.set(xlabel="epoch", ylabel="training loss")
+    for split, style in (("val", "o-"), ("test", "s")):
+        scored = [r for r in history if r[f"{split}_{metric}"] is not None]
+        ax_metric.plot([r["epoch"] for r in scored], [r[f"{split}_{metric}"] for r in scored], style, label=split)
+    ax_metric.set(xlabel="epoch", ylabel=metric)
+    ax_metric.legend()
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

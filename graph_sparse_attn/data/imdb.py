@@ -12,16 +12,15 @@ members, nothing extracted) or the folder it extracts to; either holds
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tarfile
-import uuid
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..io import atomic_save
 from .sequence import PackedSequences
 
 PAD = 0
@@ -129,16 +128,6 @@ def _cache_file(cache_dir: Path, path: Path, split: str, max_length: int) -> Pat
     return cache_dir / f"imdb_{split}_max{max_length}_{source}.pt"
 
 
-def _save_atomically(dataset: IMDBBytesDataset, file: Path) -> None:
-    temporary = file.with_name(f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save({"data": dataset.data, "offsets": dataset.offsets, "labels": dataset.labels, "names": dataset.names}, temporary)
-        os.replace(temporary, file)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def load_imdb(
     path: Union[str, Path],
     split: str,
@@ -179,5 +168,5 @@ def load_imdb(
     dataset = _pack(reviews)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomically(dataset, cache_file)
+        atomic_save({"data": dataset.data, "offsets": dataset.offsets, "labels": dataset.labels, "names": dataset.names}, cache_file)
     return dataset

@@ -23,17 +23,17 @@ the original ListOps files of Nangia & Bowman, which wrap every argument in pare
 """
 from __future__ import annotations
 
-import os
 import random
-import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .sequence import PackedSequences
 from tqdm import tqdm
+
+from ..io import atomic_write
+from .sequence import PackedSequences
 
 PAD = 0
 CLS = 1
@@ -283,16 +283,12 @@ def cache_directory(
 
 def _write_tsv_atomically(path: Path, rows: Sequence[Tuple[str, int]]) -> None:
     """LRA's TSV layout: a ``Source<TAB>Target`` header, then ``expression<TAB>label`` rows."""
-    # A unique name opened with open() (not tempfile) so the file gets the umask's permissions.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "x", encoding="ascii", newline="\n") as handle:
-            handle.write(_TSV_HEADER + "\n")
-            handle.writelines(f"{expression}\t{label}\n" for expression, label in rows)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+
+    def write(handle) -> None:
+        handle.write(_TSV_HEADER + "\n")
+        handle.writelines(f"{expression}\t{label}\n" for expression, label in rows)
+
+    atomic_write(path, write, binary=False)
 
 
 def _read_tsv(path: Path) -> ListOpsDataset:

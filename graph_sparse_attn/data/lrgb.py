@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import pickle
-import uuid
 import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -32,6 +31,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
+
+from ..io import atomic_write
 
 NUM_TASKS = 10
 FOLDER_NAME = "peptides-functional"
@@ -194,26 +195,22 @@ def _smiles2graph() -> Callable[[str], dict]:
     return smiles2graph
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def _download(url: str, path: Path, md5: str, folder: Path) -> None:
     """Stream ``url`` into ``path`` atomically; a timeout or network error becomes a FileNotFoundError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(temporary, "wb") as handle:
+
+    def write(handle) -> None:
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             while chunk := response.read(1 << 20):
                 handle.write(chunk)
-        received_md5 = _md5(temporary)
-        if received_md5 != md5:
-            raise ValueError(f"{url} returned a file whose MD5 is {received_md5}, expected {md5} (a changed release?)")
-        os.replace(temporary, path)
+                digest.update(chunk)
+        if digest.hexdigest() != md5:
+            raise ValueError(f"{url} returned a file whose MD5 is {digest.hexdigest()}, expected {md5} (a changed release?)")
+
+    try:
+        atomic_write(path, write)
     except OSError as error:  # URLError, socket timeouts and refused connections are all OSErrors
         raise FileNotFoundError(
             f"Peptides-func is incomplete in {folder}: {path.name} is missing and downloading it from {url} failed "
             f"({error}). Copy LRGB's files there in this layout: {_LAYOUT}."
         ) from None
-    finally:
-        temporary.unlink(missing_ok=True)

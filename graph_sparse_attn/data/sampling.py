@@ -6,7 +6,7 @@ A pure-torch replacement for PyG's ``NeighborLoader`` (which needs ``pyg-lib`` o
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -103,19 +103,59 @@ class NeighborSampler:
         torch.cumsum(in_degree, 0, out=self.rowptr[1:])
         # Global -> local id of the batch being built, -1 elsewhere; entries are reset per batch.
         self._local_id = torch.full((self.num_nodes,), -1, dtype=torch.long, device=self.device)
+        # Resumable epochs: batches handed out in the current one and the generator state it began with.
+        self._position, self._epoch_start = 0, None
 
     def __len__(self) -> int:
         """Number of seed batches per epoch: ``ceil(M / batch_size)``."""
         return math.ceil(self.input_nodes.numel() / self.batch_size)
 
     def __iter__(self) -> Iterator[Data]:
-        """One epoch: every input node is a seed exactly once (in a fresh order when shuffling)."""
+        """One epoch: every input node is a seed exactly once (in a fresh order when shuffling).
+
+        After `load_state_dict` of a state taken inside an epoch, the epoch continues from there.
+        """
+        rng = self._rng()
+        resume_at, resumed_state = self._position, None
+        if resume_at:  # redraw the interrupted epoch's seed order, then continue its draws
+            resumed_state = rng.get_state()
+            rng.set_state(self._epoch_start)
+        else:
+            self._epoch_start = rng.get_state()
         seeds = self.input_nodes
         if self.shuffle:
-            order = torch.randperm(seeds.numel(), generator=self.generator, device=self.device)
+            order = torch.randperm(seeds.numel(), generator=rng, device=self.device)
             seeds = seeds[order]
-        for batch_seeds in seeds.split(self.batch_size):
-            yield self._sample(batch_seeds)
+        if resumed_state is not None:
+            rng.set_state(resumed_state)
+        try:
+            for index, batch_seeds in enumerate(seeds.split(self.batch_size)):
+                if index >= resume_at:
+                    self._position = index + 1
+                    yield self._sample(batch_seeds)
+        finally:  # the epoch ended (or was abandoned): the next one starts afresh
+            self._position = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Where the current epoch stands: batches handed out, the generator's state now and at the epoch's start.
+
+        With `load_state_dict` it resumes an epoch exactly (same seed order, same later draws).
+        """
+        return {"position": self._position, "epoch_start": self._epoch_start, "generator": self._rng().get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if set(state) != {"position", "epoch_start", "generator"}:
+            raise ValueError(f"state must be a NeighborSampler.state_dict(), got keys {sorted(state)}")
+        self._position, self._epoch_start = int(state["position"]), state["epoch_start"]
+        self._rng().set_state(state["generator"])
+
+    def _rng(self) -> torch.Generator:
+        """The generator every draw uses: ``generator``, else torch's default one on this device."""
+        if self.generator is not None:
+            return self.generator
+        if self.device.type == "cuda":
+            return torch.cuda.default_generators[self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        return torch.default_generator
 
     def sample(self, seeds: Tensor) -> Data:
         """The sampled subgraph of the ``[B]`` distinct int64 global node ids ``seeds`` (see class doc)."""

@@ -1,9 +1,7 @@
-"""Atomic checkpoints: a run killed at any moment leaves either the old file or the new one."""
+"""Checkpoint files (written atomically by `graph_sparse_attn.io`) and the random states they carry."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -11,32 +9,6 @@ import numpy as np
 import torch
 
 PathLike = Union[str, Path]
-
-
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(text: str, path: PathLike) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -56,5 +28,5 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: PathLike, map_location: Optional[Union[str, torch.device]] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save`."""
+    """Load a checkpoint written by `graph_sparse_attn.io.atomic_save`."""
     return torch.load(path, map_location=map_location, weights_only=False)

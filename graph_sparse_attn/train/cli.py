@@ -1,117 +1,162 @@
-"""The ``gsa`` command line: ``gsa train [TASK] [options]`` and ``gsa evaluate RUN_DIR``."""
+"""The ``gsa`` command line: ``gsa train [TASK] [options]`` and ``gsa evaluate RUN_DIR``.
+
+Tasks, their defaults and the options each accepts come from the task table (`table.py`):
+``gsa train TASK --help`` shows that task's options with its resolved defaults, and an option
+that does not apply to the task is refused (one line, exit code 2) before any work.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-DEFAULT_TASK = "listops"
-TASKS_HELP = (
-    "listops (generated LRA ListOps; default), imdb (LRA Text, byte level), any OGB graph-property "
-    "dataset by name (ogbg-molhiv, ogbg-molbace, ogbg-molesol, ...), ogbn-arxiv / ogbn-products, "
-    "peptides-func (LRGB), cora, citeseer"
-)
+from .table import DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, parse_fanouts, parse_pattern
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line (``gsa train: error: ...``) and exit with code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends ``(default: X)`` to options whose default is set (None means "see the help text")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS) and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
+def _checked(parse: Callable[[str], Any], condition: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        if not condition(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
+        return value
+
+    return convert
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser whose `ValueError` becomes argparse's one-line error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
-def _fanouts(text: str) -> List[int]:
-    try:
-        fanouts = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if not fanouts or any(f == 0 or f < -1 for f in fanouts):
-        raise argparse.ArgumentTypeError(f"fanouts must be positive or -1, got {text!r}")
-    return fanouts
+_positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+_non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _checked(float, lambda v: v > 0, "a positive number")
+_non_negative_float = _checked(float, lambda v: v >= 0, "a non-negative number")
+_probability = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 
-def _pattern(text: str):
-    from ..patterns.registry import parse_pattern
+def _pattern_names() -> str:
+    from ..patterns.registry import POSITIONAL_PATTERNS
 
-    try:
-        return parse_pattern(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    aliases = ", ".join(f"{alias} = {name}" for alias, name in PATTERN_ALIASES.items())
+    return f"{', '.join(sorted(POSITIONAL_PATTERNS))} ({aliases})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gsa", description="Train and evaluate sparse-attention models on graph and long-sequence benchmarks.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _attention_choices() -> Tuple[str, ...]:
+    from ..nn.graph import ATTENTION_PATTERNS
 
-    train = commands.add_parser("train", help="train a model on a task", description=f"Train a sparse-attention model. Tasks: {TASKS_HELP}.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("task", nargs="?", default=DEFAULT_TASK, help="task name (default: a small generated ListOps job that runs offline)")
-    data = train.add_argument_group("data")
-    data.add_argument("--root", default="datasets", help="data root (downloads, generated data, caches)")
-    data.add_argument("--num-neighbors", type=_fanouts, default=None, metavar="K1,K2,...",
-                      help="node tasks: train on neighbour-sampled mini-batches of --batch-size seeds with these fanouts per hop "
-                           "(-1: all); default: the full graph, except ogbn-products (15,10)")
-    data.add_argument("--imdb-path", default=None, help="aclImdb folder or aclImdb_v1.tar.gz for the imdb task (default: ROOT/aclImdb)")
-    data.add_argument("--num-train", type=_positive_int, default=None, help="ListOps: training samples to generate (default 3000, a quick offline job; LRA: 96000); imdb: a seeded subset of the training reviews")
-    data.add_argument("--num-val", type=_positive_int, default=None, help="ListOps: validation samples (default 300; LRA: 2000)")
-    data.add_argument("--num-test", type=_positive_int, default=None, help="ListOps: test samples (default 300; LRA: 2000)")
-    data.add_argument("--min-length", type=_positive_int, default=None, help="ListOps: shortest sequence in tokens (default 100; LRA: 500)")
-    data.add_argument("--max-length", type=_positive_int, default=None, help="ListOps: longest sequence in tokens (default 500; LRA: 2000); imdb: bytes kept (default and LRA: 4096)")
+    return tuple(ATTENTION_PATTERNS)
 
-    model = train.add_argument_group("model")
-    model.add_argument("--dim", type=_positive_int, default=None, help="model width (hidden channels)")
-    model.add_argument("--depth", type=_positive_int, default=None, help="number of Transformer blocks")
-    model.add_argument("--heads", type=_positive_int, default=None, help="attention heads")
-    model.add_argument("--dropout", type=_probability, default=None, help="residual/feed-forward dropout")
-    model.add_argument("--attn-dropout", type=_probability, default=None, help="attention-weight dropout")
-    model.add_argument("--pattern", type=_pattern, default=None, metavar="NAME[:k=v,...]",
-                       help="sequence tasks: positional pattern, e.g. 'longformer:window=64,global_indices=0', 'bigbird:window=32,global_indices=0,num_random=4', 'window:window=128'")
-    model.add_argument("--gate", action="store_true", help="sequence tasks: learnable relative-position gates (a learnable pattern)")
-    model.add_argument("--knn", type=_positive_int, default=None, help="sequence tasks: dynamic kNN attention with K keys per query")
-    model.add_argument("--attention", choices=("graph", "k_hop", "exphormer"), default=None, help="graph tasks: attention pattern")
-    model.add_argument("--gps", action=argparse.BooleanOptionalAction, default=None, help="graph tasks: add a local GINE branch to each block")
 
-    optim = train.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=_positive_int, default=None, help="training epochs")
-    optim.add_argument("--max-steps", type=_non_negative_int, default=0, help="stop after this many optimiser steps (0: run all epochs)")
-    optim.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size (split across data-parallel ranks)")
-    optim.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
-    optim.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="AdamW, or SGD with momentum 0.9")
-    optim.add_argument("--weight-decay", type=float, default=0.01, help="weight decay")
-    optim.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine", help="learning-rate schedule after warm-up")
-    optim.add_argument("--warmup-steps", type=_non_negative_int, default=None, help="linear warm-up steps (default: the task's, else 0)")
-    optim.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 disables)")
+# Every option of `gsa train`: (group, name, argparse keywords). Whether it applies to a task,
+# and its default, come from the task table.
+_OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
+    ("data", "root", dict(help="data root (downloads, generated data, caches)")),
+    ("data", "num_train", dict(type=_positive_int, help="ListOps: training samples to generate (LRA: 96000); imdb: a seeded "
+                                                        "subset of the training reviews (none given: all)")),
+    ("data", "num_val", dict(type=_positive_int, help="validation samples to generate (LRA: 2000)")),
+    ("data", "num_test", dict(type=_positive_int, help="test samples to generate (LRA: 2000)")),
+    ("data", "min_length", dict(type=_positive_int, help="shortest generated sequence in tokens (LRA: 500)")),
+    ("data", "max_length", dict(type=_positive_int, help="ListOps: longest generated sequence in tokens (LRA: 2000); "
+                                                         "imdb: bytes kept per review (LRA: 4096)")),
+    ("data", "imdb_path", dict(help="aclImdb folder or aclImdb_v1.tar.gz (none given: ROOT/aclImdb)")),
+    ("data", "num_neighbors", dict(type=_argument_type(parse_fanouts), metavar="K1,K2,...",
+                                   help="train on neighbour-sampled mini-batches of --batch-size seed nodes with these fanouts "
+                                        "per hop (-1: all); none given: the full graph")),
+    ("model", "dim", dict(type=_positive_int, help="model width (hidden channels)")),
+    ("model", "depth", dict(type=_positive_int, help="number of Transformer blocks")),
+    ("model", "heads", dict(type=_positive_int, help="attention heads")),
+    ("model", "dropout", dict(type=_probability, help="residual/feed-forward dropout")),
+    ("model", "attn_dropout", dict(type=_probability, help="attention-weight dropout")),
+    ("model", "pattern", dict(type=_argument_type(parse_pattern), metavar="NAME[:k=v,...]",
+                              help="positional attention pattern, e.g. 'longformer:window=64,global_indices=0', "
+                                   "'bigbird:window=32,global_indices=0,num_random=4', 'window:window=128'. Names: "
+                                   + _pattern_names())),
+    ("model", "gate", dict(action="store_true", help="learnable relative-position gates (a learnable pattern)")),
+    ("model", "knn", dict(type=_positive_int, metavar="K", help="dynamic kNN attention with K keys per query (none given: off)")),
+    ("model", "attention", dict(choices=_attention_choices(), help="attention pattern over the graph")),
+    ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local GINE branch to each block (GraphGPS)")),
+    ("optimisation", "epochs", dict(type=_positive_int, help="training epochs")),
+    ("optimisation", "max_steps", dict(type=_non_negative_int, help="stop after this many optimiser steps (0: run all epochs)")),
+    ("optimisation", "batch_size", dict(type=_positive_int, help="global batch size (split across data-parallel ranks)")),
+    ("optimisation", "lr", dict(type=_positive_float, help="peak learning rate")),
+    ("optimisation", "optimizer", dict(choices=("adamw", "sgd"), help="AdamW, or SGD with momentum 0.9")),
+    ("optimisation", "weight_decay", dict(type=float, help="weight decay")),
+    ("optimisation", "schedule", dict(choices=("cosine", "linear", "constant"), help="learning-rate schedule after warm-up")),
+    ("optimisation", "warmup_steps", dict(type=_non_negative_int, help="linear warm-up steps")),
+    ("optimisation", "grad_clip", dict(type=float, help="gradient norm clip (0 disables)")),
+    ("run", "seed", dict(type=int, help="random seed")),
+    ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
+    ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
+    ("run", "deterministic", dict(action="store_true", help="use deterministic algorithms only")),
+    ("run", "checkpoint_every", dict(type=_non_negative_float, metavar="MINUTES",
+                                     help="also checkpoint inside an epoch every MINUTES (0: after every step)")),
+]
 
-    run = train.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0, help="random seed")
-    run.add_argument("--run-dir", default=None, help="run directory (default: a new runs/TASK-seedSEED[-K])")
-    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    run.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
-    run.add_argument("--resume", action="store_true", help="continue --run-dir from its last.pt (same epoch, optimiser, scheduler and RNG state)")
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _tasks_help() -> str:
+    return "\n".join(f"  {name:<15} {spec.summary} [{spec.kind}]" for name, spec in TASKS.items())
+
+
+def build_train_parser(spec: TaskSpec) -> _Parser:
+    """``gsa train TASK``'s parser: the options that apply to ``spec`` with its defaults, the others hidden (and refused)."""
+    parser = _Parser(prog=f"gsa train {spec.name}", formatter_class=_HelpFormatter,
+                     description=f"Train a sparse-attention model on {spec.name}: {spec.summary} ({KINDS[spec.kind]}).\n\n"
+                                 f"Tasks (gsa train TASK --help shows each one's options and defaults):\n{_tasks_help()}")
+    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "optimisation", "run")}
+    accepted, inapplicable = spec.options, []
+    for group, name, keywords in _OPTIONS:
+        if name in accepted:
+            groups[group].add_argument(_flag(name), dest=name, default=accepted[name], **keywords)
+        else:  # parsed (so it can be named in the refusal), never shown
+            groups[group].add_argument(_flag(name), dest=name, default=None, **{**keywords, "help": argparse.SUPPRESS})
+            inapplicable.append(name)
+    parser.set_defaults(inapplicable=inapplicable)
+    groups["run"].add_argument("--resume", action="store_true",
+                               help="continue --run-dir from its last.pt, exactly where it stopped (mid-epoch too)")
+    return parser
+
+
+def build_parser() -> _Parser:
+    """The top-level parser (``gsa train`` itself is parsed per task by `build_train_parser`)."""
+    parser = _Parser(prog="gsa", description="Train and evaluate sparse-attention models on graph and long-sequence benchmarks.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("train", help="train a model on a task (gsa train [TASK] --help)", add_help=False)
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint on its validation and test splits")
     evaluate.add_argument("run_dir", help="a run directory written by 'gsa train'")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate")
@@ -119,44 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
-    """Resolve the defaults that depend on the task into a `TrainConfig`."""
-    from .loop import TrainConfig
-    from .registry import task_defaults
+def config_from_args(argv: List[str]):
+    """Parse ``gsa train`` arguments (after ``train``) into ``(TrainConfig, resume)``; exits 2 on bad input."""
+    from .table import resolve_config
 
-    defaults = task_defaults(args.task)
-    model_options: Dict[str, Any] = dict(defaults.get("model", {}))
-    for flag, key in (("dim", defaults["width_key"]), ("depth", "depth"), ("heads", "heads"), ("dropout", "dropout"),
-                      ("attn_dropout", "attn_dropout"), ("knn", "knn"), ("attention", "attention"), ("gps", "gps")):
-        if getattr(args, flag) is not None:
-            model_options[key] = getattr(args, flag)
-    if args.gate:
-        model_options["gate"] = True
-    task_options = dict(defaults.get("task", {}))
-    for flag in ("num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors"):
-        if getattr(args, flag) is not None:
-            task_options[flag] = getattr(args, flag)
-    if args.pattern is not None:
-        task_options["pattern"] = list(args.pattern)
-    return TrainConfig(
-        task=args.task,
-        epochs=args.epochs or defaults["epochs"],
-        max_steps=args.max_steps,
-        batch_size=args.batch_size or defaults["batch_size"],
-        lr=args.lr or defaults["lr"],
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else defaults.get("warmup_steps", 0),
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-        device=args.device,
-        deterministic=args.deterministic,
-        run_dir=args.run_dir or _new_run_dir(f"runs/{args.task}-seed{args.seed}"),
-        root=args.root,
-        task_options=task_options,
-        model_options=model_options,
-    )
+    name = argv[0] if argv and not argv[0].startswith("-") else DEFAULT_TASK
+    options = argv[1:] if argv and not argv[0].startswith("-") else argv
+    try:
+        spec = find_task(name)
+    except UnknownTask as error:
+        _Parser(prog="gsa train").error(str(error))
+    parser = build_train_parser(spec)
+    args = parser.parse_args(options)
+    refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not None]
+    if refused:
+        parser.error(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to {name} "
+                     f"({KINDS[spec.kind]}); see 'gsa train {name} --help'")
+    if args.resume and args.run_dir is None:
+        parser.error("--resume needs the --run-dir of the run to continue")
+    values = {option: getattr(args, option) for option in spec.options}
+    values["run_dir"] = values["run_dir"] or _new_run_dir(f"runs/{name}-seed{args.seed}")
+    config = resolve_config(name, values)
+    if Path(config.run_dir, "last.pt").exists() and not args.resume:
+        parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    return config, args.resume
 
 
 def _new_run_dir(base: str) -> str:
@@ -168,48 +199,62 @@ def _new_run_dir(base: str) -> str:
     return candidate
 
 
+# Errors of loading a dataset, reported in one line (exit code 1) rather than as a traceback.
+_DATA_ERRORS = (OSError, ImportError, RuntimeError, ValueError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .registry import UnknownTask, make_task
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return _train(argv[1:])
+    return _evaluate(build_parser().parse_args(argv))
 
-    if args.command == "train":
-        from .loop import Trainer
 
-        if args.resume and args.run_dir is None:
-            parser.error("--resume needs the --run-dir of the run to continue")
-        try:
-            config = config_from_args(args)
-        except UnknownTask as error:
-            parser.error(str(error))
-        if Path(config.run_dir, "last.pt").exists() and not args.resume:
-            parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-        try:
-            task = make_task(config)
-        except FileNotFoundError as error:
-            print(f"gsa: error: {error}", file=sys.stderr)
-            return 1
-        trainer = Trainer(config, task)
-        if args.resume and trainer.resume():
-            print(f"resumed {config.run_dir} at epoch {trainer.epoch}", file=sys.stderr)
-        summary = trainer.fit()
-        if summary.get("epochs"):
-            print(f"{config.task}: best validation {summary['metric']} {summary['val']:.4f} at epoch {summary['best_epoch']}; "
-                  f"test {summary['metric']} {summary['test']:.4f}")
-        return 0
+def _train(argv: List[str]) -> int:
+    from .loop import Trainer
+    from .table import make_task
 
-    from .loop import TrainConfig, Trainer
+    start = time.perf_counter()
+    config, resume = config_from_args(argv)
+    try:
+        task = make_task(config)
+    except _DATA_ERRORS as error:
+        print(f"gsa train: error: {error}", file=sys.stderr)
+        return 1
+    trainer = Trainer(config, task)
+    if resume and trainer.resume():
+        print(f"resumed {config.run_dir} at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}", file=sys.stderr)
+    summary = trainer.fit()
+    if summary.get("epochs"):
+        print(f"{config.task}: best validation {summary['metric']} {summary['val']:.4f} at epoch {summary['best_epoch']}; "
+              f"test {summary['metric']} {summary['test']:.4f}; {time.perf_counter() - start:.1f} s wall, "
+              f"{summary['train_samples_per_s']:.1f} training samples/s")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
+    from .loop import TrainConfig, Trainer
+    from .table import make_task
 
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / f"{args.checkpoint}.pt"
     if not checkpoint.exists():
-        parser.error(f"{checkpoint} does not exist (is {run_dir} a run directory written by 'gsa train'?)")
-    state = load_checkpoint(checkpoint)
-    config = TrainConfig(**{**state["config"], "device": args.device})
-    trainer = Trainer(config, make_task(config))
+        build_parser().error(f"{checkpoint} does not exist (is {run_dir} a run directory written by 'gsa train'?)")
+    try:
+        state = load_checkpoint(checkpoint)
+        config = TrainConfig(**{**state["config"], "device": args.device})
+    except TypeError as error:
+        print(f"gsa evaluate: error: {checkpoint} holds a configuration this version cannot read ({error})", file=sys.stderr)
+        return 1
+    try:
+        task = make_task(config)
+    except _DATA_ERRORS as error:
+        print(f"gsa evaluate: error: {error}", file=sys.stderr)
+        return 1
+    trainer = Trainer(config, task)
     trainer.model.load_state_dict(state["model"])
-    result = {"run_dir": str(run_dir), "checkpoint": args.checkpoint, "epoch": state["epoch"], "metric": trainer.task.metric,
+    result = {"run_dir": str(run_dir.resolve()), "checkpoint": args.checkpoint, "epoch": state["epoch"], "metric": trainer.task.metric,
               "val": trainer.evaluate("val"), "test": trainer.evaluate("test")}
     print(json.dumps(result, indent=2))
     return 0

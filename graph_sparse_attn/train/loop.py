@@ -1,4 +1,4 @@
-"""The training loop: progress bars, metrics per epoch, atomic checkpoints, exact resume, DDP."""
+"""The training loop: progress bars, metrics per epoch, atomic checkpoints (mid-epoch too), exact resume, DDP."""
 from __future__ import annotations
 
 import json
@@ -6,20 +6,25 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import distributed as dist_utils
-from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from ..io import atomic_save, atomic_write_text
+from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .tasks import Task
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; saved as ``config.json`` in the run directory."""
+    """Everything that defines a run; saved as ``config.json`` in the run directory.
+
+    ``checkpoint_every``: minutes between checkpoints inside an epoch (``0``: after every step);
+    ``data_options`` go to the task's data builder, ``model_options`` to its model builder.
+    """
 
     task: str
     epochs: int = 10
@@ -34,10 +39,35 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
+    checkpoint_every: float = 10.0
     run_dir: str = "runs/default"
     root: str = "datasets"
-    task_options: Dict[str, Any] = field(default_factory=dict)
+    data_options: Dict[str, Any] = field(default_factory=dict)
     model_options: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))
+
+
+def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9, at ``config.lr`` with ``config.weight_decay``."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``config.warmup_steps``, then ``config.schedule`` over the remaining steps of all epochs."""
+    if config.schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {config.schedule!r}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(config.schedule, config.warmup_steps, config.epochs * steps_per_epoch))
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -54,12 +84,18 @@ def _lr_lambda(schedule: str, warmup: int, total: int):
     return factor
 
 
+def _new_epoch_progress() -> Dict[str, Any]:
+    """Running totals of the epoch in progress (checkpointed, so a resumed epoch reports the same numbers)."""
+    return {"batches": 0, "loss_sum": 0.0, "samples": 0, "seconds": 0.0}
+
+
 class Trainer:
     """Train ``task``'s model under ``config``; rank 0 writes the run directory.
 
-    Run directory: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` and
-    ``best.pt`` (by validation metric), ``curves.png``. ``resume=True`` continues from
-    ``last.pt`` with the same epoch, optimiser, scheduler and RNG states.
+    Run directory: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` (written at
+    every epoch end and every ``config.checkpoint_every`` minutes inside an epoch), ``best.pt`` (by
+    validation metric), ``curves.png``, ``summary.json``. `resume` continues from ``last.pt``
+    exactly: same epoch and batch, optimiser, scheduler, loader positions and every random state.
     """
 
     def __init__(self, config: TrainConfig, task: Task) -> None:
@@ -76,27 +112,26 @@ class Trainer:
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        total_steps = config.epochs * len(self.loaders["train"])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(config.schedule, config.warmup_steps, total_steps)
-        )
+        self.optimizer = build_optimizer(config, self.model.parameters())
+        self.scheduler = build_scheduler(config, self.optimizer, len(self.loaders["train"]))
         self.epoch = 0
         self.step = 0
         self.best: Optional[float] = None
         self.history: List[Dict[str, Any]] = []
+        self.progress = _new_epoch_progress()
+        self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------------ state
     def state(self) -> Dict[str, Any]:
+        """Everything `resume` needs (loader states: those loaders that expose ``state_dict``)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "progress": dict(self.progress),
+            "loaders": {split: loader.state_dict() for split, loader in self.loaders.items() if hasattr(loader, "state_dict")},
             "best": self.best,
             "history": self.history,
             "rng": rng_state(),
@@ -113,8 +148,17 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.best, self.history = state["epoch"], state["step"], state["best"], state["history"]
+        self.progress = dict(state["progress"])
+        for split, loader_state in state["loaders"].items():
+            self.loaders[split].load_state_dict(loader_state)
         set_rng_state(state["rng"])
         return True
+
+    def save_checkpoint(self) -> None:
+        """Write ``last.pt`` now (rank 0), mid-epoch or not."""
+        if dist_utils.is_main():
+            atomic_save(self.state(), self.run_dir / "last.pt")
+        self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------------ loop
     @property
@@ -123,32 +167,47 @@ class Trainer:
         return bool(self.config.max_steps) and self.step >= self.config.max_steps
 
     def train_epoch(self, bar_position: int = 1) -> Dict[str, float]:
+        """Train the rest of the current epoch (all of it unless resumed inside it)."""
         self.train_model.train()
         loader = self.loaders["train"]
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(self.epoch)
-        total_loss, total_samples, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}", leave=False, position=bar_position, disable=not dist_utils.is_main())
-        for batch in bar:
-            if self.finished:
-                break
-            batch = batch.to(self.device)
-            prediction, target = self.task.forward(self.train_model, batch, "train")
-            loss = self.task.loss(prediction, target)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            samples = self.task.num_samples(batch)
-            total_loss += float(loss) * samples
-            total_samples += samples
-            bar.set_postfix(loss=f"{float(loss):.4f}", samples_per_s=f"{total_samples / (time.perf_counter() - start):.1f}")
-        seconds = time.perf_counter() - start
-        loss = dist_utils.mean_across_ranks(total_loss / max(total_samples, 1), self.device)
-        return {"train_loss": loss, "train_seconds": seconds, "train_samples_per_s": total_samples / max(seconds, 1e-9)}
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.epoch)
+        progress = self.progress
+        start = time.perf_counter() - progress["seconds"]
+        batches = iter(loader)
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", leave=False, position=bar_position, disable=not dist_utils.is_main(),
+                   initial=progress["batches"], total=len(loader))
+        try:
+            for batch in bar:
+                batch = batch.to(self.device)
+                prediction, target = self.task.forward(self.train_model, batch, "train")
+                loss = self.task.loss(prediction, target)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.config.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                samples, loss_value = self.task.num_samples(batch), loss.item()
+                progress["batches"] += 1
+                progress["loss_sum"] += loss_value * samples
+                progress["samples"] += samples
+                progress["seconds"] = time.perf_counter() - start
+                bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{progress['samples'] / progress['seconds']:.1f}")
+                if self.finished:
+                    break
+                if time.monotonic() - self._last_checkpoint >= 60 * self.config.checkpoint_every:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if hasattr(batches, "close"):  # an epoch cut short by max_steps: the loader's next epoch starts afresh
+                batches.close()
+        self.progress = _new_epoch_progress()
+        loss = dist_utils.mean_across_ranks(progress["loss_sum"] / max(progress["samples"], 1), self.device)
+        seconds = progress["seconds"]
+        return {"train_loss": loss, "train_seconds": seconds, "train_samples": progress["samples"],
+                "train_samples_per_s": progress["samples"] / max(seconds, 1e-9)}
 
     @torch.no_grad()
     def evaluate(self, split: str) -> float:
@@ -167,7 +226,7 @@ class Trainer:
         main = dist_utils.is_main()
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(json.dumps(asdict(self.config), indent=2), self.run_dir / "config.json")
+            atomic_write_text(self.config.to_json(), self.run_dir / "config.json")
         epochs = tqdm(range(self.epoch, self.config.epochs), desc=f"{self.config.task}", position=0, disable=not main,
                       initial=self.epoch, total=self.config.epochs)
         for _ in epochs:
@@ -208,6 +267,7 @@ class Trainer:
             "val": best["val_" + metric],
             "test": best["test_" + metric],
             "train_seconds": sum(r["train_seconds"] for r in self.history),
+            "train_samples_per_s": sum(r["train_samples"] for r in self.history) / max(sum(r["train_seconds"] for r in self.history), 1e-9),
         }
 
     def _write_epoch(self, record: Dict[str, Any], improved: bool) -> None:
@@ -215,29 +275,10 @@ class Trainer:
         if improved:
             atomic_save(state, self.run_dir / "best.pt")
         atomic_save(state, self.run_dir / "last.pt")
+        self._last_checkpoint = time.monotonic()
         # Rewritten whole from the checkpointed history, so a kill between files cannot duplicate lines.
         atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
+        from ..viz import plot_curves
+
         plot_curves(self.history, self.task.metric, self.run_dir / "curves.png")
 
-
-def plot_curves(history: List[Dict[str, Any]], metric: str, path: Path) -> None:
-    """Training loss and validation metric per epoch (test where validation improved), saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-")
-    ax_loss.set(xlabel="epoch", ylabel="training loss")
-    for split, style in (("val", "o-"), ("test", "s")):
-        scored = [r for r in history if r[f"{split}_{metric}"] is not None]
-        ax_metric.plot([r["epoch"] for r in scored], [r[f"{split}_{metric}"] for r in scored], style, label=split)
-    ax_metric.set(xlabel="epoch", ylabel=metric)
-    ax_metric.legend()
-    for ax in (ax_loss, ax_metric):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -25,16 +25,22 @@ def gsa(*args, cwd, check=True, **kwargs):
     return proc
 
 
-def test_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
-    text = capsys.readouterr().out
+def help_text(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_documents_every_option_of_the_task(capsys):
+    text = help_text(capsys, "train")
     for option in ("--root", "--run-dir", "--device", "--deterministic", "--resume", "--epochs", "--max-steps", "--batch-size",
-                   "--lr", "--schedule", "--seed", "--pattern", "--gate", "--knn", "--dim", "--depth", "--heads", "--attention"):
+                   "--lr", "--schedule", "--seed", "--pattern", "--gate", "--knn", "--dim", "--depth", "--heads", "--checkpoint-every"):
         assert option in text
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert "evaluate" in capsys.readouterr().out
+    assert "--attention" not in text and "--gps" not in text
+    graph = help_text(capsys, "train", "ogbg-molhiv")
+    assert "--attention" in graph and "--gps" in graph and "--pattern" not in graph and "--knn" not in graph
+    assert "evaluate" in help_text(capsys)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +74,7 @@ def test_listops_run_writes_a_complete_run_directory_and_evaluates(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["train_loss"] > 0 for r in records)
-    assert json.loads((run / "config.json").read_text())["task_options"]["num_train"] == 96
+    assert json.loads((run / "config.json").read_text())["data_options"]["num_train"] == 96
     result = json.loads(gsa("evaluate", str(run), cwd=tmp_path).stdout)
     summary = json.loads((run / "summary.json").read_text())
     assert result["test"] == pytest.approx(summary["test"])

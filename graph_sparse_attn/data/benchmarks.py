@@ -1,0 +1,235 @@
+"""The benchmarks behind ``gsa train``, as plain data: one builder per dataset, and the official metrics.
+
+Every builder has the form ``build(name, root, *, seed, **options)`` and returns one of the
+dataclasses below (splits and sizes, no training logic); `graph_sparse_attn.train.table`
+pairs each with a model builder and a metric. Builders that read downloaded datasets fail fast,
+with instructions, when the data is absent and its server cannot be reached.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+Scorer = Callable[[Tensor, Tensor], float]
+
+
+# ---------------------------------------------------------------------------- plain data
+@dataclass
+class SequenceData:
+    """Labelled token sequences: ``splits[split][i] = (tokens [L] int64, label)``."""
+
+    splits: Dict[str, Sequence[Tuple[Tensor, int]]]
+    vocab_size: int
+    num_classes: int
+    cls_token: int
+
+
+@dataclass
+class GraphPropertyData:
+    """A dataset of graphs with OGB atom/bond features; ``y [1, num_targets]`` may hold NaN (unlabelled)."""
+
+    dataset: Any
+    split_idx: Dict[str, Tensor]
+    num_targets: int
+    regression: bool
+
+
+@dataclass
+class NodeData:
+    """One graph ``data`` (``x [N, F]``, ``y [N]``, undirected ``edge_index``); ``split_idx`` holds node ids."""
+
+    data: Any
+    split_idx: Dict[str, Tensor]
+    num_classes: int
+
+
+@dataclass
+class Metric:
+    """An official metric: ``score(prediction, target)``, with predictions as the model outputs them."""
+
+    name: str
+    score: Scorer
+    higher_is_better: bool = True
+
+
+# ---------------------------------------------------------------------------- metrics
+def accuracy(prediction: Tensor, target: Tensor) -> float:
+    """Fraction of rows of ``prediction [B, C]`` (logits) whose argmax equals ``target [B]``."""
+    return float((prediction.argmax(-1) == target).float().mean())
+
+
+def accuracy_metric(name: str) -> Metric:
+    return Metric("accuracy", accuracy)
+
+
+def ogb_graph_metric(name: str) -> Metric:
+    """OGB's own `Evaluator` for the ``ogbg-*`` dataset ``name`` (ROC-AUC, AP, RMSE, ...)."""
+    from ogb.graphproppred import Evaluator
+
+    evaluator = Evaluator(name)
+    metric = evaluator.eval_metric
+
+    def score(prediction: Tensor, target: Tensor) -> float:
+        return float(evaluator.eval({"y_true": target.numpy(), "y_pred": prediction.numpy()})[metric])
+
+    return Metric(metric, score, higher_is_better=metric not in ("rmse", "mae"))
+
+
+def ogb_node_metric(name: str) -> Metric:
+    """OGB's own `Evaluator` for the ``ogbn-*`` dataset ``name``, fed the argmax of the logits."""
+    from ogb.nodeproppred import Evaluator
+
+    evaluator = Evaluator(name)
+
+    def score(prediction: Tensor, target: Tensor) -> float:
+        result = evaluator.eval({"y_true": target.view(-1, 1).numpy(), "y_pred": prediction.argmax(-1, keepdim=True).numpy()})
+        return float(result["acc"])
+
+    return Metric("accuracy", score)
+
+
+def peptides_metric(name: str) -> Metric:
+    from .lrgb import average_precision
+
+    return Metric("ap", average_precision)
+
+
+# ---------------------------------------------------------------------------- sequences
+def listops(name: str, root: Path, *, seed: int, num_train: int, num_val: int, num_test: int, min_length: int,
+            max_length: int) -> SequenceData:
+    """Generated LRA ListOps (cached under ``root/listops``); the generator is seeded by ``seed``."""
+    from . import listops as lo
+
+    splits = {split: lo.load_listops(root, split, num_train=num_train, num_val=num_val, num_test=num_test, seed=seed,
+                                     min_length=min_length, max_length=max_length)
+              for split in ("train", "val", "test")}
+    return SequenceData(splits, len(lo.VOCAB), lo.NUM_CLASSES, lo.CLS)
+
+
+def imdb(name: str, root: Path, *, seed: int, max_length: int, imdb_path: Optional[str] = None,
+         num_train: Optional[int] = None) -> SequenceData:
+    """LRA Text (IMDB bytes) from ``imdb_path`` (default ``root/aclImdb``).
+
+    LRA Text has no validation split: every tenth training review (a fixed tenth) is held out as
+    ``val``; ``num_train`` keeps a subset of the rest drawn with ``seed``, for small budgets.
+    """
+    from . import imdb as im
+
+    path = Path(imdb_path) if imdb_path else Path(root) / "aclImdb"
+    train = im.load_imdb(path, "train", max_length=max_length)
+    holdout = set(range(0, len(train), 10))
+    kept = [i for i in range(len(train)) if i not in holdout]
+    if num_train is not None:
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))
+        kept = sorted(kept[i] for i in order[:num_train].tolist())
+    splits = {
+        "train": [train[i] for i in kept],
+        "val": [train[i] for i in sorted(holdout)],
+        "test": im.load_imdb(path, "test", max_length=max_length),
+    }
+    return SequenceData(splits, im.VOCAB_SIZE, len(im.LABELS), im.CLS)
+
+
+# ---------------------------------------------------------------------------- graphs
+def ogb_graph_property(name: str, root: Path, *, seed: int) -> GraphPropertyData:
+    """An ``ogbg-*`` dataset through OGB's own loader and split (``root/ogbg_<name>``)."""
+    from ogb.graphproppred import PygGraphPropPredDataset
+
+    dataset, split = _load_ogb(PygGraphPropPredDataset, name, Path(root), "graphproppred/csv_mol_download/")
+    return GraphPropertyData(dataset, split, int(dataset[0].y.size(-1)), regression=dataset.task_type == "regression")
+
+
+def peptides_func(name: str, root: Path, *, seed: int) -> GraphPropertyData:
+    """LRGB Peptides-func (``root/peptides-functional``): 10 binary tasks."""
+    from .lrgb import NUM_TASKS, PeptidesFunctional
+
+    dataset = PeptidesFunctional(str(root))
+    return GraphPropertyData(dataset, dataset.get_idx_split(), NUM_TASKS, regression=False)
+
+
+def planetoid(name: str, root: Path, *, seed: int) -> NodeData:
+    """Planetoid Cora / CiteSeer with the public split (``root/Cora``, ``root/CiteSeer``)."""
+    from torch_geometric.datasets import Planetoid
+
+    folder_name = {"cora": "Cora", "citeseer": "CiteSeer"}[name]
+    folder = Path(root) / folder_name
+    _require_offline_copy(folder, f"{folder}/raw/ind.{name}.{{x,y,tx,ty,allx,ally,graph,test.index}}",
+                          "https://github.com/kimiyoung/planetoid/raw/master/data")
+    data = Planetoid(str(root), folder_name)[0]
+    split_idx = {split: mask.nonzero().view(-1) for split, mask in (("train", data.train_mask), ("val", data.val_mask),
+                                                                    ("test", data.test_mask))}
+    return NodeData(data, split_idx, int(data.y.max()) + 1)
+
+
+def ogb_node(name: str, root: Path, *, seed: int) -> NodeData:
+    """An ``ogbn-*`` single-label dataset through OGB's loader and split, its graph made undirected."""
+    from ogb.nodeproppred import PygNodePropPredDataset
+    from torch_geometric.utils import to_undirected
+
+    dataset, split = _load_ogb(PygNodePropPredDataset, name, Path(root), "nodeproppred/")
+    data = dataset[0]
+    data.edge_index = to_undirected(data.edge_index, num_nodes=data.num_nodes)
+    data.y = data.y.view(-1)
+    return NodeData(data, split, int(dataset.num_classes))
+
+
+# ---------------------------------------------------------------------------- OGB plumbing
+def _load_ogb(dataset_class, name: str, root: Path, url_path: str):
+    """``dataset_class(name, root)`` and its split as ``{"train", "val", "test"}``."""
+    folder = root / name.replace("-", "_")
+    _require_offline_copy(folder, f"ogb's layout for {name}: {folder}/{{raw,split,mapping}}/... and RELEASE_v1.txt",
+                          f"http://snap.stanford.edu/ogb/data/{url_path}")
+    with _no_stdin_prompt(folder), _pyg_safe_globals():
+        dataset = dataset_class(name=name, root=str(root))
+    split = dataset.get_idx_split()
+    return dataset, {"train": split["train"], "val": split["valid"], "test": split["test"]}
+
+
+def _require_offline_copy(folder: Path, layout: str, url: str) -> None:
+    """Fail fast, with instructions, when a dataset is absent and its server cannot be reached."""
+    if folder.exists():
+        return
+    host = url.split("/")[2]
+    try:
+        socket.create_connection((host, 80 if url.startswith("http:") else 443), timeout=5).close()
+    except OSError:
+        raise FileNotFoundError(
+            f"dataset folder {folder} does not exist and {host} cannot be reached (offline?). "
+            f"Download it on a connected machine (the loader fetches it from {url}) and copy it as {layout}."
+        ) from None
+
+
+def _pyg_safe_globals():
+    """ogb 1.3.6 reloads its processed PyG file with torch.load's default ``weights_only=True``
+    (torch >= 2.6), which refuses PyG's storage classes; allow exactly those."""
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
+
+    return torch.serialization.safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage])
+
+
+@contextlib.contextmanager
+def _no_stdin_prompt(folder: Path) -> Iterator[None]:
+    """OGB asks on stdin before re-downloading an outdated copy; answer with an error instead of hanging."""
+
+    def refuse(prompt: str = "") -> str:
+        raise RuntimeError(f"the dataset loader asked {prompt.strip()!r} about {folder}; replace that folder with a current copy")
+
+    original, builtins.input = builtins.input, refuse
+    try:
+        yield
+    finally:
+        builtins.input = original
+
+
+__all__ = [
+    "SequenceData", "GraphPropertyData", "NodeData", "Metric", "accuracy", "accuracy_metric", "ogb_graph_metric",
+    "ogb_node_metric", "peptides_metric", "listops", "imdb", "ogb_graph_property", "peptides_func", "planetoid", "ogb_node",
+]

@@ -1,0 +1,211 @@
+"""The task table: every task ``gsa train`` knows, each declared once.
+
+An entry (`TaskSpec`) names the task's kind (``sequence``, ``graph`` property or ``node``),
+its data builder (`graph_sparse_attn.data.benchmarks`), model builder and official metric,
+and its defaults — whose keys are also the task-specific options it accepts. The CLI derives
+its task list, per-task ``--help`` and option validation from this table. Adding a task means
+one entry here and one data builder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from torch import nn
+
+from ..data import benchmarks
+from ..data.benchmarks import Metric
+
+KINDS = {"sequence": "sequence classification", "graph": "graph property prediction", "node": "node classification"}
+
+# Options that every task accepts, with their defaults (the budget ones are overridden per task).
+COMMON_DEFAULTS: Dict[str, Any] = {
+    "root": "datasets", "epochs": 10, "max_steps": 0, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
+    "weight_decay": 0.01, "schedule": "cosine", "warmup_steps": 0, "grad_clip": 1.0, "seed": 0, "run_dir": None,
+    "device": "auto", "deterministic": False, "checkpoint_every": 10.0,
+}
+# Where each task-specific option goes in `TrainConfig`; anything else in `TaskSpec.defaults` is a model option.
+DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors"})
+# The sequence pattern spelling, as on the command line (`patterns.registry.parse_pattern`).
+PatternSpec = Tuple[str, Dict[str, Any]]
+PATTERN_ALIASES = {"sliding_window": "window"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: kind, data builder, model builder, official metric and defaults.
+
+    ``defaults`` maps each task-specific option (``--dim``, ``--pattern``, ``--num-train``, ...,
+    by its Python name) and the budget options it overrides (``epochs``, ``batch_size``, ``lr``,
+    ``warmup_steps``) to its default; an option missing from ``defaults`` and from
+    `COMMON_DEFAULTS` does not apply to the task. ``fixed`` holds model settings that are not
+    options. ``load(name, root, seed=..., **data_options)`` returns plain data,
+    ``model(data, model_options)`` the model, ``metric(name)`` the official `Metric`.
+    """
+
+    name: str
+    kind: str
+    summary: str
+    load: Callable[..., Any]
+    model: Callable[[Any, Dict[str, Any]], nn.Module]
+    metric: Callable[[str], Metric]
+    defaults: Mapping[str, Any]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        """Every option the task accepts, with its resolved default."""
+        return {**COMMON_DEFAULTS, **self.defaults}
+
+
+# ---------------------------------------------------------------------------- model builders
+def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn.Module:
+    """`SequenceTransformer` with learned positions long enough for the longest sequence (+ its [CLS])."""
+    from ..nn import SequenceTransformer
+
+    longest = max(len(tokens) for split in data.splits.values() for tokens, _ in split) + 1
+    return SequenceTransformer(data.vocab_size, data.num_classes, max_length=longest, **options)
+
+
+def graph_property_model(data: benchmarks.GraphPropertyData, options: Dict[str, Any]) -> nn.Module:
+    """`GraphTransformer` over OGB atom/bond encoders, one output per target."""
+    from ..nn import GraphTransformer
+
+    options = dict(options)
+    return GraphTransformer("atom", options.pop("dim"), data.num_targets, edge_dim="bond", **options)
+
+
+def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
+    """`GraphTransformer` over the node features, one logit per class and node."""
+    from ..nn import GraphTransformer
+
+    options = dict(options)
+    return GraphTransformer(data.data.num_features, options.pop("dim"), data.num_classes, task="node", **options)
+
+
+# ---------------------------------------------------------------------------- the table
+_SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None}
+_GRAPH_MODEL = {"dim": 64, "depth": 3, "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "attention": "exphormer", "gps": True}
+_NODE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.5, "attn_dropout": 0.0, "attention": "graph", "gps": False}
+_GRAPH_BUDGET = {"epochs": 30, "batch_size": 64, "lr": 1e-3}
+
+TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
+    # The default job: small, offline, about 2 minutes on an idle 2-core CPU. The LRA setting is
+    # --num-train 96000 --num-val 2000 --num-test 2000 --min-length 500 --max-length 2000 with a larger model.
+    TaskSpec("listops", "sequence", "generated LRA ListOps (offline; the default task)", benchmarks.listops, sequence_model,
+             benchmarks.accuracy_metric,
+             {"epochs": 5, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, **_SEQUENCE_MODEL, "dropout": 0.0,
+              "pattern": "longformer:window=16,global_indices=0",
+              "num_train": 3000, "num_val": 300, "num_test": 300, "min_length": 100, "max_length": 500},
+             fixed={"position": "learned"}),
+    TaskSpec("imdb", "sequence", "LRA Text: IMDB reviews, byte level", benchmarks.imdb, sequence_model, benchmarks.accuracy_metric,
+             {"epochs": 5, "batch_size": 16, "lr": 5e-4, **_SEQUENCE_MODEL, "dropout": 0.1,
+              "pattern": "longformer:window=64,global_indices=0", "max_length": 4096, "imdb_path": None, "num_train": None},
+             fixed={"pooling": "mean"}),
+    TaskSpec("ogbg-<name>", "graph", "any OGB graph property dataset (ogbg-molhiv, ogbg-molbace, ogbg-molesol, ...)",
+             benchmarks.ogb_graph_property, graph_property_model, benchmarks.ogb_graph_metric, {**_GRAPH_BUDGET, **_GRAPH_MODEL}),
+    TaskSpec("peptides-func", "graph", "LRGB Peptides-func (10 binary tasks, AP)", benchmarks.peptides_func, graph_property_model,
+             benchmarks.peptides_metric, {**_GRAPH_BUDGET, **_GRAPH_MODEL}),
+    TaskSpec("cora", "node", "Planetoid Cora, public split", benchmarks.planetoid, node_model, benchmarks.accuracy_metric,
+             {"epochs": 200, "batch_size": 1024, "lr": 5e-3, **_NODE_MODEL, "num_neighbors": None}),
+    TaskSpec("citeseer", "node", "Planetoid CiteSeer, public split", benchmarks.planetoid, node_model, benchmarks.accuracy_metric,
+             {"epochs": 200, "batch_size": 1024, "lr": 5e-3, **_NODE_MODEL, "num_neighbors": None}),
+    TaskSpec("ogbn-arxiv", "node", "OGB arXiv citation graph (169k nodes)", benchmarks.ogb_node, node_model, benchmarks.ogb_node_metric,
+             {"epochs": 100, "batch_size": 1024, "lr": 5e-3, **_NODE_MODEL, "num_neighbors": None}),
+    # 2.4M nodes, 62M edges: neighbour-sampled mini-batches by default.
+    TaskSpec("ogbn-products", "node", "OGB Amazon products graph (2.4M nodes; neighbour-sampled)", benchmarks.ogb_node, node_model,
+             benchmarks.ogb_node_metric, {"epochs": 10, "batch_size": 1024, "lr": 3e-3, **_NODE_MODEL, "num_neighbors": "15,10"}),
+)}
+DEFAULT_TASK = "listops"
+
+
+class UnknownTask(ValueError):
+    """A task name that the table does not hold."""
+
+
+def find_task(name: str) -> TaskSpec:
+    """The table entry of ``name`` (any ``ogbg-*`` name uses the ``ogbg-<name>`` entry)."""
+    if name in TASKS:
+        return TASKS[name]
+    if name.startswith("ogbg-") and len(name) > len("ogbg-"):
+        family = TASKS["ogbg-<name>"]
+        return TaskSpec(name, family.kind, family.summary, family.load, family.model, family.metric, family.defaults, family.fixed)
+    raise UnknownTask(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+
+
+def split_options(spec: TaskSpec, options: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(data_options, model_options)`` of the task-specific ``options`` (fixed model settings added)."""
+    specific = {key: value for key, value in options.items() if key not in COMMON_DEFAULTS}
+    unknown = set(specific) - set(spec.defaults)
+    if unknown:
+        raise ValueError(f"options {sorted(unknown)} do not apply to {spec.name} ({KINDS[spec.kind]})")
+    data = {key: value for key, value in specific.items() if key in DATA_OPTIONS}
+    model = {**spec.fixed, **{key: value for key, value in specific.items() if key not in DATA_OPTIONS}}
+    return data, model
+
+
+def parse_pattern(text: str) -> PatternSpec:
+    """``"NAME[:key=value,...]"`` → ``(name, params)``; Python's name ``sliding_window`` is accepted for ``window``."""
+    from ..patterns.registry import parse_pattern as parse
+
+    name, colon, rest = text.partition(":")
+    return parse(PATTERN_ALIASES.get(name, name) + colon + rest)
+
+
+def parse_fanouts(text: str) -> list:
+    """``"15,10"`` → ``[15, 10]``: neighbours sampled per hop, each positive or -1 (all)."""
+    try:
+        fanouts = [int(value) for value in text.split(",")]
+    except ValueError:
+        raise ValueError(f"fanouts must be comma-separated integers, got {text!r}") from None
+    if any(fanout == 0 or fanout < -1 for fanout in fanouts):
+        raise ValueError(f"fanouts must be positive or -1, got {text!r}")
+    return fanouts
+
+
+def resolve_config(name: str, options: Mapping[str, Any]):
+    """The `TrainConfig` of task ``name`` with ``options`` (option name → value) over its defaults.
+
+    Patterns and fanouts may be given in their command-line spelling; ``root``, ``run_dir`` and
+    ``imdb_path`` become absolute paths, so a run directory works from any folder.
+    Raises `UnknownTask`, or `ValueError` naming an option that does not apply to the task.
+    """
+    from .loop import TrainConfig
+
+    spec = find_task(name)
+    values = {**spec.options, **options}
+    if isinstance(values.get("pattern"), str):
+        values["pattern"] = parse_pattern(values["pattern"])
+    if isinstance(values.get("num_neighbors"), str):
+        values["num_neighbors"] = parse_fanouts(values["num_neighbors"])
+    if values.get("imdb_path") is not None:
+        values["imdb_path"] = str(Path(values["imdb_path"]).resolve())
+    if values["run_dir"] is None:
+        raise ValueError("run_dir must be given")
+    data_options, model_options = split_options(spec, values)
+    common = {key: values[key] for key in COMMON_DEFAULTS}
+    common["root"], common["run_dir"] = str(Path(common["root"]).resolve()), str(Path(common["run_dir"]).resolve())
+    if "pattern" in model_options:
+        model_options["pattern"] = list(model_options["pattern"])
+    return TrainConfig(task=name, **common, data_options=data_options, model_options=model_options)
+
+
+def make_task(config):
+    """Build the task adapter of ``config`` (loading or generating its data under ``config.root``)."""
+    from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask
+
+    spec = find_task(config.task)
+    data_options = dict(config.data_options)
+    num_neighbors: Optional[list] = data_options.pop("num_neighbors", None)
+    data = spec.load(config.task, Path(config.root), seed=config.seed, **data_options)
+    metric = spec.metric(config.task)
+    if spec.kind == "sequence":
+        return SequenceClassificationTask(config.task, data, metric, spec.model, config.model_options)
+    if spec.kind == "graph":
+        return GraphPropertyTask(config.task, data, metric, spec.model, config.model_options)
+    return NodeClassificationTask(config.task, data, metric, spec.model, config.model_options, num_neighbors=num_neighbors)
