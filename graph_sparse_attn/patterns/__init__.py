@@ -16,7 +16,7 @@ from .combine import (
     union,
 )
 from .dynamic import knn, lsh_buckets, lsh_knn, recall_at_k
-from .learned import prune
+from .learned import PruneInfo, prune
 from .positional import (
     bigbird,
     block_local,
@@ -36,5 +36,5 @@ __all__ = [
     "graph_edges", "k_hop", "expander", "add_virtual_nodes", "VirtualNodes",
     "union", "intersection", "causal", "sort_and_dedup", "to_dense_mask", "from_dense_mask", "to_networkx", "from_networkx",
     "knn", "lsh_knn", "lsh_buckets", "recall_at_k",
-    "prune", "POSITIONAL_PATTERNS", "build_pattern", "parse_pattern",
+    "prune", "PruneInfo", "POSITIONAL_PATTERNS", "build_pattern", "parse_pattern",
 ]

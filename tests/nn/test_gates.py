@@ -82,12 +82,81 @@ def test_gated_conv_matches_dense_formula(gate_mode):
 def test_prune_keeps_edges_above_threshold_in_order():
     edge_index = sliding_window(10, 2)
     gate = torch.linspace(0, 1, edge_index.size(1))
-    kept = prune(edge_index, gate, 0.5)
+    with pytest.warns(UserWarning, match="targets without edges"):
+        kept = prune(edge_index, gate, 0.5)
     assert torch.equal(kept, edge_index[:, gate > 0.5])
     per_head = torch.stack([gate, 1 - gate], 1)
-    assert prune(edge_index, per_head, 0.9).size(1) == int(((gate > 0.9) | (1 - gate > 0.9)).sum())
+    with pytest.warns(UserWarning, match="targets without edges"):
+        assert prune(edge_index, per_head, 0.9).size(1) == int(((gate > 0.9) | (1 - gate > 0.9)).sum())
     with pytest.raises(ValueError, match="gate"):
         prune(edge_index, gate[:-1], 0.5)
+
+
+def test_prune_reports_emptied_targets_and_keeps_the_strongest_per_target():
+    gen = torch.Generator().manual_seed(1)
+    edge_index = torch.randint(0, 12, (2, 80), generator=gen)
+    gate = torch.rand(80, 3, generator=gen).round(decimals=1)  # ties between edges of one target
+    strength = gate.amax(1)
+    for threshold in (0.0, 0.5, 0.8, 0.95):
+        for k in (0, 1, 2, 5):
+            # brute force: per target, its k strongest edges (earlier edge first on ties) plus those above threshold
+            expected = strength > threshold
+            for t in edge_index[1].unique().tolist():
+                ids = [e for e in range(80) if edge_index[1, e] == t]
+                for e in sorted(ids, key=lambda e: (-strength[e].item(), e))[:k]:
+                    expected[e] = True
+            emptied = sorted(set(edge_index[1].tolist()) - set(edge_index[1, expected].tolist()))
+            kept, info = prune(edge_index, gate, threshold, min_per_target=k, return_info=True)
+            assert torch.equal(info.mask, expected)
+            assert torch.equal(kept, edge_index[:, expected])
+            assert info.emptied_targets.tolist() == emptied
+            if k > 0:
+                assert emptied == []
+            if emptied:
+                with pytest.warns(UserWarning, match=f"left {len(emptied)} of"):
+                    assert torch.equal(prune(edge_index, gate, threshold, min_per_target=k), kept)
+    with pytest.raises(ValueError, match="min_per_target"):
+        prune(edge_index, gate, 0.5, min_per_target=-1)
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3])
+def test_log_gated_model_equals_pruned_model(edge_dim):
+    """Gates of exactly 0 remove edges ("log" mode), so pruning at any threshold that keeps every
+    non-zero gate is exact; with gates of exactly 0 or 1, even without gates after pruning."""
+    gen = torch.Generator().manual_seed(2)
+    num_nodes, heads = 15, 2
+    edge_index = torch.randint(0, num_nodes, (2, 90), generator=gen)
+    edge_attr = torch.randn(90, edge_dim, dtype=torch.float64, generator=gen) if edge_dim else None
+    x = torch.randn(num_nodes, 6, dtype=torch.float64, generator=gen)
+    conv = SparseAttnConv(6, 4, heads=heads, edge_dim=edge_dim, gate_mode="log").double().eval()
+    # Hard-concrete gates in evaluation: logits beyond ±2.4 give exact 0s and 1s, the rest lie between.
+    logits = torch.randn(90, generator=gen, dtype=torch.float64) * 4
+    logits[edge_index[1] == 3] = -10.0  # target 3 is switched off entirely
+    binary = hard_concrete(logits.sign() * 10, training=False)
+    mixed = hard_concrete(logits, training=False)
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    assert (mixed == 0).any() and (mixed == 1).any() and ((mixed > 0) & (mixed < 1)).any()
+    assert (edge_index[1] == 3).any()
+
+    def pruned_run(gate, threshold, keep_gate):
+        kept, info = prune(edge_index, gate, threshold, return_info=True)
+        attr = None if edge_attr is None else edge_attr[info.mask]
+        return conv(x, kept, attr, edge_gate=gate[info.mask] if keep_gate else None), info
+
+    gated = conv(x, edge_index, edge_attr, edge_gate=binary)
+    root = conv.lin_skip(x)
+    torch.testing.assert_close(gated[3], root[3], rtol=0, atol=0)  # attention part exactly zero
+    for threshold in torch.linspace(0, 0.99, 12).tolist():
+        out, info = pruned_run(binary, threshold, keep_gate=False)
+        assert 3 in info.emptied_targets.tolist()
+        torch.testing.assert_close(out, gated, rtol=1e-12, atol=1e-12)
+
+    gated = conv(x, edge_index, edge_attr, edge_gate=mixed)
+    smallest = mixed[mixed > 0].min().item()
+    for threshold in [0.0, smallest / 2, smallest * 0.999]:
+        torch.testing.assert_close(pruned_run(mixed, threshold, keep_gate=True)[0], gated, rtol=1e-12, atol=1e-12)
+    # pruning a non-zero gate changes the model: the comparison above can fail
+    assert not torch.allclose(pruned_run(mixed, smallest, keep_gate=True)[0], gated)
 
 
 class CopyBack(torch.nn.Module):
@@ -132,7 +201,9 @@ def test_relative_gate_learns_the_right_offset_and_prunes_to_it():
     model.eval()
     with torch.no_grad():
         gate = model.gate(edge_index, positions).squeeze(1)
-        pruned = prune(edge_index, gate, 0.5)
+        pruned, info = prune(edge_index, gate, 0.5, return_info=True)
+        # only targets without a token `lag` back (the first `lag` positions) may lose all their edges
+        assert bool((positions[info.emptied_targets] < lag).all())
         offsets = positions[pruned[1]] - positions[pruned[0]]
         all_offsets = positions[edge_index[1]] - positions[edge_index[0]]
         assert (offsets == lag).sum() == (all_offsets == lag).sum(), "the true offset must survive pruning"
