@@ -1,0 +1,400 @@
+"""The GPU check: the op test suite on CUDA, then our attention against PyG and PyTorch baselines.
+
+On one CUDA GPU, in under 8 minutes, this script
+
+1. runs ``pytest tests/ops`` with ``GSA_TEST_DEVICE=cuda`` (device-aware tests use the GPU);
+2. times forward+backward of one attention layer (64 in-channels, 4 heads × 16) over a sliding
+   window ±64 at N = 16k, 65k, 262k and 1M, and records peak GPU memory above the inputs:
+
+   * ``triton`` / ``csr`` — ``sparse_attention(backend=...)`` on a ``CSRPattern`` built once
+     (as a model does for all its layers), between query/key/value and skip projections;
+   * ``transformer``, ``gatv2`` — PyG ``TransformerConv`` and ``GATv2Conv`` on the ``edge_index``;
+   * ``dense`` — ``scaled_dot_product_attention`` with the boolean ``[N, N]`` mask;
+   * ``flex`` — ``torch.compile``-d ``flex_attention`` with a window ``mask_mod`` (block mask
+     built once);
+
+   a method that runs out of memory is recorded as such and not tried at larger N;
+3. runs the ogbg-molhiv training-step benchmark (``benchmarks/molecules.py --device cuda``) if
+   that script is present;
+
+and writes everything, with the command and the GPU's name, to ``benchmarks/RESULTS-gpu.md``.
+It exits with status 1 when the tests fail, and at once (status 2) on a machine without CUDA.
+
+Usage::
+
+    python benchmarks/gpu.py                 # the full check (needs CUDA and triton)
+    python benchmarks/gpu.py --dry-run-cpu   # smoke-runs every piece on CPU at tiny sizes, printed only
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+METHODS = ("triton", "csr", "transformer", "gatv2", "dense", "flex")
+SIZES = (16_384, 65_536, 262_144, 1_048_576)
+DRY_RUN_SIZES = (80, 144)  # the Triton interpreter runs each program in Python
+# Seconds for the whole run and for its parts; the attention points get what is left after the
+# tests, minus what the molecule benchmark is kept.
+TOTAL_BUDGET, TESTS_BUDGET, MOLECULES_BUDGET = 470.0, 150.0, 150.0
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run-cpu", action="store_true",
+                        help="run every piece on CPU at tiny sizes (triton in its interpreter); print, write nothing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward passes per point, after one warm-up")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run the test suite")
+    parser.add_argument("--skip-molecules", action="store_true", help="do not run the molecule training-step benchmark")
+    args = parser.parse_args(argv)
+    if args.repeats <= 0:
+        parser.error("--repeats must be positive")
+    return args
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.dry_run_cpu:
+    # Must precede the first import of triton (torch_geometric imports it): kernels are
+    # interpreted only if this is set when they are defined.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from attention import HEAD_DIM, HEADS, IN_CHANNELS, WINDOW  # noqa: E402  (one home for the layer sizes)
+from common import is_oom  # noqa: E402
+
+
+class Deadline:
+    """Wall-clock budget of the run: parts ask how many seconds they may still use."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def require_cuda() -> torch.device:
+    """The GPU, or exit at once (status 2) saying what is missing."""
+    from graph_sparse_attn.ops import triton_kernel
+
+    missing = None
+    if not torch.cuda.is_available():
+        missing = (f"a CUDA GPU, but torch {torch.__version__} sees none (built with CUDA {torch.version.cuda}); "
+                   "use --dry-run-cpu to smoke-run it on CPU")
+    elif not triton_kernel.available():
+        missing = "triton for backend='triton': pip install -e '.[gpu]'"
+    if missing:
+        print(f"benchmarks/gpu.py needs {missing}", file=sys.stderr)
+        sys.exit(2)
+    return torch.device("cuda")
+
+
+# ----------------------------------------------------------------------------- 1. tests
+
+
+def run_tests(device: torch.device, timeout: float, dry_run: bool) -> dict:
+    """Run the op test suite on ``device`` in a subprocess; ``{"status", "summary", "command"}``."""
+    targets = ["tests/ops/test_triton_kernel.py"] if dry_run else ["tests/ops"]
+    command = [sys.executable, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider"]
+    env = {**os.environ, "GSA_TEST_DEVICE": device.type}
+    shown = f"GSA_TEST_DEVICE={device.type} " + shlex.join(["python", *command[1:]])
+    try:
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired as error:
+        tail = (error.stdout or b"")[-2000:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        return {"status": f"timed out after {timeout:.0f} s", "summary": tail.strip(), "command": shown}
+    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    summary = lines[-1] if lines else proc.stderr.strip()[-500:]
+    failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    status = "passed" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    return {"status": status, "summary": "\n".join(failures[:30] + [summary]), "command": shown}
+
+
+# ----------------------------------------------------------------------------- 2. attention layers
+
+
+def build_layer(method: str, num_nodes: int, device: torch.device) -> Callable:
+    """The layer of ``method`` as ``fn(x, graph) -> [N, H·D]``; ``graph`` is what `build_graph` gives it."""
+    from torch_geometric.nn import GATv2Conv, TransformerConv
+
+    if method == "transformer":
+        return TransformerConv(IN_CHANNELS, HEAD_DIM, heads=HEADS).to(device)
+    if method == "gatv2":
+        return GATv2Conv(IN_CHANNELS, HEAD_DIM, heads=HEADS, add_self_loops=False).to(device)
+    return ProjectedAttention(method).to(device)
+
+
+class ProjectedAttention(torch.nn.Module):
+    """Query/key/value and skip projections around one attention op (`METHODS` but the PyG layers)."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method = method
+        self.qkv = torch.nn.Linear(IN_CHANNELS, 3 * HEADS * HEAD_DIM)
+        self.skip = torch.nn.Linear(IN_CHANNELS, HEADS * HEAD_DIM)
+
+    def forward(self, x: torch.Tensor, graph) -> torch.Tensor:
+        from graph_sparse_attn import sparse_attention
+
+        num_nodes = x.size(0)
+        q, k, v = self.qkv(x).view(num_nodes, 3, HEADS, HEAD_DIM).unbind(1)
+        if self.method in ("triton", "csr"):
+            out = sparse_attention(q, k, v, graph, backend=self.method)
+        else:  # dense / flex: [1, H, N, D] layout
+            q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            if self.method == "dense":
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=graph)
+            else:
+                out = _compiled_flex()(q, k, v, block_mask=graph)
+            out = out.squeeze(0).transpose(0, 1)
+        return out.reshape(num_nodes, -1) + self.skip(x)
+
+
+_FLEX: Optional[Callable] = None
+
+
+def _compiled_flex() -> Callable:
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def _window_mask_mod(b, h, q_idx, kv_idx):
+    return (q_idx - kv_idx).abs() <= WINDOW
+
+
+def build_graph(method: str, num_nodes: int, device: torch.device):
+    """What ``method`` attends over: ``edge_index``, a ``CSRPattern``, a dense mask or a block mask."""
+    from graph_sparse_attn import CSRPattern, patterns
+
+    if method == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        # Eager construction materialises the [N, N] mask; compiled, it does not (for large N).
+        build = create_block_mask if num_nodes**2 <= 2**32 else torch.compile(create_block_mask)
+        return build(_window_mask_mod, None, None, num_nodes, num_nodes, device=device)
+    edge_index = patterns.sliding_window(num_nodes, WINDOW, device=device)
+    if method in ("triton", "csr"):
+        return CSRPattern.from_edge_index(edge_index, num_nodes)
+    if method == "dense":
+        mask = torch.zeros(num_nodes, num_nodes, dtype=torch.bool, device=device)
+        mask[edge_index[1], edge_index[0]] = True
+        return mask
+    return edge_index
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(method: str, num_nodes: int, device: torch.device, repeats: int) -> dict:
+    """Median forward+backward seconds and peak memory (MB above inputs and weights; CUDA only)."""
+    torch.manual_seed(0)
+    try:
+        graph = build_graph(method, num_nodes, device)
+        layer = build_layer(method, num_nodes, device)
+        x = torch.randn(num_nodes, IN_CHANNELS, device=device, requires_grad=True)
+
+        def step() -> None:
+            layer(x, graph).square().mean().backward()
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+
+        step()  # warm-up: compiles Triton kernels / flex attention, autotunes cuBLAS
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            baseline = torch.cuda.memory_allocated(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        peak_mb = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20 if device.type == "cuda" else None
+        result = {"status": "ok", "seconds": statistics.median(times), "peak_mb": peak_mb}
+        if method in ("triton", "csr"):
+            result["edges"] = graph.num_edges
+        return result
+    except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if is_oom(error):
+            return {"status": "OOM"}
+        return {"status": f"error: {type(error).__name__}", "detail": str(error).splitlines()[0][:300]}
+    finally:
+        graph = layer = x = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def check_agreement(num_nodes: int, device: torch.device) -> Dict[str, str]:
+    """Largest |out − dense out| of each projected method with the same weights (all compute one function)."""
+    torch.manual_seed(0)
+    x = torch.randn(num_nodes, IN_CHANNELS, device=device)
+    reference = ProjectedAttention("dense").to(device)
+    outputs = {}
+    # Grad mode as in the timed passes (flex reuses its compiled graph); CPU flex has no backward.
+    with torch.set_grad_enabled(device.type == "cuda"):
+        for method in ("dense", "triton", "csr", "flex"):
+            layer = ProjectedAttention(method).to(device)
+            layer.load_state_dict(reference.state_dict())
+            try:
+                outputs[method] = layer(x, build_graph(method, num_nodes, device)).detach()
+            except (RuntimeError, NotImplementedError, ValueError) as error:
+                outputs[method] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    dense = outputs.pop("dense")
+    if isinstance(dense, str):
+        return {"dense": dense}
+    return {m: out if isinstance(out, str) else f"{(out - dense).abs().max().item():.2e}" for m, out in outputs.items()}
+
+
+def run_attention(device: torch.device, sizes, repeats: int, deadline: Deadline, reserve: float) -> List[dict]:
+    rows: List[dict] = []
+    failed: Dict[str, str] = {}  # method -> why it is not tried at larger N
+    for num_nodes in sizes:
+        for method in METHODS:
+            if method in failed:
+                result = {"status": failed[method]}
+            elif deadline.left() < reserve:
+                result = {"status": "skipped: time budget"}
+            else:
+                result = measure(method, num_nodes, device, repeats)
+                if result["status"] != "ok":
+                    failed[method] = f"skipped ({result['status']} at N={num_nodes:,})"
+            rows.append({"method": method, "num_nodes": num_nodes, **result})
+            print(f"{method:>11} N={num_nodes:>9,}: {result}", flush=True)
+    return rows
+
+
+def _ratio(rows: List[dict], num_nodes: int, ours: str, base: str, key: str) -> str:
+    lookup = {r["method"]: r for r in rows if r["num_nodes"] == num_nodes and r["status"] == "ok"}
+    if ours in lookup and base in lookup and lookup[ours][key] and lookup[base][key]:
+        return f"{lookup[ours][key] / lookup[base][key]:.3f}"
+    return "—"
+
+
+def format_attention(rows: List[dict], sizes) -> str:
+    notes = [f"- {r['method']} at N={r['num_nodes']:,}: {r['detail']}" for r in rows if "detail" in r]
+    head = "| N | E | " + " | ".join(f"{m} ms | {m} MB" for m in METHODS)
+    head += " | triton / transformer time | triton / flex time | triton / transformer memory |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for num_nodes in sizes:
+        edges = next((f"{r['edges']:,}" for r in rows if r["num_nodes"] == num_nodes and "edges" in r), "")
+        cells = []
+        for method in METHODS:
+            r = next(r for r in rows if r["method"] == method and r["num_nodes"] == num_nodes)
+            if r["status"] == "ok":
+                cells += [f"{1000 * r['seconds']:.2f}", "—" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"]
+            else:
+                cells += [r["status"], "—"]
+        cells += [_ratio(rows, num_nodes, "triton", "transformer", "seconds"), _ratio(rows, num_nodes, "triton", "flex", "seconds"),
+                  _ratio(rows, num_nodes, "triton", "transformer", "peak_mb")]
+        lines.append(f"| {num_nodes:,} | {edges} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+# ----------------------------------------------------------------------------- 3. molecules
+
+
+def run_molecules(device: torch.device, timeout: float, dry_run: bool) -> Optional[dict]:
+    script = HERE / "molecules.py"
+    if not script.exists():
+        return None
+    size = ["--steps", "2", "--warmup", "1", "--batches", "1", "--batch-size", "8"] if dry_run else ["--steps", "10", "--warmup", "2"]
+    command = [sys.executable, str(script), "--device", device.type, *size]
+    shown = shlex.join(["python", "benchmarks/molecules.py", *command[2:]])
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        return {"command": shown, "status": f"timed out after {timeout:.0f} s", "output": ""}
+    if proc.returncode != 0:
+        return {"command": shown, "status": f"failed (exit {proc.returncode})", "output": proc.stderr.strip()[-1500:]}
+    return {"command": shown, "status": "ok", "output": proc.stdout.strip()}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def describe(device: torch.device) -> str:
+    import platform
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'unknown'}, {os.cpu_count()} cores)"
+    return f"{name}; torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}"
+
+
+def report(command: str, device: torch.device, tests: Optional[dict], agreement: Dict[str, str], rows: List[dict], sizes,
+           molecules: Optional[dict], repeats: int, seconds: float) -> str:
+    parts = [
+        "# GPU check",
+        f"Command: `{command}` ({seconds:.0f} s in all)\n\nDevice: {describe(device)}",
+    ]
+    if tests is not None:
+        parts.append(f"## Op test suite on {device.type}\n\n`{tests['command']}`: **{tests['status']}**\n\n```\n{tests['summary']}\n```")
+    parts.append(
+        f"## Attention layer, sliding window ±{WINDOW}, forward+backward\n\n"
+        f"{IN_CHANNELS} in-channels, {HEADS} heads × {HEAD_DIM}; median of {repeats} passes after one warm-up; "
+        "MB = peak allocated GPU memory above inputs and weights. triton/csr get a `CSRPattern` built once, "
+        "flex a block mask built once, dense a boolean `[N, N]` mask.\n\n"
+        f"Same weights, N={sizes[0]:,}: largest |out − dense SDPA out| "
+        + ", ".join(f"{m} {d}" for m, d in agreement.items()) + ".\n\n" + format_attention(rows, sizes)
+    )
+    if molecules is None:
+        parts.append("## ogbg-molhiv training step\n\nNot run: `benchmarks/molecules.py` is absent.")
+    elif molecules["status"] == "ok":
+        parts.append(f"## ogbg-molhiv training step\n\n`{molecules['command']}`\n\n{molecules['output']}")
+    else:
+        parts.append(f"## ogbg-molhiv training step\n\n`{molecules['command']}`: **{molecules['status']}**\n\n```\n{molecules['output']}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    deadline = Deadline(TOTAL_BUDGET)
+    if args.dry_run_cpu:
+        device, sizes = torch.device("cpu"), DRY_RUN_SIZES
+    else:
+        device, sizes = require_cuda(), SIZES
+    command = shlex.join(["python", "benchmarks/gpu.py", *sys.argv[1:]])
+    print(f"{command}: {describe(device)}", flush=True)
+
+    tests = None
+    if not args.skip_tests:
+        tests = run_tests(device, min(TESTS_BUDGET, deadline.left()), args.dry_run_cpu)
+        print(f"tests: {tests['status']}\n{tests['summary']}", flush=True)
+    reserve = 0.0 if args.skip_molecules else MOLECULES_BUDGET
+    agreement = check_agreement(sizes[0], device)
+    print(f"agreement with dense SDPA at N={sizes[0]:,}: {agreement}", flush=True)
+    rows = run_attention(device, sizes, args.repeats, deadline, reserve)
+    molecules = None if args.skip_molecules else run_molecules(device, deadline.left(), args.dry_run_cpu)
+
+    markdown = report(command, device, tests, agreement, rows, sizes, molecules, args.repeats, time.monotonic() - started)
+    print(markdown)
+    if not args.dry_run_cpu:
+        (HERE / "RESULTS-gpu.md").write_text(markdown)
+    return 0 if tests is None or tests["status"] == "passed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))
