@@ -2,7 +2,7 @@
 
 Layers: ``ops`` and ``patterns`` at the bottom, ``nn`` and ``data`` above them, ``train`` on top.
 """
-from . import data, nn, ops, patterns
+from . import data, nn, ops, patterns, transforms
 from .data import NeighborSampler, SequenceGraphCollator
 from .nn import (
     EdgeGate,
@@ -20,7 +20,7 @@ from .ops import CSRPattern, sparse_attention
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "nn", "ops", "patterns",
+    "data", "nn", "ops", "patterns", "transforms",
     "CSRPattern", "sparse_attention",
     "SparseAttnConv", "SparseMultiheadAttention", "SparseTransformerLayer", "KNNAttention",
     "SequenceTransformer", "GraphTransformer", "EdgeGate", "RelativePositionGate", "MLPGate",
