@@ -51,7 +51,9 @@ class SparseAttnConv(MessagePassing):
         root_weight: add the transformed root features :math:`\mathbf{W}_1 \mathbf{x}_i`.
         gate_mode: how ``edge_gate`` (see :func:`~graph_sparse_attn.sparse_attention`) enters the
             logits: ``"scale"`` multiplies the whole score :math:`\mathbf{q}_i^\top(\mathbf{k}_j +
-            \mathbf{W}_6\mathbf{e}_{ij})` by the gate, ``"log"`` adds :math:`\log g_{ij}`.
+            \mathbf{W}_6\mathbf{e}_{ij})` by the gate, ``"log"`` adds :math:`\log g_{ij}` (a gate of
+            exactly 0 removes its edge; a target whose gates are all 0 gets no messages, as after
+            :func:`~graph_sparse_attn.patterns.prune`).
         **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:

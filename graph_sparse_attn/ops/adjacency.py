@@ -62,7 +62,7 @@ def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[
             raise ValueError(f"edge_index as a torch.sparse adjacency must have 2 sparse dims [N_dst, N_src], got {adj.sparse_dim()}")
         _check_sizes((adj.size(1), adj.size(0)), num_nodes, "the sparse adj_t [N_dst, N_src]")
         dst, src, values = _sparse_entries(adj)
-        return CSRPattern.from_edge_index(torch.stack([src, dst]), num_nodes), values
+        return CSRPattern.from_edge_index(torch.stack([src.long(), dst.long()]), num_nodes), values
     if isinstance(adj, EdgeIndex):
         sizes = adj.sparse_size()
         _check_sizes(tuple(s if s is not None else n for s, n in zip(sizes, num_nodes)), num_nodes, "the EdgeIndex")
@@ -75,15 +75,13 @@ def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[
     )
 
 
-def with_edge_values(adj: Union[Tensor, SparseTensor], values: Tensor) -> Union[Tensor, SparseTensor]:
-    """The sparse adjacency ``adj`` with its stored values replaced by ``values [E, ...]``.
+def with_edge_values(adj: Tensor, values: Tensor) -> Tensor:
+    """The ``torch.sparse`` adjacency ``adj`` with its stored values replaced by ``values [E, ...]``.
 
-    ``values`` are in ``adj``'s per-edge order (as from :func:`pattern_from_adjacency`). A
-    ``torch.sparse`` result keeps ``adj``'s layout and indices and has size
-    ``[N_dst, N_src, *values.shape[1:]]``; a ``SparseTensor`` result is ``adj.set_value(values, layout="coo")``.
+    ``values`` are in ``adj``'s per-edge order (as from :func:`pattern_from_adjacency`); the result
+    keeps ``adj``'s layout and indices and has size ``[N_dst, N_src, *values.shape[1:]]`` (a
+    ``SparseTensor`` does this itself: ``adj.set_value(values, layout="coo")``).
     """
-    if isinstance(adj, SparseTensor):
-        return adj.set_value(values, layout="coo")
     size = adj.shape[:2] + values.shape[1:]
     if adj.layout == torch.sparse_coo:
         return torch.sparse_coo_tensor(adj._indices(), values, size, is_coalesced=adj.is_coalesced())
@@ -91,7 +89,7 @@ def with_edge_values(adj: Union[Tensor, SparseTensor], values: Tensor) -> Union[
         return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), values, size)
     if adj.layout == torch.sparse_csc:
         return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(), values, size)
-    raise TypeError(f"adj must be a torch.sparse or SparseTensor adjacency, got layout {adj.layout}")
+    raise TypeError(f"adj must be a torch.sparse adjacency, got layout {adj.layout}")
 
 
 def _check_sizes(got: Tuple[int, int], expected: Tuple[int, int], what: str) -> None:
