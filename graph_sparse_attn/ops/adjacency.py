@@ -54,7 +54,7 @@ def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[
         _check_sizes((adj.num_src, adj.num_dst), num_nodes, "the CSRPattern")
         return adj, None
     if isinstance(adj, SparseTensor):
-        _check_sizes((adj.sparse_size(1), adj.sparse_size(0)), num_nodes, "the SparseTensor adj_t [N_dst, N_src]")
+        _check_sizes((adj.size(1), adj.size(0)), num_nodes, "the SparseTensor adj_t [N_dst, N_src]")
         row, col, value = adj.coo()  # row-major: (target, source) order
         return CSRPattern.from_edge_index(torch.stack([col, row]), num_nodes), value
     if isinstance(adj, Tensor) and adj.layout in _SPARSE_LAYOUTS:

@@ -84,15 +84,19 @@ def test_every_adjacency_matches_transformer_conv(bipartite, edge_dim, concat):
             hybrid = sparse_adj_t(edge_index, edge_attr, num_src, num_dst, layout)
             torch.testing.assert_close(ours(x, hybrid), out, msg=f"hybrid {layout}")
 
-    sort_orders = [None, "row", "col"]
-    for sort_order in sort_orders:
-        ei = EdgeIndex(edge_index, sparse_size=(num_src, num_dst))
-        if sort_order is not None:
-            ei, perm = ei.sort_by(sort_order)
-            attr = None if edge_attr is None else edge_attr[perm]
-        else:
-            attr = edge_attr
-        torch.testing.assert_close(ours(x, ei, attr), ref(x, ei, attr), msg=str(sort_order))
+    unsorted = EdgeIndex(edge_index, sparse_size=(num_src, num_dst))
+    identity = torch.arange(edge_index.size(1))
+    lexicographic, lex_attr = sort_edge_index(edge_index, edge_attr)  # by (source, target): saves a sort
+    cases = {
+        "unsorted": (unsorted, identity),
+        "by source": unsorted.sort_by("row"),
+        "by target": unsorted.sort_by("col"),
+    }
+    for name, (ei, perm) in cases.items():
+        attr = None if edge_attr is None else edge_attr[perm]
+        torch.testing.assert_close(ours(x, ei, attr), ref(x, ei, attr), msg=name)
+    ei = EdgeIndex(lexicographic, sparse_size=(num_src, num_dst), sort_order="row")
+    torch.testing.assert_close(ours(x, ei, lex_attr), ref(x, ei, lex_attr), msg="lexicographic")
 
 
 @pytest.mark.parametrize("edge_dim", [None, 8])
@@ -127,6 +131,9 @@ def test_attention_weights_per_input_type_and_gradients(edge_dim, concat):
         out_s, (adj_alpha, alpha_s) = ours(x, adj_t, attr, return_attention_weights=True)
         assert ours._alpha is None
         torch.testing.assert_close(out_s, out_r)
+        grads = torch.autograd.grad(out_s.square().sum() + alpha_s.square().sum(), list(ours.parameters()))
+        for (name, p_r), g in zip(ref.named_parameters(), grads):
+            torch.testing.assert_close(g, p_r.grad, msg=f"{layout} {name}")
         torch.testing.assert_close(alpha_s, alpha_r[order])
         # the adjacency comes back with the same structure and alpha [E, H] as its values
         assert adj_alpha.layout == layout and adj_alpha.shape == (num_dst, num_src, HEADS)
@@ -134,7 +141,6 @@ def test_attention_weights_per_input_type_and_gradients(edge_dim, concat):
         assert torch.equal(indices, to_edge_index(adj_t)[0])
         torch.testing.assert_close(values, alpha_s)
         torch.testing.assert_close(adj_alpha.to_dense()[edge_index[1], edge_index[0]], alpha_r)
-
 
 
 @pytest.mark.parametrize("sort_order", ["row", "col"])
