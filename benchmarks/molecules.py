@@ -156,9 +156,11 @@ def backend_options(backend: Optional[str]) -> Tuple[dict, Optional[str]]:
 
 def load_task(root: Path, options: dict):
     """The ``gsa train ogbg-molhiv`` task (data from ``root``), its model built with ``options`` over the CLI defaults."""
-    from graph_sparse_attn.train.tasks import GraphPropertyTask
+    from graph_sparse_attn.train.table import make_task, resolve_config
 
-    return GraphPropertyTask.from_ogb(DATASET, root, options)
+    task = make_task(resolve_config(DATASET, {"root": str(root), "run_dir": str(root / "run")}))
+    task.model_options.update(options)
+    return task
 
 
 def build_model(name: str, task, out_channels: int, options: dict) -> nn.Module:
