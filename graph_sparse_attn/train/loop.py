@@ -197,7 +197,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{progress['samples'] / progress['seconds']:.1f}")
                 if self.finished:
                     break
-                if time.monotonic() - self._last_checkpoint >= 60 * self.config.checkpoint_every:
+                epoch_ends = progress["batches"] == len(loader)  # the epoch-end checkpoint follows
+                if not epoch_ends and time.monotonic() - self._last_checkpoint >= 60 * self.config.checkpoint_every:
                     self.save_checkpoint()
         finally:
             bar.close()

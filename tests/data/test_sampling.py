@@ -267,3 +267,45 @@ def test_sample_rejects_bad_seeds():
         sampler.sample(torch.tensor([3, 3]))
     with pytest.raises(ValueError, match="seeds"):
         sampler.sample(torch.tensor([10]))
+
+
+# ---------------------------------------------------------------------------- resumable epochs
+def batches_as_lists(batches):
+    return [(b.n_id.tolist(), b.edge_index.tolist(), b.e_id.tolist()) for b in batches]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_state_dict_resumes_an_epoch_and_the_next_ones_exactly(shuffle):
+    edge_index = random_graph(50, 400, seed=3)
+
+    def sampler():
+        return NeighborSampler(edge_index, 50, [4, 2], batch_size=7, shuffle=shuffle, generator=torch.Generator().manual_seed(11))
+
+    reference = sampler()
+    expected = [batches_as_lists(reference) for _ in range(3)]  # three epochs in a row
+
+    interrupted = sampler()
+    first_epoch = batches_as_lists(interrupted)
+    iterator = iter(interrupted)
+    head = batches_as_lists([next(iterator) for _ in range(3)])
+    state = interrupted.state_dict()
+    assert state["position"] == 3
+
+    resumed = sampler()  # a fresh process: only the state survives
+    resumed.load_state_dict(state)
+    assert [first_epoch, head + batches_as_lists(resumed), batches_as_lists(resumed)] == expected
+    with pytest.raises(ValueError, match="state"):
+        resumed.load_state_dict({"position": 0})
+
+
+def test_state_dict_without_an_explicit_generator_uses_torch_s_default_one():
+    edge_index = random_graph(30, 200, seed=4)
+    sampler = NeighborSampler(edge_index, 30, [3], batch_size=4, shuffle=True)
+    torch.manual_seed(0)
+    iterator = iter(sampler)
+    next(iterator)
+    state = sampler.state_dict()
+    rest = batches_as_lists(iterator)
+    torch.manual_seed(123)  # whatever happened since, the state restores the draws
+    sampler.load_state_dict(state)
+    assert batches_as_lists(sampler) == rest

@@ -68,7 +68,8 @@ def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_pa
 def test_listops_run_writes_a_complete_run_directory_and_evaluates(tmp_path):
     run = tmp_path / "run"
     proc = gsa("train", "listops", *TINY_LISTOPS, "--epochs", "2", "--root", str(tmp_path / "data"), "--run-dir", str(run), cwd=tmp_path)
-    assert "test accuracy" in proc.stdout
+    assert "test accuracy" in proc.stdout and " s wall, " in proc.stdout and "samples/s" in proc.stdout
+    assert "Warning" not in proc.stderr
     for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "curves.png", "summary.json"):
         assert (run / name).exists(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -82,28 +83,56 @@ def test_listops_run_writes_a_complete_run_directory_and_evaluates(tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    args = ["train", "listops", *TINY_LISTOPS, "--epochs", "5", "--root", str(tmp_path / "data"), "--dropout", "0.1"]
+# Runs `gsa` and SIGKILLs the process right after its checkpoint at step KILL_STEP (a real kill, at a known point).
+KILLING_RUNNER = """
+import os, signal, sys
+from graph_sparse_attn.train import loop
+from graph_sparse_attn.train.cli import main
+
+save = loop.Trainer.save_checkpoint
+
+def save_then_die(self):
+    save(self)
+    if self.step == int(os.environ["KILL_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+loop.Trainer.save_checkpoint = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
+    # 96 samples / 16 per batch = 6 batches per epoch; checkpoints after every step; killed at step 9 (epoch 2, batch 3).
+    args = ["train", "listops", *TINY_LISTOPS, "--epochs", "3", "--root", str(tmp_path / "data"), "--dropout", "0.1",
+            "--checkpoint-every", "0"]
     gsa(*args, "--run-dir", str(tmp_path / "straight"), cwd=tmp_path)
 
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "graph_sparse_attn", *args, "--run-dir", str(interrupted)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (interrupted / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len((interrupted / "metrics.jsonl").read_text().splitlines()) if (interrupted / "metrics.jsonl").exists() else 0
-    assert done < 5, "the run finished before it could be killed"
-    gsa(*args, "--run-dir", str(interrupted), "--resume", cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", KILLING_RUNNER, *args, "--run-dir", str(interrupted)], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "KILL_STEP": "9"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = gsa(*args, "--run-dir", str(interrupted), "--resume", cwd=tmp_path)
+    assert "at epoch 2, batch 3" in resumed.stderr
 
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
     b = torch.load(interrupted / "last.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 5
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 18
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert [r["val_accuracy"] for r in a["history"]] == [r["val_accuracy"] for r in b["history"]]
+    for key in ("train_loss", "val_accuracy", "test_accuracy"):
+        assert [r[key] for r in a["history"]] == [r[key] for r in b["history"]], key
+
+
+def test_evaluate_works_from_any_folder(tmp_path):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    gsa("train", "listops", *TINY_LISTOPS, "--epochs", "1", "--root", "data", "--run-dir", "run", cwd=work)
+    config = json.loads((work / "run" / "config.json").read_text())
+    assert config["root"] == str(work / "data") and config["run_dir"] == str(work / "run")
+    result = json.loads(gsa("evaluate", str(work / "run"), cwd=elsewhere).stdout)
+    assert result["test"] == pytest.approx(json.loads((work / "run" / "summary.json").read_text())["test"])
+    assert not any(elsewhere.iterdir()), "evaluate must not regenerate data under the current folder"
 
 
 def copy_shared(name, tmp_path):

@@ -1,0 +1,162 @@
+"""Checkpoints inside an epoch and exact resume: a run stopped mid-epoch ends where an uninterrupted one does."""
+import json
+
+import pytest
+import torch
+
+from graph_sparse_attn.data.benchmarks import NodeData, accuracy_metric
+from graph_sparse_attn.io import atomic_save, atomic_write_text
+from graph_sparse_attn.train.loop import TrainConfig, Trainer, build_optimizer, build_scheduler
+from graph_sparse_attn.train.table import make_task, node_model, resolve_config
+from graph_sparse_attn.train.tasks import NodeClassificationTask, ResumableLoader
+
+TINY_LISTOPS = {"num_train": 48, "num_val": 16, "num_test": 16, "min_length": 20, "max_length": 40, "dim": 16, "depth": 1,
+                "heads": 2, "batch_size": 8, "epochs": 2, "dropout": 0.1, "checkpoint_every": 0.0,
+                # bigbird draws its random edges in the collator from the global RNG: resuming must replay them
+                "pattern": "bigbird:window=2,global_indices=0,num_random=2"}
+
+
+class Killed(Exception):
+    """Stands for a kill: the trainer never runs another line."""
+
+
+def kill_after_checkpoint(monkeypatch, step):
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        save(self)
+        if self.step == step:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+
+
+def assert_same_run(a: Trainer, b: Trainer):
+    assert a.step == b.step and a.epoch == b.epoch
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    for record_a, record_b in zip(a.history, b.history, strict=True):
+        for key in record_a:
+            if "seconds" not in key and "per_s" not in key:
+                assert record_a[key] == record_b[key], key
+
+
+def test_listops_killed_mid_epoch_resumes_bit_exactly(tmp_path, monkeypatch):
+    def config(name):
+        return resolve_config("listops", {**TINY_LISTOPS, "root": str(tmp_path / "data"), "run_dir": str(tmp_path / name)})
+
+    straight = Trainer(config("straight"), make_task(config("straight")))
+    straight.fit()
+
+    with monkeypatch.context() as patch:
+        kill_after_checkpoint(patch, step=8)  # 6 batches per epoch: the kill lands in epoch 2
+        with pytest.raises(Killed):
+            Trainer(config("killed"), make_task(config("killed"))).fit()
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    assert (saved["epoch"], saved["progress"]["batches"], saved["loaders"]["train"]) == (1, 2, {"position": 2})
+
+    resumed = Trainer(config("killed"), make_task(config("killed")))
+    assert resumed.resume() and resumed.progress["batches"] == 2
+    resumed.fit()
+    assert_same_run(straight, resumed)
+    records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+
+
+def synthetic_node_task(num_neighbors):
+    generator = torch.Generator().manual_seed(0)
+    num_nodes = 60
+    edge_index = torch.randint(0, num_nodes, (2, 300), generator=generator)
+    edge_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+    from torch_geometric.data import Data
+
+    data = Data(x=torch.randn(num_nodes, 8, generator=generator), y=torch.randint(0, 3, (num_nodes,), generator=generator),
+                edge_index=edge_index)
+    order = torch.randperm(num_nodes, generator=generator)
+    split_idx = {"train": order[:40], "val": order[40:50], "test": order[50:]}
+    model_options = {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.3, "attn_dropout": 0.1, "attention": "graph", "gps": False}
+    return NodeClassificationTask("synthetic", NodeData(data, split_idx, 3), accuracy_metric("synthetic"), node_model, model_options,
+                                  num_neighbors=num_neighbors)
+
+
+def test_neighbour_sampled_run_killed_mid_epoch_resumes_bit_exactly(tmp_path, monkeypatch):
+    def config(name):
+        return TrainConfig(task="synthetic", epochs=3, batch_size=8, lr=1e-2, checkpoint_every=0.0, run_dir=str(tmp_path / name))
+
+    straight = Trainer(config("straight"), synthetic_node_task([3, 2]))
+    straight.fit()
+    with monkeypatch.context() as patch:
+        kill_after_checkpoint(patch, step=7)  # 5 batches per epoch
+        with pytest.raises(Killed):
+            Trainer(config("killed"), synthetic_node_task([3, 2])).fit()
+    resumed = Trainer(config("killed"), synthetic_node_task([3, 2]))
+    assert resumed.resume() and (resumed.epoch, resumed.progress["batches"]) == (1, 2)
+    resumed.fit()
+    assert_same_run(straight, resumed)
+
+
+def test_checkpoint_every_minutes_spaces_mid_epoch_checkpoints(tmp_path, monkeypatch):
+    saved_at = []
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved_at.append(self.step))
+    config = TrainConfig(task="synthetic", epochs=1, batch_size=8, checkpoint_every=10.0, run_dir=str(tmp_path / "run"))
+    Trainer(config, synthetic_node_task([3, 2])).fit()
+    assert saved_at == []  # a 5-step epoch is far shorter than 10 minutes
+    config.checkpoint_every = 0.0
+    Trainer(config, synthetic_node_task([3, 2])).fit()
+    assert saved_at == [1, 2, 3, 4]  # after every step but the epoch's last (the epoch-end checkpoint covers it)
+
+
+def test_resumable_loader_continues_inside_the_epoch():
+    dataset = list(range(20))
+    full = ResumableLoader(dataset, 3, seed=5)
+    full.set_epoch(2)
+    expected = [batch.tolist() for batch in full]
+    partial = ResumableLoader(dataset, 3, seed=5)
+    partial.set_epoch(2)
+    iterator = iter(partial)
+    first = [next(iterator).tolist() for _ in range(4)]
+    state = partial.state_dict()
+    assert state == {"position": 4}
+    again = ResumableLoader(dataset, 3, seed=5)
+    again.load_state_dict(state)
+    again.set_epoch(2)
+    assert first + [batch.tolist() for batch in again] == expected
+    assert again.state_dict() == {"position": 0}  # the next epoch starts at its beginning
+    before = torch.get_rng_state()
+    list(again)
+    assert torch.equal(torch.get_rng_state(), before), "iterating must not draw from the global RNG"
+
+
+def test_optimiser_and_scheduler_builders():
+    model = torch.nn.Linear(2, 2)
+    config = TrainConfig(task="t", optimizer="sgd", lr=0.5, warmup_steps=2, schedule="linear", epochs=2)
+    optimizer = build_optimizer(config, model.parameters())
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=3)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.25, 0.5, 0.5, 0.375, 0.25, 0.125])
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(TrainConfig(task="t", optimizer="lamb"), model.parameters())
+    with pytest.raises(ValueError, match="schedule"):
+        build_scheduler(TrainConfig(task="t", schedule="step"), optimizer, 3)
+
+
+def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "sub" / "file.json"
+    atomic_write_text("old", path)
+
+    def failing(handle):
+        handle.write(b"partial")
+        raise RuntimeError("disk full")
+
+    from graph_sparse_attn.io import atomic_write
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["file.json"]
+    atomic_save({"a": torch.arange(3)}, path)
+    assert torch.equal(torch.load(path)["a"], torch.arange(3))

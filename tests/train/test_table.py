@@ -1,0 +1,168 @@
+"""The task table and the CLI derived from it: help with real defaults, refusals, configuration round trip."""
+import re
+from dataclasses import asdict
+
+import pytest
+
+from graph_sparse_attn.data import benchmarks
+from graph_sparse_attn.train.cli import build_train_parser, main
+from graph_sparse_attn.train.loop import TrainConfig
+from graph_sparse_attn.train.table import (
+    COMMON_DEFAULTS,
+    DATA_OPTIONS,
+    KINDS,
+    TASKS,
+    UnknownTask,
+    find_task,
+    parse_fanouts,
+    parse_pattern,
+    resolve_config,
+    split_options,
+)
+
+
+def test_every_entry_declares_kind_data_model_metric_and_defaults():
+    for name, spec in TASKS.items():
+        assert spec.kind in KINDS, name
+        assert callable(spec.load) and callable(spec.model) and callable(spec.metric), name
+        assert spec.load.__module__ == benchmarks.__name__, f"{name}: data builders live in data/benchmarks"
+        assert {"epochs", "batch_size", "lr", "dim", "depth", "heads"} <= set(spec.defaults), name
+    kinds = {spec.kind for spec in TASKS.values()}
+    assert kinds == set(KINDS)
+
+
+def test_options_follow_the_kind():
+    sequence, graph, node = find_task("listops"), find_task("ogbg-molhiv"), find_task("cora")
+    for option in ("pattern", "gate", "knn"):
+        assert option in sequence.defaults and option not in graph.defaults and option not in node.defaults
+    for option in ("attention", "gps"):
+        assert option in graph.defaults and option in node.defaults and option not in sequence.defaults
+    assert "num_neighbors" in node.defaults and "num_neighbors" not in graph.defaults
+
+
+def test_any_ogbg_name_uses_the_family_entry_and_unknown_names_are_refused():
+    spec = find_task("ogbg-molesol")
+    assert spec.name == "ogbg-molesol" and spec.kind == "graph" and spec.defaults == TASKS["ogbg-<name>"].defaults
+    for name in ("ogbg-", "no-such-task", "ogbn-proteins"):
+        with pytest.raises(UnknownTask, match="unknown task"):
+            find_task(name)
+
+
+def test_split_options_refuses_an_option_of_another_kind():
+    with pytest.raises(ValueError, match="knn"):
+        split_options(find_task("ogbg-molhiv"), {"knn": 4})
+    data, model = split_options(find_task("listops"), {"num_train": 5, "dim": 8, "epochs": 3})
+    assert data == {"num_train": 5} and model == {"position": "learned", "dim": 8}
+
+
+def test_pattern_and_fanout_spellings():
+    assert parse_pattern("sliding_window:window=8") == parse_pattern("window:window=8") == ("window", {"window": 8})
+    assert parse_pattern("longformer:window=4,global_indices=0+3") == ("longformer", {"window": 4, "global_indices": [0, 3]})
+    with pytest.raises(ValueError, match="unknown pattern"):
+        parse_pattern("spiral")
+    assert parse_fanouts("15,10") == [15, 10] and parse_fanouts("-1") == [-1]
+    for bad in ("0", "a,b", "3,-2"):
+        with pytest.raises(ValueError):
+            parse_fanouts(bad)
+
+
+def test_resolved_config_holds_every_default_with_absolute_paths_and_round_trips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config("ogbn-products", {"run_dir": "runs/x", "root": "data", "epochs": 2})
+    assert config.epochs == 2 and config.lr == TASKS["ogbn-products"].defaults["lr"]
+    assert config.run_dir == str(tmp_path / "runs" / "x") and config.root == str(tmp_path / "data")
+    assert config.data_options == {"num_neighbors": [15, 10]}
+    assert config.model_options["attention"] == "graph" and config.model_options["dim"] == 64
+    assert set(asdict(config)) - {"task", "data_options", "model_options"} == set(COMMON_DEFAULTS)
+    assert TrainConfig.from_json(config.to_json()) == config
+
+    sequence = resolve_config("imdb", {"run_dir": "r", "imdb_path": "reviews.tar.gz", "pattern": "sliding_window:window=8"})
+    assert sequence.data_options["imdb_path"] == str(tmp_path / "reviews.tar.gz")
+    assert sequence.model_options["pattern"] == ["window", {"window": 8}]
+    assert TrainConfig.from_json(sequence.to_json()) == sequence
+    assert set(sequence.data_options) <= DATA_OPTIONS
+
+
+def help_text(capsys, task):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", task, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrap argparse's line breaks
+
+
+@pytest.mark.parametrize("task", ["listops", "imdb", "ogbg-molhiv", "cora"])
+def test_help_shows_the_task_s_resolved_defaults(capsys, task):
+    text = help_text(capsys, task)
+    defaults = find_task(task).options
+    for option in ("epochs", "batch_size", "lr", "dim", "depth", "heads", "dropout"):
+        flag = "--" + option.replace("_", "-")
+        assert re.search(re.escape(flag) + r" \S+ .*?\(default: " + re.escape(str(defaults[option])) + r"\)", text), (task, flag)
+    assert "(default: None)" not in text
+    assert text.count("--epochs EPOCHS") == 2  # usage line and option line, with one default
+
+
+def test_help_lists_pattern_names_including_the_python_spelling(capsys):
+    text = help_text(capsys, "listops")
+    assert "longformer:window=16,global_indices=0" in text
+    for name in ("bigbird", "longformer", "window", "strided", "sliding_window = window"):
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["ogbg-molbbbp", "--knn", "4"], "--knn does not apply to ogbg-molbbbp"),
+        (["ogbg-molbbbp", "--gate"], "--gate does not apply to ogbg-molbbbp"),
+        (["ogbg-molbbbp", "--pattern", "window:window=8"], "--pattern does not apply to ogbg-molbbbp"),
+        (["--attention", "exphormer", "--gps"], "--attention, --gps do not apply to listops"),
+        (["cora", "--num-train", "10"], "--num-train does not apply to cora"),
+        (["listops", "--num-neighbors", "10,5"], "--num-neighbors does not apply to listops"),
+        (["imdb", "--min-length", "10"], "--min-length does not apply to imdb"),
+        (["listops", "--checkpoint-every", "-1"], "non-negative"),
+        (["cora", "--num-neighbors", "0"], "positive or -1"),
+    ],
+)
+def test_inapplicable_or_bad_options_are_refused_in_one_line_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "nothing may be written before arguments are accepted"
+
+
+def test_sliding_window_is_accepted_on_the_command_line():
+    args = build_train_parser(find_task("listops")).parse_args(["--pattern", "sliding_window:window=4"])
+    assert args.pattern == ("window", {"window": 4})
+
+
+def test_parser_defaults_are_the_table_s():
+    for task in ("listops", "ogbn-products"):
+        spec = find_task(task)
+        args = vars(build_train_parser(spec).parse_args([]))
+        for option, default in spec.options.items():
+            if option == "pattern":
+                assert args[option] == parse_pattern(default)
+            elif option == "num_neighbors" and default is not None:
+                assert args[option] == parse_fanouts(default)
+            else:
+                assert args[option] == default, option
+
+
+def test_evaluate_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatch):
+    import socket
+
+    import torch
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = resolve_config("ogbg-molbbbp", {"run_dir": str(run), "root": str(tmp_path / "empty")})
+    torch.save({"config": asdict(config), "model": {}, "epoch": 1}, run / "best.pt")
+    assert main(["evaluate", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "ogbg_molbbbp" in err and len(err.strip().splitlines()) == 1
