@@ -48,6 +48,8 @@ class PackedSequences(Dataset):
 class SequenceGraphCollator:
     """Collate ``(tokens [L], label)`` samples of any lengths into one PyG :class:`~torch_geometric.data.Batch`.
 
+    ``tokens`` is an int64 tensor ``[L]`` or a list of token ids.
+
     Each sequence becomes a chain of ``L`` nodes (plus a leading ``cls_token`` when given) whose
     attention edges are the named positional pattern (`patterns.registry`), built once per
     length and cached (random patterns are drawn afresh each batch). The batch holds
@@ -82,6 +84,8 @@ class SequenceGraphCollator:
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         data_list = []
         for tokens, label in samples:
+            if not isinstance(tokens, Tensor):  # a plain list of token ids
+                tokens = torch.as_tensor(tokens, dtype=torch.long)
             if tokens.dim() != 1 or tokens.dtype != torch.long:
                 raise TypeError(f"tokens must be LongTensors [L], got {tokens.dtype} {list(tokens.shape)}")
             if self.cls_token is not None:

@@ -37,3 +37,11 @@ def test_bad_inputs_are_named():
         SequenceGraphCollator("spiral")
     with pytest.raises(TypeError, match="tokens"):
         SequenceGraphCollator("window", {"window": 1})([(torch.zeros(3), 0)])
+
+
+def test_plain_token_lists_collate_like_tensors():
+    collate = SequenceGraphCollator("window", {"window": 2}, cls_token=1)
+    from_lists = collate([([5, 6, 7, 8], 3), ([9, 4], 1)])
+    from_tensors = collate([(torch.tensor([5, 6, 7, 8]), 3), (torch.tensor([9, 4]), 1)])
+    for key in ("x", "pos", "batch", "edge_index", "y"):
+        assert torch.equal(from_lists[key], from_tensors[key]), key
