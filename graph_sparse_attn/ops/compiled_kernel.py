@@ -3,8 +3,7 @@
 Targets are grouped into **degree buckets** — in-degree in ``(2^(b-1), 2^b]`` — and each bucket
 is processed as a dense padded-neighbour (ELL) block ``[n_b, d_b]`` with ``d_b`` the largest
 degree in the bucket, so a skewed graph pads each target to at most twice its degree instead of
-to the maximum degree. A block never stores edge ids: target ``i``'s edges are the contiguous
-sorted positions ``rowptr[i] + c`` (``c < deg(i)``), slots past the degree are masked.
+to the maximum degree (one hub costs one row). Slots past a row's degree are masked.
 
 Per bucket, with ``g`` the gate, ``b`` the bias and ``m`` the dropout multipliers:
 
@@ -54,48 +53,50 @@ def available() -> bool:
 
 @dataclass(frozen=True)
 class _Block:
-    """A bucket of nodes with their edges as contiguous runs of ``[start, start + count)``.
+    """One degree bucket as a padded-neighbour (ELL) block of ``n >= 2`` rows and ``d >= 2`` slots.
 
-    ``nodes``, ``start``, ``count`` are ``[n]`` with ``n >= 2`` (padded with a node whose count
-    is 0); ``slots`` is ``arange(width)`` with ``width >= 2`` the largest count; the first
-    ``num_real`` rows are real.
+    ``nodes [n]``: the row's node; ``count [n]``: its number of edges (slots past it are padding);
+    ``nbr [n, d]``: the node at the other end of each edge; ``eid [n, d]``: the edge's position in
+    sorted order (padding points at node 0 / edge 0 and is masked). The first ``num_real`` rows
+    are real; a bucket of one node gets an empty row so that no size is ever 1.
     """
 
     nodes: Tensor
-    start: Tensor
     count: Tensor
-    slots: Tensor
+    nbr: Tensor
+    eid: Tensor
     num_real: int
 
 
-def _blocks(ptr: Tensor) -> List[_Block]:
-    """Degree buckets ``(2^(b-1), 2^b]`` of the runs ``[ptr[i], ptr[i+1])`` (empty runs skipped)."""
+def _blocks(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> List[_Block]:
+    """Degree buckets of the runs ``[ptr[i], ptr[i+1])`` (empty runs skipped).
+
+    A run's position ``p`` holds the neighbour ``nbr_of[p]`` and the sorted edge ``eid_of[p]``
+    (``p`` itself when ``eid_of`` is None).
+    """
     count = (ptr[1:] - ptr[:-1]).long()
     nonempty = count > 0
-    # Bucket 1 holds degrees 1 and 2 (blocks are at least 2 wide anyway).
+    # Degrees (2^(b-1), 2^b]; degrees 1 and 2 share a bucket (blocks are at least 2 wide anyway).
     bucket = torch.where(nonempty, torch.ceil(torch.log2(count.clamp_min(2).double())).long(), 0)
     blocks = []
     for b in torch.unique(bucket[nonempty]).tolist():
         nodes = torch.nonzero(bucket == b).flatten()
         num_real = nodes.numel()
-        if num_real < 2:
-            nodes = torch.cat([nodes, nodes.new_zeros(1)])
-        start = ptr[nodes].long()
         cnt = count[nodes]
-        if num_real < 2:
-            cnt = torch.cat([cnt[:1], cnt.new_zeros(1)])
-        width = max(2, int(cnt.max()))
-        blocks.append(_Block(nodes, start, cnt, torch.arange(width), num_real))
+        if num_real == 1:
+            nodes, cnt = torch.cat([nodes, nodes.new_zeros(1)]), torch.cat([cnt, cnt.new_zeros(1)])
+        slots = torch.arange(max(2, int(cnt.max())))
+        mask = slots < cnt[:, None]
+        pos = torch.where(mask, ptr[nodes].long()[:, None] + slots, 0)
+        eid = pos.to(ptr.dtype) if eid_of is None else eid_of[pos]
+        blocks.append(_Block(nodes, cnt, nbr_of[pos], eid, num_real))
     return blocks
 
 
 @dataclass(frozen=True)
 class _Layout:
-    by_target: List[_Block]
-    by_source: List[_Block]
-    col: Tensor  # int64 copies: index arithmetic inside the kernels is 64-bit
-    row_t: Tensor
-    perm_t: Tensor
+    by_target: List[_Block]  # rows are targets, neighbours their sources
+    by_source: List[_Block]  # rows are sources, neighbours their targets
 
 
 # id(rowptr) -> (weak reference to rowptr, id(col), layout); an entry leaves with its rowptr.
@@ -107,24 +108,23 @@ def layout(pattern: CSRPattern) -> _Layout:
 
     Keyed on the ``rowptr`` tensor (shared by :meth:`CSRPattern.sorted` views) and checked
     against ``col``, so a different pattern reusing the tensor is never served a stale layout.
+    Costs four index matrices of the padded edge count (at most twice ``E``).
     """
     key = id(pattern.rowptr)
     cached = _LAYOUTS.get(key)
     if cached is not None and cached[0]() is pattern.rowptr and cached[1] == id(pattern.col):
         return cached[2]
     built = _Layout(
-        by_target=_blocks(pattern.rowptr),
-        by_source=_blocks(pattern.colptr),
-        col=pattern.col.long(),
-        row_t=pattern.row_t.long(),
-        perm_t=pattern.perm_t.long(),
+        by_target=_blocks(pattern.rowptr, pattern.col, None),
+        by_source=_blocks(pattern.colptr, pattern.row_t, pattern.perm_t),
     )
     _LAYOUTS[key] = (weakref.ref(pattern.rowptr, lambda _: _LAYOUTS.pop(key, None)), id(pattern.col), built)
     return built
 
 
 # --------------------------------------------------------------------------------------------
-# Per-block kernels (traced and compiled by inductor)
+# Per-block kernels (traced and compiled by inductor). Rows r, slots c, heads h; `x[nbr]` is
+# [n, d, H, D] only symbolically: inductor fuses each gather into the reduction that consumes it.
 
 
 def _edge_param(param: Optional[Tensor], eid: Tensor) -> Optional[Tensor]:
@@ -137,13 +137,15 @@ def _logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> T
     return logits + bias if bias is not None else logits
 
 
-def _forward_block(q, k, v, col, nodes, start, count, slots, bias, gate, keep):
-    mask = slots < count[:, None]  # [n, d]
-    eid = torch.where(mask, start[:, None] + slots, 0)
-    src = col[eid]
-    scores = (q[nodes][:, None] * k[src]).sum(-1)  # [n, d, H]
-    logits = _logits(scores, _edge_param(bias, eid), _edge_param(gate, eid))
-    logits = torch.where(mask[..., None], logits, float("-inf"))
+def _mask(count: Tensor, nbr: Tensor) -> Tensor:
+    """``[n, d, 1]``: which slots hold an edge."""
+    return (torch.arange(nbr.size(1), device=nbr.device) < count[:, None])[..., None]
+
+
+def _forward_block(q, k, v, nodes, count, nbr, eid, bias, gate, keep):
+    mask = _mask(count, nbr)
+    scores = (q[nodes][:, None] * k[nbr]).sum(-1)  # [n, d, H]
+    logits = torch.where(mask, _logits(scores, _edge_param(bias, eid), _edge_param(gate, eid)), float("-inf"))
     row_max = logits.amax(1)  # [n, H]
     row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
     exp = torch.exp(logits - row_max[:, None])
@@ -152,49 +154,42 @@ def _forward_block(q, k, v, col, nodes, start, count, slots, bias, gate, keep):
     if keep is not None:
         exp = exp * _edge_param(keep, eid)
     # Normalising the [n, H, Dv] output rather than the [n, d, H] weights saves a pass over edges.
-    out = (exp[..., None] * v[src]).sum(1) / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]
+    out = (exp[..., None] * v[nbr]).sum(1) / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]
     return out, lse
 
 
 def _probs_and_dlogits(scores, dp, lse, row_dot, mask, eid, bias, gate, keep):
-    """Recomputed ``p [n, d, H]``, ``p ⊙ m`` and ``dS`` for one block (any orientation)."""
+    """Recomputed ``p ⊙ m``, ``dS`` and ``dS ⊙ g`` (``[n, d, H]``) for a block of either orientation."""
     logits = _logits(scores, _edge_param(bias, eid), _edge_param(gate, eid))
     # lse = +inf on targets without a finite logit: exp gives exact zeros there.
-    probs = torch.where(mask[..., None], torch.exp(logits - lse), 0.0)
+    probs = torch.where(mask, torch.exp(logits - lse), 0.0)
+    kept = probs
     if keep is not None:
         m = _edge_param(keep, eid)
-        dp = dp * m
-        kept = probs * m
-    else:
-        kept = probs
+        dp, kept = dp * m, probs * m
     dlogits = probs * (dp - row_dot)
     dscores = dlogits * _edge_param(gate, eid) if gate is not None else dlogits
     return kept, dlogits, dscores
 
 
-def _backward_target_block(q, k, v, dout, lse, row_dot, col, nodes, start, count, slots, bias, gate, keep, need_dlogits):
-    mask = slots < count[:, None]
-    eid = torch.where(mask, start[:, None] + slots, 0)
-    src = col[eid]
-    scores = (q[nodes][:, None] * k[src]).sum(-1)
-    dp = (dout[nodes][:, None] * v[src]).sum(-1)
+def _backward_target_block(q, k, v, dout, lse, row_dot, nodes, count, nbr, eid, bias, gate, keep, need_dlogits):
+    mask = _mask(count, nbr)
+    scores = (q[nodes][:, None] * k[nbr]).sum(-1)
+    dp = (dout[nodes][:, None] * v[nbr]).sum(-1)
     _, dlogits, dscores = _probs_and_dlogits(
         scores, dp, lse[nodes][:, None], row_dot[nodes][:, None], mask, eid, bias, gate, keep
     )
-    dq = (dscores[..., None] * k[src]).sum(1)
+    dq = (dscores[..., None] * k[nbr]).sum(1)
     return dq, dlogits if need_dlogits else None
 
 
-def _backward_source_block(q, k, v, dout, lse, row_dot, row_t, perm_t, nodes, start, count, slots, bias, gate, keep):
-    mask = slots < count[:, None]
-    pos = torch.where(mask, start[:, None] + slots, 0)  # positions in the by-source order
-    eid = perm_t[pos]
-    dst = row_t[pos]
-    scores = (q[dst] * k[nodes][:, None]).sum(-1)
-    dp = (dout[dst] * v[nodes][:, None]).sum(-1)
-    kept, _, dscores = _probs_and_dlogits(scores, dp, lse[dst], row_dot[dst], mask, eid, bias, gate, keep)
-    dk = (dscores[..., None] * q[dst]).sum(1)
-    dv = (kept[..., None] * dout[dst]).sum(1)
+def _backward_source_block(q, k, v, dout, lse, row_dot, nodes, count, nbr, eid, bias, gate, keep):
+    mask = _mask(count, nbr)
+    scores = (q[nbr] * k[nodes][:, None]).sum(-1)
+    dp = (dout[nbr] * v[nodes][:, None]).sum(-1)
+    kept, _, dscores = _probs_and_dlogits(scores, dp, lse[nbr], row_dot[nbr], mask, eid, bias, gate, keep)
+    dk = (dscores[..., None] * q[nbr]).sum(1)
+    dv = (kept[..., None] * dout[nbr]).sum(1)
     return dk, dv
 
 
@@ -204,6 +199,12 @@ def _compiled(fn: Callable) -> Callable:
 
 
 def _run(fn: Callable, *args):
+    # Detached aliases are never views: a view's `_base` would enter the guards, and a caller
+    # passing a view one step and a fresh tensor the next would recompile.
+    args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+    for t in args[:3]:  # q, k, v: heads and head dims stay static, for exact vector loops
+        torch._dynamo.mark_static(t, 1)
+        torch._dynamo.mark_static(t, 2)
     # No duck sizing: equal sizes (N_src == N_dst, n == N) must not become guards that a later
     # graph fails and recompiles on.
     with torch.no_grad(), fx_config.patch(use_duck_shape=False):
@@ -230,7 +231,7 @@ def forward(
         return out, lse
     lay = layout(pattern)
     for blk in lay.by_target:
-        out_b, lse_b = _run(_forward_block, q, k, v, lay.col, blk.nodes, blk.start, blk.count, blk.slots, bias, gate, keep)
+        out_b, lse_b = _run(_forward_block, q, k, v, blk.nodes, blk.count, blk.nbr, blk.eid, bias, gate, keep)
         n, nodes = blk.num_real, blk.nodes[: blk.num_real]
         out.index_copy_(0, nodes, out_b[:n])
         lse.index_copy_(1, nodes, lse_b[:n].t())
@@ -257,20 +258,19 @@ def backward(
     lse_n = lse.t().contiguous()
     for blk in lay.by_target:
         dq_b, dlogits_b = _run(
-            _backward_target_block, q, k, v, grad_out, lse_n, row_dot, lay.col,
-            blk.nodes, blk.start, blk.count, blk.slots, bias, gate, keep, need_dlogits,
+            _backward_target_block, q, k, v, grad_out, lse_n, row_dot,
+            blk.nodes, blk.count, blk.nbr, blk.eid, bias, gate, keep, need_dlogits,
         )
         n, nodes = blk.num_real, blk.nodes[: blk.num_real]
         dq.index_copy_(0, nodes, dq_b[:n])
         if dlogits is not None:
             # Each edge belongs to exactly one block slot: a plain (non-accumulating) copy.
-            mask = blk.slots < blk.count[:n, None]
-            eid = (blk.start[:n, None] + blk.slots)[mask]
-            dlogits[:, eid] = dlogits_b[:n][mask].t()
+            mask = _mask(blk.count[:n], blk.nbr)[..., 0]
+            dlogits[:, blk.eid[:n][mask]] = dlogits_b[:n][mask].t()
     for blk in lay.by_source:
         dk_b, dv_b = _run(
-            _backward_source_block, q, k, v, grad_out, lse_n, row_dot, lay.row_t, lay.perm_t,
-            blk.nodes, blk.start, blk.count, blk.slots, bias, gate, keep,
+            _backward_source_block, q, k, v, grad_out, lse_n, row_dot,
+            blk.nodes, blk.count, blk.nbr, blk.eid, bias, gate, keep,
         )
         n, nodes = blk.num_real, blk.nodes[: blk.num_real]
         dk.index_copy_(0, nodes, dk_b[:n])

@@ -1,0 +1,155 @@
+"""The ``compiled`` backend's kernels against the ``csr`` backend's, on the backend contract.
+
+Inductor's compile time counts against CI: every test here uses one head count and head dims
+(``H, D, Dv = 2, 3, 4``) and one of two flag sets, so the whole module compiles a handful of
+kernels once (the recompile test checks that bound, too).
+"""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from graph_sparse_attn import CSRPattern
+from graph_sparse_attn.ops import compiled_kernel, csr_kernel
+
+pytestmark = pytest.mark.skipif(not compiled_kernel.available(), reason="no C++ compiler for inductor")
+
+H, D, DV = 2, 3, 4
+
+
+def make_inputs(edge_index, num_src, num_dst, *, flags, dtype=torch.float64, seed=0):
+    """``(q, k, v, pattern, bias, gate, keep, grad_out)`` for the contract (per-edge tensors ``[1|H, E]``)."""
+    gen = torch.Generator().manual_seed(seed)
+    pattern = CSRPattern.from_edge_index(edge_index, (num_src, num_dst))
+    num_edges = pattern.num_edges
+    rand = lambda *shape: torch.randn(*shape, dtype=dtype, generator=gen)
+    q, k, v, grad_out = rand(num_dst, H, D), rand(num_src, H, D), rand(num_src, H, DV), rand(num_dst, H, DV)
+    bias = gate = keep = None
+    if flags == "full":
+        bias = rand(H, num_edges)
+        gate = torch.rand(1, num_edges, dtype=dtype, generator=gen)
+        keep = (torch.rand(H, num_edges, generator=gen) >= 0.25).to(dtype) / 0.75
+    return q, k, v, pattern, bias, gate, keep, grad_out
+
+
+def both_backends(q, k, v, pattern, bias, gate, keep, grad_out, need_dlogits):
+    results = []
+    for kernel in (compiled_kernel, csr_kernel):
+        out, lse = kernel.forward(q, k, v, pattern, bias, gate, keep)
+        grads = kernel.backward(grad_out, q, k, v, out, lse, pattern, bias, gate, keep, need_dlogits)
+        results.append((out, lse) + tuple(grads))
+    return results
+
+
+def random_graph(num_src, num_dst, num_edges, gen, isolated=()):
+    allowed = torch.tensor([i for i in range(num_dst) if i not in isolated])
+    src = torch.randint(0, num_src, (num_edges,), generator=gen)
+    dst = allowed[torch.randint(0, allowed.numel(), (num_edges,), generator=gen)]
+    return torch.stack([src, dst])
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.mark.parametrize("flags", ["plain", "full"])
+@pytest.mark.parametrize("num_src,num_dst", [(9, 9), (6, 11), (13, 4)])
+def test_matches_csr_backend(flags, num_src, num_dst, gen):
+    # Random pairs repeat (separate edges), target 1 has none, and N_src != N_dst in two cases.
+    edge_index = random_graph(num_src, num_dst, 40, gen, isolated=(1,))
+    inputs = make_inputs(edge_index, num_src, num_dst, flags=flags)
+    assert inputs[3].has_duplicates
+    ours, ref = both_backends(*inputs, need_dlogits=flags == "full")
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv", "dlogits"), ours, ref):
+        if b is None:
+            assert a is None, name
+        else:
+            torch.testing.assert_close(a, b, msg=name)
+    out, lse = ours[:2]
+    assert torch.isinf(lse[:, 1]).all() and (lse[:, 1] > 0).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+def test_float32_matches_csr_backend(gen):
+    edge_index = random_graph(7, 10, 30, gen)
+    inputs = make_inputs(edge_index, 7, 10, flags="plain", dtype=torch.float32)
+    ours, ref = both_backends(*inputs, need_dlogits=False)
+    for a, b in zip(ours[:5], ref[:5]):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b)
+
+
+def test_empty_graph():
+    edge_index = torch.empty(2, 0, dtype=torch.long)
+    q, k, v, pattern, _, _, _, grad_out = make_inputs(edge_index, 3, 5, flags="plain")
+    out, lse = compiled_kernel.forward(q, k, v, pattern, None, None, None)
+    assert torch.equal(out, torch.zeros(5, H, DV, dtype=q.dtype))
+    assert torch.equal(lse, torch.full((H, 5), float("inf"), dtype=q.dtype))
+    dq, dk, dv, dlogits = compiled_kernel.backward(grad_out, q, k, v, out, lse, pattern, None, None, None, True)
+    assert not dq.any() and not dk.any() and not dv.any()
+    assert dlogits.shape == (H, 0)
+
+
+def test_skewed_degrees_pad_by_bucket_not_to_the_hub(gen):
+    # One hub with 300 sources among 60 targets of in-degree 1..5: padding every target to the
+    # hub's degree would cost 60 x 300 slots; buckets keep it under 2 x E plus the 2-row minimum.
+    num_nodes = 61
+    hub = torch.stack([torch.randint(0, num_nodes, (300,), generator=gen), torch.zeros(300, dtype=torch.long)])
+    degrees = torch.randint(1, 6, (num_nodes - 1,), generator=gen)
+    dst = torch.arange(1, num_nodes).repeat_interleave(degrees)
+    rest = torch.stack([torch.randint(0, num_nodes, (dst.numel(),), generator=gen), dst])
+    edge_index = torch.cat([hub, rest], 1)
+    inputs = make_inputs(edge_index, num_nodes, num_nodes, flags="plain")
+    pattern = inputs[3]
+
+    lay = compiled_kernel.layout(pattern)
+    slots = sum(b.nbr.numel() for b in lay.by_target)
+    assert slots <= 2 * pattern.num_edges + 2 * 300
+    assert max(b.nbr.size(1) for b in lay.by_target) == 300
+    assert sum(b.num_real for b in lay.by_target) == num_nodes
+    assert sum(b.num_real for b in lay.by_source) == int((pattern.colptr.diff() > 0).sum())
+
+    ours, ref = both_backends(*inputs, need_dlogits=False)
+    for a, b in zip(ours[:5], ref[:5]):
+        torch.testing.assert_close(a, b)
+
+
+def test_layout_is_cached_per_pattern_and_shared_by_sorted_views(gen):
+    pattern = CSRPattern.from_edge_index(random_graph(8, 8, 20, gen), 8)
+    lay = compiled_kernel.layout(pattern)
+    assert compiled_kernel.layout(pattern) is lay
+    assert compiled_kernel.layout(pattern.sorted()) is lay
+    other = CSRPattern.from_edge_index(random_graph(8, 8, 20, gen), 8)
+    assert compiled_kernel.layout(other) is not lay
+
+
+def test_backward_is_deterministic(gen):
+    edge_index = random_graph(50, 40, 600, gen)
+    inputs = make_inputs(edge_index, 50, 40, flags="full")
+    q, k, v, pattern, bias, gate, keep, grad_out = inputs
+    runs = []
+    for _ in range(2):
+        out, lse = compiled_kernel.forward(q, k, v, pattern, bias, gate, keep)
+        runs.append((out, lse) + compiled_kernel.backward(grad_out, q, k, v, out, lse, pattern, bias, gate, keep, True))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_changing_graph_sizes_do_not_recompile(gen):
+    def step(num_src, num_dst, edge_index):
+        q, k, v, pattern, bias, gate, keep, grad_out = make_inputs(edge_index, num_src, num_dst, flags="plain")
+        out, lse = compiled_kernel.forward(q, k, v, pattern, None, None, None)
+        compiled_kernel.backward(grad_out, q, k, v, out, lse, pattern, None, None, None, False)
+
+    step(12, 12, random_graph(12, 12, 50, gen))  # compiles (or reuses) the plain kernels
+    before = counters["stats"]["unique_graphs"]
+    graphs = [
+        (30, 30, random_graph(30, 30, 200, gen)),       # several buckets, N_src == N_dst
+        (17, 5, random_graph(17, 5, 60, gen)),          # bipartite
+        (4, 40, random_graph(4, 40, 41, gen)),          # mostly in-degree 1 (a 2-wide block)
+        (2, 2, torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])),  # in-degrees 1 and 3: one-row buckets
+        (300, 3, torch.stack([torch.arange(300), torch.zeros(300, dtype=torch.long)])),  # one hub
+    ]
+    for num_src, num_dst, edge_index in graphs:
+        step(num_src, num_dst, edge_index)
+    assert counters["stats"]["unique_graphs"] - before == 0
