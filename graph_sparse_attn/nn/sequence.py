@@ -16,11 +16,19 @@ from .layers import SparseTransformerLayer
 DEFAULT_PATTERN = ("longformer", {"window": 64, "global_indices": [0]})
 
 
-def positions_in_sequence(batch: Tensor) -> Tensor:
+def sequence_starts(batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
+    """``[B]`` index of the first token of each sequence, for a sorted batch vector ``[T]``
+    (with ``num_graphs`` given, without a host sync)."""
+    if num_graphs is None:
+        counts = torch.bincount(batch)
+    else:
+        counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
+    return torch.cumsum(counts, 0) - counts
+
+
+def positions_in_sequence(batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
     """``[T]`` position of each token within its sequence, for a sorted batch vector ``[T]``."""
-    counts = torch.bincount(batch)
-    starts = torch.cumsum(counts, 0) - counts
-    return torch.arange(batch.numel(), device=batch.device) - starts[batch]
+    return torch.arange(batch.numel(), device=batch.device) - sequence_starts(batch, num_graphs)[batch]
 
 
 class SinusoidalPositions(nn.Module):
@@ -132,7 +140,7 @@ class SequenceTransformer(nn.Module):
             raise ValueError(f"batch must have shape [T]={list(tokens.shape)}, got {list(batch.shape)}")
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-        pos = positions_in_sequence(batch) if pos is None else pos
+        pos = positions_in_sequence(batch, num_graphs) if pos is None else pos
         if self.position == "learned" and not torch.compiler.is_compiling() and int(pos.max()) >= self.max_length:
             raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
         if edge_index is None and self.knn is None:
@@ -153,8 +161,7 @@ class SequenceTransformer(nn.Module):
             x = layer(x, pattern, batch, edge_gate=gate)
         x = self.norm(x)
         if self.pooling == "cls":
-            counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
-            pooled = x[torch.cumsum(counts, 0) - counts]  # first token of each sequence
+            pooled = x[sequence_starts(batch, num_graphs)]  # first token of each sequence
         else:
             pooled = global_mean_pool(x, batch, num_graphs)
         return self.head(pooled)
