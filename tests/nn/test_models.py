@@ -169,3 +169,37 @@ def test_graph_transformer_takes_pyg_positional_encodings():
                                       model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=torch.zeros_like(pe)))
         with pytest.raises(ValueError, match="pe must have shape"):
             model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+
+
+def test_models_trace_without_graph_breaks_given_a_prebuilt_pattern():
+    """With a CSRPattern and num_graphs, the models' own code adds no host sync (PyG-style compile check)."""
+    from graph_sparse_attn.ops import CSRPattern
+    from graph_sparse_attn.transforms import attention_pattern
+
+    torch.manual_seed(0)
+    batch = Batch.from_data_list([molecule(n, seed=n) for n in (5, 8, 6)])
+    model = GraphTransformer("atom", 16, 2, depth=2, heads=2, edge_dim="bond", attention="exphormer", expander_degree=2,
+                             num_virtual=1, gps=True).eval()
+    own = attention_pattern(batch.edge_index, batch.num_nodes, "exphormer", batch=batch.batch, expander_degree=2, num_virtual=1)
+    pattern = CSRPattern.from_edge_index(own.index, own.num_nodes)
+
+    def graph_forward(x, edge_index, edge_attr, node_batch, attn_type, attn_edge):
+        return model(x, edge_index, edge_attr, node_batch, attn_index=pattern, attn_type=attn_type, attn_edge=attn_edge, num_graphs=3)
+
+    args = (batch.x, batch.edge_index, batch.edge_attr, batch.batch, own.type, own.edge)
+    assert torch._dynamo.explain(graph_forward)(*args).graph_break_count == 0
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(graph_forward, backend="eager")(*args), graph_forward(*args))
+
+    lengths = [9, 17, 5]
+    tokens = torch.randint(0, 20, (sum(lengths),))
+    seq_batch = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    seq_model = SequenceTransformer(20, 3, dim=16, depth=2, heads=2, max_length=64, gate=True).eval()
+    seq_pattern = CSRPattern.from_edge_index(seq_model.pattern(seq_batch), sum(lengths))
+
+    def sequence_forward(tokens, seq_batch):
+        return seq_model(tokens, seq_batch, seq_pattern, num_graphs=3)
+
+    assert torch._dynamo.explain(sequence_forward)(tokens, seq_batch).graph_break_count == 0
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(sequence_forward, backend="eager")(tokens, seq_batch), sequence_forward(tokens, seq_batch))
