@@ -159,6 +159,13 @@ def test_rows_longer_than_one_chunk(device):
     check_against_reference(case)
 
 
+def test_heads_split_across_programs(device):
+    # Wide heads leave room for one head per tile: each head block is its own program (grid axis 1).
+    case = make_case(7, 6, 25, 3, 130, 20, seed=13, device=device, isolated=(4,), edge_tensors=("bias", "gate"), drop=0.25)
+    assert triton_kernel._blocks(case["pattern"].num_edges, 6, 3, 130, 20)["BLOCK_H"] < 3
+    check_against_reference(case)
+
+
 def test_all_logits_minus_inf_gives_zeros(device):
     case = make_case(6, 5, 20, 2, 3, 3, seed=5, device=device, edge_tensors=("bias",))
     rowptr = case["pattern"].rowptr.tolist()
