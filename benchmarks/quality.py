@@ -1,0 +1,383 @@
+"""Equal-budget quality: our graph Transformers against PyG/OGB reference models on an OGB molecule dataset.
+
+Four models train for the same epochs on the same seeds, through the same trainer
+(`graph_sparse_attn.train.loop.Trainer`: the loop, loss, checkpoints and exact resume of
+``gsa train``) on the same data, split and OGB ``Evaluator`` (the task table's ``ogbg-*`` task).
+Each keeps its own published recipe (optimiser, batch size, schedule):
+
+* ``default``  our CLI default, built through the task table exactly as ``gsa train DATASET`` builds it
+  (`GraphTransformer`, exphormer attention + GPS local branch, width 64, depth 3; AdamW, cosine, batch 64);
+* ``ours-gps`` our GPS configuration: the same `GraphTransformer` with ``gps=True`` and GraphGPS's molhiv
+  settings where the task table can express them (width 64, 4 heads, dropout 0.05, attention dropout 0.5,
+  batch 32, AdamW with weight decay 1e-5, gradient clipping 1.0, cosine schedule with warm-up over the first
+  5 % of steps as GraphGPS's 5 of 100 epochs), depth 3 like ``gpsconv``. Attention is ``exphormer`` (the
+  table has no dense per-graph pattern); RWSE (``--gps-pe``) only where the task table accepts ``pe``;
+* ``gin-vn``   OGB's GIN-virtual-node baseline (``examples/graphproppred/mol``: 5 layers, width 300, virtual
+  node, BatchNorm, dropout 0.5, JK "last", mean pool, linear head) on PyG's ``GINEConv``; Adam lr 1e-3
+  (AdamW with weight decay 0 is Adam), batch 32, constant learning rate, no clipping — OGB's ``main_pyg.py``;
+* ``gpsconv``  PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, BatchNorm), width 64, 3 layers,
+  4 heads, GraphGPS's molhiv dropout 0.05 / attention dropout 0.5, mean pool and GraphGPS's ``san_graph`` head
+  (64 → 32 → 16 → out); the ``ours-gps`` recipe. Learning rate 1e-3 (PyG's ``examples/graph_gps.py``), not
+  GraphGPS's 1e-4, which is tuned to 100 epochs of a 10-layer model. No RWSE.
+
+The reported figure of a run is the test metric at its best validation epoch (OGB's metric and direction:
+ROC-AUC up for classification, RMSE down for regression); the table gives mean ± sample std over seeds,
+training time per run (evaluation excluded, summed across resumes) and training graphs/s.
+
+Usage::
+
+    python benchmarks/quality.py --seeds 0 1 2 --epochs 10 --write            # ogbg-molhiv, the issue's comparison
+    python benchmarks/quality.py --dataset ogbg-molbace --seeds 0 1 2 --epochs 20 --write
+    python benchmarks/quality.py --dataset ogbg-molbace --epochs 1 --max-steps 5 --seeds 0   # smoke run
+    python benchmarks/quality.py ... --resume                                    # continue a killed sweep
+
+Every (model, seed) run has a ``gsa train``-style run directory ``OUT/MODEL/seedS/`` (``last.pt`` at each
+epoch end and every ``--checkpoint-every`` minutes, ``metrics.jsonl``, ``curves.png``) and, once finished,
+``OUT/MODEL-seedS.json``; ``--resume`` skips finished runs and continues the others from ``last.pt``.
+``OUT`` (default ``benchmarks/out/quality/DATASET``) also gets ``val_curves.png`` and ``results.md``.
+The data is read from ``--root`` (default ``datasets/``, ``gsa train``'s root), into which the dataset
+folder is copied from ``../shared/data/ogb`` when it is missing there (OGB writes ``processed/`` beside it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from common import HERE, update_results
+
+SHARED_OGB = HERE.parent.parent / "shared" / "data" / "ogb"
+CLI_ROOT = HERE.parent / "datasets"
+MODELS = {
+    "default": "ours: CLI default (`gsa train DATASET`)",
+    "ours-gps": "ours: GPS configuration",
+    "gin-vn": "OGB GIN-virtual-node (PyG `GINEConv`)",
+    "gpsconv": "PyG `GPSConv` (GINE + dense attention)",
+}
+# (ours, the reference it should match or beat)
+PAIRS = (("default", "gin-vn"), ("ours-gps", "gpsconv"))
+# Training recipes (task-table options over the task's defaults); "warmup_fraction" becomes warmup_steps.
+GPS_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-5, "schedule": "cosine",
+              "warmup_fraction": 0.05, "grad_clip": 1.0}
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    "ours-gps": {**GPS_RECIPE, "dim": 64, "depth": 3, "heads": 4, "dropout": 0.05, "attn_dropout": 0.5,
+                 "attention": "exphormer", "gps": True},
+    "gin-vn": {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "constant",
+               "warmup_steps": 0, "grad_clip": 0.0},
+    "gpsconv": dict(GPS_RECIPE),
+}
+
+
+# ---------------------------------------------------------------------------- reference models
+class GINVirtualNode(nn.Module):
+    r"""OGB's GIN-virtual-node molecule baseline on PyG's ``GINEConv``.
+
+    Per layer :math:`\ell`: :math:`h \leftarrow h + v_{b(i)}` (the graph's virtual node), then
+    :math:`h' = \mathrm{MLP}((1+\epsilon) h_i + \sum_{j \to i} \mathrm{ReLU}(h_j + \mathrm{Bond}_\ell(e_{ji})))`
+    (``GINEConv`` with a trainable :math:`\epsilon`, MLP ``Linear → BN → ReLU → Linear`` of width 2×),
+    BatchNorm, ReLU (not after the last layer), dropout; between layers the virtual node becomes
+    :math:`v \leftarrow \mathrm{dropout}(\mathrm{MLP}_v(\sum_i h_i + v))`. Readout: mean pool of the last
+    layer, one linear layer.
+
+    Shapes: ``forward(x [N, 9] long, edge_index [2, E], edge_attr [E, 3] long, batch [N]) -> [B, out_channels]``.
+    """
+
+    def __init__(self, out_channels: int, hidden_channels: int = 300, num_layers: int = 5, dropout: float = 0.5) -> None:
+        super().__init__()
+        from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+        from torch_geometric.nn import GINEConv
+
+        if num_layers < 2:
+            raise ValueError(f"num_layers must be at least 2, got {num_layers}")
+        width, wide = hidden_channels, 2 * hidden_channels
+        self.dropout = dropout
+        self.atom = AtomEncoder(width)
+        self.virtual = nn.Embedding(1, width)
+        self.bonds = nn.ModuleList(BondEncoder(width) for _ in range(num_layers))
+        self.convs = nn.ModuleList(
+            GINEConv(nn.Sequential(nn.Linear(width, wide), nn.BatchNorm1d(wide), nn.ReLU(), nn.Linear(wide, width)), train_eps=True)
+            for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(num_layers))
+        self.virtual_mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, wide), nn.BatchNorm1d(wide), nn.ReLU(), nn.Linear(wide, width), nn.BatchNorm1d(width), nn.ReLU())
+            for _ in range(num_layers - 1))
+        self.head = nn.Linear(width, out_channels)
+        nn.init.zeros_(self.virtual.weight)  # OGB starts every virtual node at 0
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+        from torch_geometric.nn import global_add_pool, global_mean_pool
+
+        num_graphs = int(batch.max()) + 1
+        virtual = self.virtual.weight.expand(num_graphs, -1)
+        h = self.atom(x)
+        last = len(self.convs) - 1
+        for layer, (conv, bond, norm) in enumerate(zip(self.convs, self.bonds, self.norms)):
+            h = h + virtual[batch]
+            out = norm(conv(h, edge_index, bond(edge_attr)))
+            out = F.dropout(out if layer == last else F.relu(out), self.dropout, self.training)
+            if layer < last:
+                # The virtual node reads this layer's input (OGB's order), before h moves on.
+                virtual = F.dropout(self.virtual_mlps[layer](global_add_pool(h, batch, num_graphs) + virtual), self.dropout, self.training)
+            h = out
+        return self.head(global_mean_pool(h, batch, num_graphs))
+
+
+class GPSConvModel(nn.Module):
+    """PyG ``GPSConv`` blocks (``GINEConv`` local + dense multi-head attention within each graph, BatchNorm)
+    over OGB atom/bond encoders; mean pool; GraphGPS's ``san_graph`` head (``width → width/2 → width/4 → out``).
+
+    Shapes: ``forward(x [N, 9] long, edge_index [2, E], edge_attr [E, 3] long, batch [N]) -> [B, out_channels]``.
+    """
+
+    def __init__(self, out_channels: int, hidden_channels: int = 64, num_layers: int = 3, heads: int = 4,
+                 dropout: float = 0.05, attn_dropout: float = 0.5) -> None:
+        super().__init__()
+        from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+        from torch_geometric.nn import GINEConv, GPSConv
+
+        width = hidden_channels
+        self.atom, self.bond = AtomEncoder(width), BondEncoder(width)
+        self.convs = nn.ModuleList(
+            GPSConv(width, GINEConv(nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))), heads=heads,
+                    dropout=dropout, attn_type="multihead", attn_kwargs={"dropout": attn_dropout})
+            for _ in range(num_layers))
+        self.head = nn.Sequential(nn.Linear(width, width // 2), nn.ReLU(), nn.Linear(width // 2, width // 4), nn.ReLU(),
+                                  nn.Linear(width // 4, out_channels))
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+        from torch_geometric.nn import global_mean_pool
+
+        h, edge_features = self.atom(x), self.bond(edge_attr)
+        for conv in self.convs:
+            h = conv(h, edge_index, batch, edge_attr=edge_features)
+        return self.head(global_mean_pool(h, batch))
+
+
+REFERENCES = {"gin-vn": GINVirtualNode, "gpsconv": GPSConvModel}
+
+
+# ---------------------------------------------------------------------------- one run
+def ensure_dataset(dataset: str, root: Path) -> None:
+    """Copy ``../shared/data/ogb/<folder>`` into ``root`` when ``root`` lacks it (never writing into the shared one)."""
+    folder = dataset.replace("-", "_")
+    if (root / folder).exists():
+        return
+    source = SHARED_OGB / folder
+    if not source.exists():
+        raise FileNotFoundError(f"--root {root} has no {folder}/ and {source} is absent: pass a --root holding a writable copy")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, root / folder)
+
+
+def gps_pe_options(dataset: str, pe: Optional[str]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """``ours-gps``'s ``pe`` option where the task table accepts one, else a note saying it did not run."""
+    from graph_sparse_attn.train.table import find_task
+
+    if not pe:
+        return {}, None
+    if "pe" in find_task(dataset).options:
+        return {"pe": pe}, None
+    return {}, f"`ours-gps` ran without RWSE: the task table has no `pe` option at this commit (`--gps-pe {pe}` not applied)."
+
+
+def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path, extra: Dict[str, Any]):
+    """``(config, task)`` of one run: the task-table config of ``args.dataset`` with ``model``'s recipe, and its task
+    (for the references: the table's data, split, loss and evaluator with the reference model)."""
+    from graph_sparse_attn.train.table import make_task, resolve_config
+    from graph_sparse_attn.train.tasks import GraphPropertyTask
+
+    recipe = {**RECIPES[model], **(extra if model == "ours-gps" else {})}
+    fraction = recipe.pop("warmup_fraction", None)
+    options = {"root": str(args.root), "run_dir": str(run_dir), "seed": seed, "epochs": args.epochs, "max_steps": args.max_steps,
+               "device": args.device, "checkpoint_every": args.checkpoint_every, **recipe}
+    config = resolve_config(args.dataset, options)
+    task = make_task(config)
+    if fraction is not None:
+        steps_per_epoch = math.ceil(len(task.data.split_idx["train"]) / config.batch_size)
+        config = dataclasses.replace(config, warmup_steps=round(fraction * config.epochs * steps_per_epoch))
+    if model in REFERENCES:
+        config = dataclasses.replace(config, model_options={"reference": model})
+        reference = REFERENCES[model]
+        task = GraphPropertyTask(config.task, task.data, task.metric_spec, lambda data, _: reference(data.num_targets), {})
+    return config, task
+
+
+def run_one(model: str, seed: int, args: argparse.Namespace, extra: Dict[str, Any]) -> Dict[str, Any]:
+    """Train (or continue) one (model, seed) run and write ``OUT/MODEL-seedS.json``; returns its record."""
+    from graph_sparse_attn.train.loop import Trainer
+
+    run_dir = args.out / model / f"seed{seed}"
+    config, task = make_run(model, args, seed, run_dir, extra)
+    trainer = Trainer(config, task)
+    resumed = trainer.resume()
+    if resumed:
+        tqdm.write(f"{model} seed {seed}: resumed at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}")
+    start = time.perf_counter()
+    summary = trainer.fit()
+    record = {
+        "model": model, "seed": seed, "dataset": args.dataset, "metric": task.metric, "higher_is_better": task.higher_is_better,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()), "steps": trainer.step, "summary": summary,
+        "history": trainer.history, "resumed": resumed, "last_segment_wall_seconds": time.perf_counter() - start,
+        "config": dataclasses.asdict(config),
+    }
+    from graph_sparse_attn.io import atomic_write_text
+
+    atomic_write_text(json.dumps(record, indent=1), result_path(args.out, model, seed))
+    return record
+
+
+def result_path(out: Path, model: str, seed: int) -> Path:
+    return out / f"{model}-seed{seed}.json"
+
+
+# ---------------------------------------------------------------------------- report
+def _mean_std(values: List[float], digits: int = 4) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def hardware(device: str) -> str:
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "CPU")
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def format_table(records: Dict[str, List[dict]], args: argparse.Namespace, command: str, notes: List[str]) -> str:
+    """The markdown block: one row per model, then the our-vs-reference pairs."""
+    any_record = next(r for rs in records.values() for r in rs)
+    metric, higher = any_record["metric"], any_record["higher_is_better"]
+    arrow = "↑" if higher else "↓"
+    lines = [f"| model | parameters | test {metric} {arrow} | val {metric} | best epoch | train s / run | train graphs / s | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    means = {}
+    for model, runs in records.items():
+        if not runs:
+            lines.append(f"| {MODELS[model]} | — | not run | — | — | — | — | — |")
+            continue
+        tests = [r["summary"]["test"] for r in runs]
+        means[model] = statistics.mean(tests)
+        lines.append(
+            f"| {MODELS[model]} | {runs[0]['parameters']:,} | {_mean_std(tests)} | {_mean_std([r['summary']['val'] for r in runs])} | "
+            f"{', '.join(str(r['summary']['best_epoch']) for r in runs)} | "
+            f"{statistics.mean(r['summary']['train_seconds'] for r in runs):,.0f} | "
+            f"{statistics.mean(r['summary']['train_samples_per_s'] for r in runs):,.0f} | "
+            f"{', '.join(str(r['seed']) for r in runs)} |")
+    pairs = []
+    for ours, reference in PAIRS:
+        if ours in means and reference in means:
+            better = means[ours] >= means[reference] if higher else means[ours] <= means[reference]
+            pairs.append(f"| {MODELS[ours]} vs {MODELS[reference]} | {means[ours] - means[reference]:+.4f} | "
+                         f"{'met' if better else 'not met'} |")
+    if pairs:
+        lines += ["", f"| pair | mean test difference (ours − reference) | target (ours {'≥' if higher else '≤'} reference) |",
+                  "|---|---|---|", *pairs]
+    budget = f"{args.epochs} epochs" + (f", at most {args.max_steps} steps per run" if args.max_steps else "")
+    text = (f"## Equal-budget quality, {args.dataset} (`{command}`)\n\n"
+            f"{budget}; test {metric} at the best validation epoch (OGB `Evaluator`, {'higher' if higher else 'lower'} is better), "
+            f"mean ± sample std over seeds; training time excludes evaluation. Each model trains with its own recipe "
+            f"(see `benchmarks/quality.py`). Hardware: {hardware(args.device)}.\n\n" + "\n".join(lines))
+    if notes:
+        text += "\n\n" + "\n".join(notes)
+    return text
+
+
+def plot_validation(records: Dict[str, List[dict]], path: Path) -> None:
+    """Validation metric per epoch: one colour per model, thin lines per seed, thick the mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    metric = None
+    for colour, (model, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], records.items()):
+        if not runs:
+            continue
+        metric = runs[0]["metric"]
+        curves = [[r["val_" + metric] for r in run["history"]] for run in runs]
+        for curve in curves:
+            ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.3, linewidth=0.8, marker="." if len(curve) == 1 else None)
+        length = min(len(c) for c in curves)
+        mean = [statistics.mean(c[i] for c in curves) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, color=colour, linewidth=2, marker="o" if length == 1 else None, label=MODELS[model])
+    ax.set(xlabel="epoch", ylabel=f"validation {metric}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ogbg-molhiv", help="an OGB molecule dataset (ogbg-molhiv, ogbg-molbace, ogbg-molesol, ...)")
+    parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-steps", type=int, default=0, help="optimiser steps per run at most (0: no limit; for smoke runs)")
+    parser.add_argument("--root", type=Path, default=CLI_ROOT, help="writable folder of OGB dataset folders (default: datasets/)")
+    parser.add_argument("--out", type=Path, help="sweep folder (default: benchmarks/out/quality/DATASET)")
+    parser.add_argument("--resume", action="store_true", help="skip finished runs in --out and continue unfinished ones")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between mid-epoch checkpoints (0: every step)")
+    parser.add_argument("--gps-pe", default="rwse:16", help="ours-gps's encoding where the task table takes `pe` ('' for none)")
+    parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md (and the plot beside it)")
+    args = parser.parse_args(argv)
+    if not args.dataset.startswith("ogbg-mol"):
+        parser.error(f"--dataset must be an OGB molecule dataset (ogbg-mol*), got {args.dataset!r}")
+    if args.epochs <= 0 or args.max_steps < 0 or args.checkpoint_every < 0:
+        parser.error("--epochs must be positive, --max-steps and --checkpoint-every non-negative")
+    args.root = args.root.resolve()
+    args.out = (args.out or HERE / "out" / "quality" / args.dataset).resolve()
+    runs = [(model, seed) for model in args.models for seed in args.seeds]
+    started = [f"{m}/seed{s}" for m, s in runs if result_path(args.out, m, s).exists() or (args.out / m / f"seed{s}" / "last.pt").exists()]
+    if started and not args.resume:
+        parser.error(f"{args.out} already holds runs ({', '.join(started)}); pass --resume to continue or choose another --out")
+    ensure_dataset(args.dataset, args.root)
+    extra, note = gps_pe_options(args.dataset, args.gps_pe)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    records: Dict[str, List[dict]] = {model: [] for model in args.models}
+    for model, seed in tqdm(runs, desc="sweep", position=2, leave=True):
+        path = result_path(args.out, model, seed)
+        if path.exists():
+            records[model].append(json.loads(path.read_text()))
+            continue
+        records[model].append(run_one(model, seed, args, extra))
+
+    argv = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "benchmarks/quality.py", *(a for a in argv if a not in ("--write", "--resume"))])
+    markdown = format_table(records, args, command, [note] if note else [])
+    print(markdown)
+    plot = args.out / "val_curves.png"
+    plot_validation(records, plot)
+    (args.out / "results.md").write_text(markdown + "\n")
+    if args.write:
+        image = HERE / f"quality-{args.dataset}.png"
+        shutil.copyfile(plot, image)
+        update_results(f"quality-{args.dataset}", markdown + f"\n\n![validation curves, {args.dataset}]({image.name})")
+
+
+if __name__ == "__main__":
+    main()
