@@ -158,16 +158,16 @@ def expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torc
     if degree == 0:
         return []
     device = torch.device("cpu") if device is None else torch.device(device)
-    orders: List[List[Tensor]] = [[] for _ in range(degree // 2)]
-    start = 0
+    draws: List[List[Tensor]] = [[] for _ in range(degree // 2)]
     for size in sizes:
         gen = torch.Generator().manual_seed(seed_per_graph) if seed_per_graph is not None else generator
         draw_device = gen.device if gen is not None else device
-        for order in orders:
-            order.append(torch.randperm(size, generator=gen, device=draw_device).to(device) + start)
-        start += size
-    orders = [torch.cat(order) if order else torch.empty(0, dtype=torch.long, device=device) for order in orders]
-    return [_part(expander_from_permutations(orders, start, device=device), EXPANDER_EDGE)]
+        for draw in draws:
+            draw.append(torch.randperm(size, generator=gen, device=draw_device))
+    sizes_t = torch.tensor(list(sizes), dtype=torch.long, device=device)
+    starts = (torch.cumsum(sizes_t, 0) - sizes_t).repeat_interleave(sizes_t)  # each node's graph offset
+    orders = [torch.cat(draw).to(device) + starts if draw else starts for draw in draws]
+    return [_part(expander_from_permutations(orders, starts.numel(), device=device), EXPANDER_EDGE)]
 
 
 def virtual_part(num_nodes: int, num_virtual: int, batch: Optional[Tensor] = None, device: Optional[torch.device] = None) -> List[Part]:
@@ -262,6 +262,8 @@ def _pattern_of(data: Data) -> Tuple[AttentionData, List[Part], int]:
     num_virtual = int(out["num_virtual"]) if "num_virtual" in out else 0
     if "attn_index" not in out:
         return out, [], num_virtual
+    if "attn_type" not in out:
+        raise ValueError("data.attn_index has no attn_type: graph patterns extend only patterns built by these transforms")
     attn_edge = out["attn_edge"] if "attn_edge" in out else torch.full_like(out.attn_type, -1)
     return out, [(out.attn_index, out.attn_type, attn_edge)], num_virtual
 

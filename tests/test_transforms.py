@@ -167,6 +167,8 @@ def test_transform_errors():
         AddGraphPattern()(Data(num_nodes=3))
     with pytest.raises(ValueError, match="unknown pattern"):
         AddPositionalPattern("nope")
+    with pytest.raises(ValueError, match="has no attn_type"):
+        AddVirtualNodes(1)(AddPositionalPattern("window", window=1)(Data(num_nodes=5)))
     with pytest.raises(ValueError, match="attention must be one of"):
         attention_pattern(torch.zeros(2, 0, dtype=torch.long), 3, "dense")
 
