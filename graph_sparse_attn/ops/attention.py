@@ -154,7 +154,7 @@ def attention_with_weights(
     out, lse = fused_attention(kernel, q, k, v, pattern, bias, gate, dropout_p, seed)
     if not need_weights:
         return out.to(query.dtype), None, None
-    alpha = edge_softmax(q, k, pattern, bias, gate, lse)
+    alpha = edge_softmax(kernel, q, k, pattern, bias, gate, lse)
     weights = alpha * _dropout_keep(seed, alpha, dropout_p) if dropout_p > 0 else alpha
     alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
     return out.to(query.dtype), alpha, weights

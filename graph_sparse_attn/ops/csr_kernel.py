@@ -81,8 +81,8 @@ def spmm(pattern: CSRPattern, weights: Tensor, x: Tensor, transpose: bool = Fals
 
 
 def segment_sum(values: Tensor, pattern: CSRPattern) -> Tensor:
-    """``[H, E]`` → ``[H, N_dst]`` sums over each target's incoming edges."""
-    return torch.stack([torch.segment_reduce(v, "sum", offsets=pattern.rowptr) for v in values])
+    """``[H, E]`` → ``[H, N_dst]`` sums over each target's incoming edges (all heads in one call)."""
+    return torch.segment_reduce(values, "sum", offsets=pattern.rowptr.expand(values.size(0), -1), axis=1)
 
 
 def per_edge(node_values: Tensor, pattern: CSRPattern) -> Tensor:
@@ -98,12 +98,17 @@ def segment_exp_(logits: Tensor, pattern: CSRPattern) -> Tuple[Tensor, Tensor, T
     per edge. Targets without edges (or whose logits are all ``-inf``) get ``row_sum = 0`` and
     ``lse = +inf``, so that recomputing ``exp(logit − lse)`` gives exact zeros.
     """
-    row_max = torch.stack([torch.segment_reduce(v, "max", offsets=pattern.rowptr) for v in logits])
+    row_max = torch.segment_reduce(logits, "max", offsets=pattern.rowptr.expand(logits.size(0), -1), axis=1)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = logits.sub_(per_edge(row_max, pattern)).exp_()
     row_sum = segment_sum(exp, pattern)
     lse = torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_sum, float("inf")))
     return exp, row_sum, lse
+
+
+def sddmm_backward(pattern: CSRPattern, grad_scores: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Adjoint of :func:`sddmm`: ``(da [N_dst, H, D], db [N_src, H, D])`` for ``grad_scores [H, E]``."""
+    return spmm(pattern, grad_scores, b), spmm(pattern, grad_scores, a, transpose=True)
 
 
 def dropout_scale(seed: int, shape: Tuple[int, ...], p: float, like: Tensor) -> Tensor:

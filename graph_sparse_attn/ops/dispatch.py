@@ -16,8 +16,8 @@ import torch
 
 from .pattern import CSRPattern
 
-BACKENDS = ("auto", "csr", "compiled", "triton", "reference")
-_KERNEL_MODULES = {"csr": "csr_kernel", "compiled": "compiled_kernel", "triton": "triton_kernel"}
+BACKENDS = ("auto", "gather", "csr", "compiled", "triton", "reference")
+_KERNEL_MODULES = {"gather": "gather_kernel", "csr": "csr_kernel", "compiled": "compiled_kernel", "triton": "triton_kernel"}
 _warned: set = set()
 
 

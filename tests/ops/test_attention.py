@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from graph_sparse_attn import CSRPattern, sparse_attention
 
-BACKENDS = ["csr", "compiled", "triton", "reference"]
+BACKENDS = ["gather", "csr", "compiled", "triton", "reference"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -14,24 +14,25 @@ def _case(num_edges=30, seed=0):
     return pattern, make(7, 2, 3), make(7, 2, 3), make(7, 2, 4), make(2, pattern.num_edges), torch.rand(1, pattern.num_edges, dtype=torch.float64, generator=gen, requires_grad=True)
 
 
+@pytest.mark.parametrize("backend", ["csr", "gather"])
 @pytest.mark.parametrize("with_edges", [True, False])
-def test_custom_ops_pass_opcheck(with_edges):
+def test_custom_ops_pass_opcheck(backend, with_edges):
     pattern, q, k, v, bias, gate = _case()
     if not with_edges:
         bias = gate = None
     tensors = fused._pattern_tensors(pattern)
-    args = ("csr", q, k, v, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, 0.0, None)
+    args = (backend, q, k, v, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, 0.0, None)
     torch.library.opcheck(torch.ops.graph_sparse_attn.attention.default, args)
     out, lse = torch.ops.graph_sparse_attn.attention(*args)
     torch.library.opcheck(torch.ops.graph_sparse_attn.edge_softmax.default,
-                          (q, k, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()))
+                          (backend, q, k, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()))
 
 
 def test_dropout_seed_is_a_tensor_and_replays():
     pattern, q, k, v, _, _ = _case()
     seed = torch.tensor([1234])
     tensors = fused._pattern_tensors(pattern)
-    run = lambda: torch.ops.graph_sparse_attn.attention("csr", q, k, v, *tensors, pattern.num_src, pattern.has_duplicates,  # noqa: E731
+    run = lambda: torch.ops.graph_sparse_attn.attention(backend, q, k, v, *tensors, pattern.num_src, pattern.has_duplicates,  # noqa: E731
                                                         None, None, 0.5, seed)[0]
     assert torch.equal(run(), run())
 
