@@ -1,21 +1,16 @@
 """`GraphTransformer`: sparse-attention Transformer for node- and graph-level tasks."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
 
 from ..ops import CSRPattern
-from ..transforms import (  # noqa: F401  (edge types re-exported: their home is `transforms`)
+from ..transforms import (
     ATTENTION_PATTERNS,
-    EXPANDER_EDGE,
-    GRAPH_EDGE,
-    HOP_EDGE,
     NUM_EDGE_TYPES,
-    SELF_LOOP,
-    VIRTUAL_EDGE,
     AttentionPattern,
     attention_pattern,
     batch_edge_ids,
@@ -33,7 +28,8 @@ class GraphTransformer(nn.Module):
     itself by the same recipe (:func:`~graph_sparse_attn.transforms.attention_pattern`):
 
     * ``"graph"``: the graph's edges plus self loops;
-    * ``"k_hop"``: every pair within ``k_hops`` hops (:func:`~graph_sparse_attn.patterns.k_hop`);
+    * ``"k_hop"``: the graph's edges plus every other pair within ``k_hops`` hops, self loops
+      included (:func:`~graph_sparse_attn.patterns.k_hop`);
     * ``"exphormer"``: graph edges + self loops + a random ``expander_degree``-regular expander
       + ``num_virtual`` virtual nodes per graph connected both ways (Shirzad et al. 2023).
 
