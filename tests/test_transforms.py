@@ -154,6 +154,21 @@ def test_expander_transform_draws_like_the_pattern_and_reseeds_per_graph():
     assert not torch.equal(fresh(g).attn_index, fresh(g).attn_index)
 
 
+def test_seeded_expander_differs_between_loader_workers_and_is_reproducible():
+    graphs = [Data(num_nodes=12) for _ in range(4)]
+
+    def draws():
+        torch.manual_seed(0)  # the DataLoader derives its workers' seeds from it
+        loader = torch.utils.data.DataLoader(graphs, batch_size=None, num_workers=2,
+                                             collate_fn=AddExpanderPattern(4, seed=3))
+        return [data.attn_index for data in loader]
+
+    first = draws()
+    # Workers take graphs in turn: with the same transform seed they would repeat each other.
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, draws()))
+
+
 def test_transform_errors():
     with pytest.raises(ValueError, match="degree must be an even"):
         AddExpanderPattern(3)
