@@ -151,7 +151,7 @@ def _edge_softmax_op(
     pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
     with csr_kernel._quiet_sparse():
         scores = _score_kernel(backend).sddmm(pattern, q, k)
-    return csr_kernel.logits(scores, bias, gate).sub_(csr_kernel.per_edge(lse, pattern)).exp_()
+    return csr_kernel.logits(scores, bias, gate).sub(csr_kernel.per_edge(lse, pattern)).exp_().contiguous()
 
 
 @_edge_softmax_op.register_fake
