@@ -35,8 +35,13 @@ except ImportError:  # the backend is optional; `available()` reports it
 
 
 def available() -> bool:
-    """Whether ``triton`` can be imported (the backend may still need a CUDA device)."""
+    """Whether ``triton`` can be imported (the backend may still need a CUDA device, see `runs_on`)."""
     return triton is not None
+
+
+def runs_on(device: torch.device) -> bool:
+    """Whether the kernels can run on ``device``: CUDA, or CPU under Triton's interpreter."""
+    return available() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 # Largest number of elements in one [BLOCK_E, BLOCK_H, BLOCK_D] tile: keeps the gathered
@@ -224,7 +229,7 @@ if triton is not None:
 def _require_triton(q: Tensor) -> None:
     if triton is None:
         raise RuntimeError("backend='triton' needs the optional `triton` package: pip install graph-sparse-attn[gpu]")
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if not runs_on(q.device):
         raise ValueError(
             f"backend='triton' runs on CUDA tensors, got {q.device} "
             "(set TRITON_INTERPRET=1 before importing triton to run its interpreter on CPU)"

@@ -4,8 +4,6 @@ against the ``csr`` backend.
 On CPU the kernels run in Triton's interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``),
 which is slow: graphs stay small. ``GSA_TEST_DEVICE=cuda`` runs the same tests on the GPU.
 """
-import os
-
 import pytest
 import torch
 
@@ -18,7 +16,7 @@ from graph_sparse_attn.ops.reference import reference_attention  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _runnable(device):
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if not triton_kernel.runs_on(device):
         pytest.skip("triton runs on CPU only in its interpreter (TRITON_INTERPRET=1, set by conftest without CUDA)")
 
 
