@@ -28,7 +28,8 @@ def test_custom_ops_pass_opcheck(backend, with_edges):
                           (backend, q, k, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()))
 
 
-def test_dropout_seed_is_a_tensor_and_replays():
+@pytest.mark.parametrize("backend", ["csr", "gather"])
+def test_dropout_seed_is_a_tensor_and_replays(backend):
     pattern, q, k, v, _, _ = _case()
     seed = torch.tensor([1234])
     tensors = fused._pattern_tensors(pattern)
