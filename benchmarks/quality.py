@@ -11,14 +11,16 @@ Each keeps its own published recipe (optimiser, batch size, schedule):
   settings where the task table can express them (width 64, 4 heads, dropout 0.05, attention dropout 0.5,
   batch 32, AdamW with weight decay 1e-5, gradient clipping 1.0, cosine schedule with warm-up over the first
   5 % of steps as GraphGPS's 5 of 100 epochs), depth 3 like ``gpsconv``. Attention is ``exphormer`` (the
-  table has no dense per-graph pattern); RWSE (``--gps-pe``) only where the task table accepts ``pe``;
+  table has no dense per-graph pattern); RWSE (``--gps-pe rwse:16``, GraphGPS's 16 steps) where the task
+  table accepts ``pe`` (a note in the table says whether it did);
 * ``gin-vn``   OGB's GIN-virtual-node baseline (``examples/graphproppred/mol``: 5 layers, width 300, virtual
   node, BatchNorm, dropout 0.5, JK "last", mean pool, linear head) on PyG's ``GINEConv``; Adam lr 1e-3
   (AdamW with weight decay 0 is Adam), batch 32, constant learning rate, no clipping — OGB's ``main_pyg.py``;
 * ``gpsconv``  PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, BatchNorm), width 64, 3 layers,
   4 heads, GraphGPS's molhiv dropout 0.05 / attention dropout 0.5, mean pool and GraphGPS's ``san_graph`` head
   (64 → 32 → 16 → out); the ``ours-gps`` recipe. Learning rate 1e-3 (PyG's ``examples/graph_gps.py``), not
-  GraphGPS's 1e-4, which is tuned to 100 epochs of a 10-layer model. No RWSE.
+  GraphGPS's 1e-4, which is tuned to 100 epochs of a 10-layer model. Gets ``--gps-pe`` as ``ours-gps`` does,
+  through GraphGPS's ``Atom+RWSE`` node encoder.
 
 The reported figure of a run is the test metric at its best validation epoch (OGB's metric and direction:
 ROC-AUC up for classification, RMSE down for regression); the table gives mean ± sample std over seeds,
@@ -120,8 +122,11 @@ class GINVirtualNode(nn.Module):
         self.head = nn.Linear(width, out_channels)
         nn.init.zeros_(self.virtual.weight)  # OGB starts every virtual node at 0
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, pe: Optional[Tensor] = None) -> Tensor:
         from torch_geometric.nn import global_add_pool, global_mean_pool
+
+        if pe is not None:
+            raise ValueError("pe must be None: OGB's GIN-virtual-node baseline reads no positional encoding")
 
         num_graphs = int(batch.max()) + 1
         virtual = self.virtual.weight.expand(num_graphs, -1)
@@ -142,17 +147,25 @@ class GPSConvModel(nn.Module):
     """PyG ``GPSConv`` blocks (``GINEConv`` local + dense multi-head attention within each graph, BatchNorm)
     over OGB atom/bond encoders; mean pool; GraphGPS's ``san_graph`` head (``width → width/2 → width/4 → out``).
 
-    Shapes: ``forward(x [N, 9] long, edge_index [2, E], edge_attr [E, 3] long, batch [N]) -> [B, out_channels]``.
+    With ``pe_dim`` > 0 the node input is GraphGPS's ``Atom+RWSE`` encoder: ``AtomEncoder(width - pe_width)``
+    concatenated with ``Linear(BatchNorm(pe))`` of size ``pe_width`` (GraphGPS: ``dim_pe: 16``, ``raw_norm_type: BatchNorm``).
+
+    Shapes: ``forward(x [N, 9] long, edge_index [2, E], edge_attr [E, 3] long, batch [N], pe [N, pe_dim] = None)
+    -> [B, out_channels]``.
     """
 
     def __init__(self, out_channels: int, hidden_channels: int = 64, num_layers: int = 3, heads: int = 4,
-                 dropout: float = 0.05, attn_dropout: float = 0.5) -> None:
+                 dropout: float = 0.05, attn_dropout: float = 0.5, pe_dim: int = 0, pe_width: int = 16) -> None:
         super().__init__()
         from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
         from torch_geometric.nn import GINEConv, GPSConv
 
         width = hidden_channels
-        self.atom, self.bond = AtomEncoder(width), BondEncoder(width)
+        if pe_dim and not 0 < pe_width < width:
+            raise ValueError(f"pe_width must be in (0, hidden_channels={width}), got {pe_width}")
+        self.pe_dim = pe_dim
+        self.atom, self.bond = AtomEncoder(width - pe_width if pe_dim else width), BondEncoder(width)
+        self.pe_encoder = nn.Sequential(nn.BatchNorm1d(pe_dim), nn.Linear(pe_dim, pe_width)) if pe_dim else None
         self.convs = nn.ModuleList(
             GPSConv(width, GINEConv(nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))), heads=heads,
                     dropout=dropout, attn_type="multihead", attn_kwargs={"dropout": attn_dropout})
@@ -160,16 +173,29 @@ class GPSConvModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, width // 2), nn.ReLU(), nn.Linear(width // 2, width // 4), nn.ReLU(),
                                   nn.Linear(width // 4, out_channels))
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, pe: Optional[Tensor] = None) -> Tensor:
         from torch_geometric.nn import global_mean_pool
 
+        if (pe is None) != (self.pe_encoder is None) or (pe is not None and pe.shape != (x.size(0), self.pe_dim)):
+            raise ValueError(f"pe must be [N, pe_dim]=[{x.size(0)}, {self.pe_dim}] when pe_dim > 0 and None otherwise")
         h, edge_features = self.atom(x), self.bond(edge_attr)
+        if pe is not None:
+            h = torch.cat([h, self.pe_encoder(pe)], dim=-1)
         for conv in self.convs:
             h = conv(h, edge_index, batch, edge_attr=edge_features)
         return self.head(global_mean_pool(h, batch))
 
 
-REFERENCES = {"gin-vn": GINVirtualNode, "gpsconv": GPSConvModel}
+def build_reference(model: str, data) -> nn.Module:
+    """Reference ``model`` for the task table's ``GraphPropertyData`` (its targets, and its ``pe`` when it carries one)."""
+    if model == "gin-vn":
+        return GINVirtualNode(data.num_targets)
+    return GPSConvModel(data.num_targets, pe_dim=data.pe[1] if getattr(data, "pe", None) else 0)
+
+
+REFERENCES = ("gin-vn", "gpsconv")
+# The models that get --gps-pe (where the task table accepts `pe`).
+PE_MODELS = ("ours-gps", "gpsconv")
 
 
 # ---------------------------------------------------------------------------- one run
@@ -185,15 +211,15 @@ def ensure_dataset(dataset: str, root: Path) -> None:
     shutil.copytree(source, root / folder)
 
 
-def gps_pe_options(dataset: str, pe: Optional[str]) -> Tuple[Dict[str, Any], Optional[str]]:
-    """``ours-gps``'s ``pe`` option where the task table accepts one, else a note saying it did not run."""
+def gps_pe_options(dataset: str, pe: Optional[str]) -> Tuple[Dict[str, Any], str]:
+    """The ``pe`` option of the `PE_MODELS` where the task table accepts one, and a note saying what ran."""
     from graph_sparse_attn.train.table import find_task
 
     if not pe:
-        return {}, None
+        return {}, "`ours-gps` and `gpsconv` ran without positional encoding (`--gps-pe ''`)."
     if "pe" in find_task(dataset).options:
-        return {"pe": pe}, None
-    return {}, f"`ours-gps` ran without RWSE: the task table has no `pe` option at this commit (`--gps-pe {pe}` not applied)."
+        return {"pe": pe}, f"`ours-gps` and `gpsconv` read `--gps-pe {pe}` (the task table's `pe` data option, PyG's transform)."
+    return {}, f"`ours-gps` and `gpsconv` ran without RWSE: the task table has no `pe` option at this commit (`--gps-pe {pe}` not applied)."
 
 
 def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path, extra: Dict[str, Any]):
@@ -202,7 +228,7 @@ def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path, ext
     from graph_sparse_attn.train.table import make_task, resolve_config
     from graph_sparse_attn.train.tasks import GraphPropertyTask
 
-    recipe = {**RECIPES[model], **(extra if model == "ours-gps" else {})}
+    recipe = {**RECIPES[model], **(extra if model in PE_MODELS else {})}
     fraction = recipe.pop("warmup_fraction", None)
     options = {"root": str(args.root), "run_dir": str(run_dir), "seed": seed, "epochs": args.epochs, "max_steps": args.max_steps,
                "device": args.device, "checkpoint_every": args.checkpoint_every, **recipe}
@@ -213,8 +239,7 @@ def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path, ext
         config = dataclasses.replace(config, warmup_steps=round(fraction * config.epochs * steps_per_epoch))
     if model in REFERENCES:
         config = dataclasses.replace(config, model_options={"reference": model})
-        reference = REFERENCES[model]
-        task = GraphPropertyTask(config.task, task.data, task.metric_spec, lambda data, _: reference(data.num_targets), {})
+        task = GraphPropertyTask(config.task, task.data, task.metric_spec, lambda data, _: build_reference(model, data), {})
     return config, task
 
 
@@ -308,6 +333,7 @@ def plot_validation(records: Dict[str, List[dict]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     metric = None
@@ -322,6 +348,7 @@ def plot_validation(records: Dict[str, List[dict]], path: Path) -> None:
         mean = [statistics.mean(c[i] for c in curves) for i in range(length)]
         ax.plot(range(1, length + 1), mean, color=colour, linewidth=2, marker="o" if length == 1 else None, label=MODELS[model])
     ax.set(xlabel="epoch", ylabel=f"validation {metric}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -356,6 +383,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"{args.out} already holds runs ({', '.join(started)}); pass --resume to continue or choose another --out")
     ensure_dataset(args.dataset, args.root)
     extra, note = gps_pe_options(args.dataset, args.gps_pe)
+    notes = [note] if set(PE_MODELS) & set(args.models) else []
     args.out.mkdir(parents=True, exist_ok=True)
 
     records: Dict[str, List[dict]] = {model: [] for model in args.models}
@@ -368,7 +396,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "benchmarks/quality.py", *(a for a in argv if a not in ("--write", "--resume"))])
-    markdown = format_table(records, args, command, [note] if note else [])
+    markdown = format_table(records, args, command, notes)
     print(markdown)
     plot = args.out / "val_curves.png"
     plot_validation(records, plot)
