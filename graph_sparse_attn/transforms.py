@@ -254,6 +254,25 @@ def attention_pattern(
     return _merge(parts, num_nodes, num_virtual, batch, num_graphs, edge_index)
 
 
+def positional_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, num_graphs: Optional[int] = None,
+                       generator: Optional[torch.Generator] = None, **params: Any) -> Tensor:
+    """The positional pattern ``name`` (:func:`~graph_sparse_attn.patterns.build_pattern`) of each
+    sequence of ``batch`` (``None``: one sequence): ``[2, E]`` sorted by (target, source).
+
+    A random pattern (``random``, ``bigbird``) is drawn sequence after sequence from ``generator``
+    (``None``: the global RNG), so a batch's pattern equals its sequences' patterns drawn in turn,
+    as :class:`AddPositionalPattern` draws them.
+    """
+    if name not in RANDOM_PATTERNS or batch is None:
+        extra = {} if name not in RANDOM_PATTERNS else {"generator": generator}
+        return build_pattern(name, num_nodes, batch=batch, **params, **extra)
+    num_graphs = int(batch.max()) + 1 if num_graphs is None and num_nodes else (num_graphs or 0)
+    sizes = _graph_counts(batch, num_graphs).tolist()
+    starts = torch.cumsum(torch.tensor([0] + sizes[:-1], dtype=torch.long), 0).tolist()
+    parts = [build_pattern(name, size, generator=generator, **params).to(batch.device) + start for size, start in zip(sizes, starts)]
+    return torch.cat(parts, dim=1) if parts else torch.empty(2, 0, dtype=torch.long, device=batch.device)
+
+
 # --------------------------------------------------------------------------- transforms
 def _pattern_of(data: Data) -> Tuple[AttentionData, List[Part], int]:
     """``data`` as an :class:`AttentionData` with its existing pattern as one part (in the
@@ -395,7 +414,9 @@ class AddPositionalPattern(BaseTransform):
 
     ``AddPositionalPattern("longformer", window=64, global_indices=[0])``. Fixed patterns belong in
     ``pre_transform``; random ones (``random``, ``bigbird``) in ``transform``, where ``seed``
-    (optional) seeds a generator of this transform.
+    (optional) seeds a generator of this transform: the draws then match
+    :class:`~graph_sparse_attn.nn.SequenceTransformer`'s own with ``pattern_seed=seed`` on the
+    same sequences in the same order (:func:`positional_pattern`).
     """
 
     def __init__(self, name: str, *, seed: Optional[int] = None, **params: Any) -> None:
@@ -404,8 +425,7 @@ class AddPositionalPattern(BaseTransform):
         self._generator = torch.Generator().manual_seed(seed) if seed is not None and name in RANDOM_PATTERNS else None
 
     def forward(self, data: Data) -> Data:
-        extra = {} if self._generator is None else {"generator": self._generator}
-        data.attn_index = build_pattern(self.name, data.num_nodes, **self.params, **extra)
+        data.attn_index = positional_pattern(self.name, data.num_nodes, generator=self._generator, **self.params)
         return data
 
     def __repr__(self) -> str:

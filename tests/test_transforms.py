@@ -334,6 +334,31 @@ def test_random_positional_transform_is_reproducible_by_seed():
     assert not torch.equal(first, AddPositionalPattern("bigbird", seed=5, **params)(data).attn_index)
 
 
+def test_sequence_model_with_random_pattern_is_bitwise_the_transformed_batches():
+    params = {"window": 2, "global_indices": [0], "num_random": 3}
+    transform = AddPositionalPattern("bigbird", seed=9, **params)
+    torch.manual_seed(0)
+    model = SequenceTransformer(20, 3, dim=16, depth=2, heads=2, max_length=64, dropout=0.1, pattern=("bigbird", params), pattern_seed=9)
+    twin = copy.deepcopy(model)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (model, twin)]
+    for step in range(3):
+        lengths = [9 + step, 17, 5 + 2 * step]
+        samples = [Data(x=torch.randint(1, 20, (n,), generator=torch.Generator().manual_seed(n)), y=torch.tensor([n % 3]), num_nodes=n)
+                   for n in lengths]
+        batch = Batch.from_data_list([transform(s) for s in samples])
+        losses = []
+        for m, opt, edges in ((model, opts[0], batch.attn_index), (twin, opts[1], None)):
+            torch.manual_seed(step)  # same dropout draws
+            loss = F.cross_entropy(m(batch.x, batch.batch, edges, num_graphs=3), batch.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        assert torch.equal(*losses)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_exphormer_example_runs_offline_on_a_copy(tmp_path):
     source = SHARED_OGB / "ogbg_molbace"
     if not source.is_dir():

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
 from ..ops import CSRPattern
-from ..patterns.registry import build_pattern
+from ..transforms import positional_pattern
 from .gates import RelativePositionGate
 from .layers import SparseTransformerLayer
 
@@ -69,6 +69,9 @@ class SequenceTransformer(nn.Module):
             global), since purely local patterns collapse on ListOps.
         gate: learn a relative-position gate per layer (a learnable pattern, ``gate_mode="log"``).
         knn: use dynamic kNN attention with this many keys per query instead of the pattern.
+        pattern_seed: seed of the generator a random own pattern (``random``, ``bigbird``) is drawn
+            from, sequence after sequence (``None``: the global RNG); equal to
+            ``AddPositionalPattern(..., seed=pattern_seed)`` on the same sequences in the same order.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
 
     Shapes: ``forward(tokens [T], batch [T], edge_index [2, E] | CSRPattern = None, pos [T] = None, *,
@@ -93,6 +96,7 @@ class SequenceTransformer(nn.Module):
         pattern: Optional[tuple] = None,
         gate: bool = False,
         knn: Optional[int] = None,
+        pattern_seed: Optional[int] = None,
         dropout: float = 0.1,
         attn_dropout: float = 0.0,
     ) -> None:
@@ -107,6 +111,7 @@ class SequenceTransformer(nn.Module):
         self.position, self.pooling, self.max_length = position, pooling, max_length
         self.pattern_name, self.pattern_params = pattern or DEFAULT_PATTERN
         self.knn = knn
+        self.generator = None if pattern_seed is None else torch.Generator().manual_seed(pattern_seed)
 
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(max_length, dim) if position == "learned" else SinusoidalPositions(dim)
@@ -128,9 +133,12 @@ class SequenceTransformer(nn.Module):
         for module in [*self.layers, *(self.gates or []), self.norm, self.head]:
             module.reset_parameters()
 
-    def pattern(self, batch: Tensor) -> Tensor:
-        """The model's default pattern for the sequences of ``batch [T]``."""
-        return build_pattern(self.pattern_name, batch.numel(), batch=batch, **self.pattern_params)
+    def pattern(self, batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
+        """The model's own pattern for the sequences of ``batch [T]``, used when ``forward`` is
+        given none (:func:`~graph_sparse_attn.transforms.positional_pattern`, as
+        :class:`~graph_sparse_attn.transforms.AddPositionalPattern` builds it per sequence)."""
+        return positional_pattern(self.pattern_name, batch.numel(), batch=batch, num_graphs=num_graphs,
+                                  generator=self.generator, **self.pattern_params)
 
     def forward(self, tokens: Tensor, batch: Tensor, edge_index: Union[Tensor, CSRPattern, None] = None,
                 pos: Optional[Tensor] = None, *, num_graphs: Optional[int] = None) -> Tensor:
@@ -144,7 +152,7 @@ class SequenceTransformer(nn.Module):
         if self.position == "learned" and not torch.compiler.is_compiling() and int(pos.max()) >= self.max_length:
             raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
         if edge_index is None and self.knn is None:
-            edge_index = self.pattern(batch)
+            edge_index = self.pattern(batch, num_graphs)
 
         pattern = None
         if edge_index is not None:
