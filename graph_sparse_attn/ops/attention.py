@@ -144,7 +144,7 @@ def attention_with_weights(
             return out.to(query.dtype), None, None
         return out.to(query.dtype), alpha.to(query.dtype), weights.to(query.dtype)
 
-    kernel = resolve_backend(backend, query.device, pattern)
+    kernel = resolve_backend(backend, query.device, pattern, heads * max(head_dim, value.size(-1)))
     # Per-edge tensors enter the kernels head-major, [1|H, E], in sorted edge order.
     bias, gate = (None if t is None else pattern.caller_to_sorted(t).t().contiguous() for t in (bias, gate))
     # The scale is folded into the queries: [N, H, D] work instead of [H, E].

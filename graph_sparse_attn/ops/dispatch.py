@@ -26,18 +26,32 @@ def kernel_module(name: str) -> ModuleType:
     return importlib.import_module(f".{_KERNEL_MODULES[name]}", __package__)
 
 
-def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern) -> str:
+# The "auto" rule's two thresholds, measured on a 2-core CPU with benchmarks/attention.py --backends
+# (RESULTS.md, "Backends"): up to GATHER_MAX_ELEMENTS gathered [E, H, D] elements (16 MB in
+# float32) the few vectorised calls of `gather` win; from COMPILED_MIN_EDGES edges up the
+# generated loops of `compiled` beat the sparse-matrix calls of `csr`.
+GATHER_MAX_ELEMENTS = 1 << 22
+COMPILED_MIN_EDGES = 1 << 62
+
+
+def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, width: int) -> str:
     """The kernel backend that runs a call (``backend`` is one of `BACKENDS` but ``"reference"``).
 
-    ``"auto"`` picks ``"triton"`` on CUDA when triton is installed, else ``"csr"``; on CPU it picks
-    ``"compiled"`` when a C++ compiler is found and the pattern has at least
-    `COMPILED_MIN_EDGES` edges (below that, inductor's per-call overhead outweighs its faster
-    loops; measured in ``benchmarks/attention.py``), else ``"csr"``.
-    A forced ``"compiled"`` without a compiler falls back to ``"csr"`` with a one-time warning.
+    ``width`` is ``H · max(D, Dv)``, the size of one edge's gathered row. ``"auto"`` picks:
+
+    * on CUDA, ``"triton"`` when triton is installed, else ``"csr"``;
+    * on CPU, ``"gather"`` when ``E · width <= GATHER_MAX_ELEMENTS`` (small patterns such as
+      molecule batches, where launch count dominates); else ``"compiled"`` when
+      ``E >= COMPILED_MIN_EDGES`` and a C++ compiler is found; else ``"csr"``.
+
+    A forced ``"compiled"`` without a compiler falls back to ``"csr"`` with a one-time warning;
+    a forced ``"triton"`` without triton or outside CUDA (and ``TRITON_INTERPRET=1``) is refused.
     """
     if backend == "auto":
         if device.type == "cuda":
             return "triton" if kernel_module("triton").available() else "csr"
+        if pattern.num_edges * width <= GATHER_MAX_ELEMENTS:
+            return "gather"
         if pattern.num_edges >= COMPILED_MIN_EDGES and kernel_module("compiled").available():
             return "compiled"
         return "csr"
@@ -50,10 +64,6 @@ def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern) -> 
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"backend='triton' runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1), got device {device}")
     return backend
-
-
-# Measured on a 2-core CPU (benchmarks/RESULTS.md, "Backends"): the compiled kernels win from here up.
-COMPILED_MIN_EDGES = 1 << 62
 
 
 def _warn_once(key: str, message: str) -> None:
