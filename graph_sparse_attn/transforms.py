@@ -99,6 +99,20 @@ def virtual_layout(batch: Tensor, num_graphs: int, num_virtual: int) -> Tuple[Te
     return real_pos, virtual_pos
 
 
+def pattern_batch(batch: Tensor, num_graphs: int, num_virtual: int) -> Tensor:
+    """``[N + B V]`` graph of every node of a pattern whose graphs' virtual nodes follow their real ones."""
+    if not num_virtual:
+        return batch
+    sizes = _graph_counts(batch, num_graphs) + num_virtual
+    return torch.arange(num_graphs, device=batch.device).repeat_interleave(sizes, output_size=batch.numel() + num_graphs * num_virtual)
+
+
+def _edge_starts(edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """``[B]`` position of each graph's first edge in a batch's ``edge_index`` (graph by graph)."""
+    counts = _graph_counts(batch[edge_index[1]], num_graphs)
+    return torch.cumsum(counts, 0) - counts
+
+
 def batch_edge_ids(attn_edge: Tensor, attn_graph: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """Graph-local ``attn_edge`` (as a PyG batch holds it) → positions in the batch's ``edge_index``.
 
@@ -111,9 +125,7 @@ def batch_edge_ids(attn_edge: Tensor, attn_graph: Tensor, edge_index: Tensor, ba
     Returns:
         ``[E']`` with ``-1`` kept.
     """
-    edge_counts = _graph_counts(batch[edge_index[1]], num_graphs)
-    edge_start = torch.cumsum(edge_counts, 0) - edge_counts
-    return torch.where(attn_edge >= 0, attn_edge + edge_start[attn_graph], attn_edge)
+    return torch.where(attn_edge >= 0, attn_edge + _edge_starts(edge_index, batch, num_graphs)[attn_graph], attn_edge)
 
 
 # --------------------------------------------------------------------------- pattern parts
@@ -192,13 +204,8 @@ def _merge(parts: List[Part], num_nodes: int, num_virtual: int, batch: Tensor, n
     order = torch.sort(index[1] * max(total, 1) + index[0], stable=True).indices
     index, types, edge = index[:, order], types[order], edge[order]
     if num_graphs > 1:
-        graph_of = torch.cat([batch, torch.arange(num_graphs, device=batch.device).repeat_interleave(num_virtual)])
-        layout = torch.cat(virtual_layout(batch, num_graphs, num_virtual))
-        node_graph = torch.empty_like(graph_of)
-        node_graph[layout] = graph_of
-        edge_counts = _graph_counts(batch[edge_index[1]], num_graphs)
-        edge_start = torch.cumsum(edge_counts, 0) - edge_counts
-        edge = torch.where(edge >= 0, edge - edge_start[node_graph[index[1]]], edge)
+        graph = pattern_batch(batch, num_graphs, num_virtual)[index[1]]
+        edge = torch.where(edge >= 0, edge - _edge_starts(edge_index, batch, num_graphs)[graph], edge)
     return AttentionPattern(index, types, edge, total)
 
 
@@ -248,7 +255,7 @@ def attention_pattern(
     if attention == "exphormer":
         sizes = _graph_counts(batch, num_graphs).tolist()
         parts += expander_part(sizes, expander_degree, generator=generator, seed_per_graph=seed_per_graph, device=device)
-        parts += virtual_part(num_nodes, num_virtual, batch if num_graphs > 1 else None, device)
+        parts += virtual_part(num_nodes, num_virtual, batch, device)
     else:
         num_virtual = 0
     return _merge(parts, num_nodes, num_virtual, batch, num_graphs, edge_index)

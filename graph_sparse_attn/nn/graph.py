@@ -14,6 +14,7 @@ from ..transforms import (
     AttentionPattern,
     attention_pattern,
     batch_edge_ids,
+    pattern_batch,
     virtual_layout,
 )
 from .layers import SparseTransformerLayer
@@ -191,7 +192,7 @@ class GraphTransformer(nn.Module):
             raise ValueError(f"attn_type and attn_edge must have shape [E']=[{pattern.num_edges}]")
         attn_attr = self.edge_type(pattern.caller_to_sorted(attn_type))
         if self.edge_encoder is not None:
-            graph = self._node_graph(batch, num_graphs, num_virtual)[pattern.row]
+            graph = pattern_batch(batch, num_graphs, num_virtual)[pattern.row]
             edge_id = batch_edge_ids(pattern.caller_to_sorted(attn_edge), graph, edge_index, batch, num_graphs)
             bond = edge_features[edge_id.clamp(min=0)]
             attn_attr = attn_attr + torch.where((edge_id >= 0).unsqueeze(-1), bond, torch.zeros_like(bond))
@@ -211,14 +212,6 @@ class GraphTransformer(nn.Module):
         if self.task == "graph":
             h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch, num_graphs)
         return self.head(h)
-
-    @staticmethod
-    def _node_graph(batch: Tensor, num_graphs: int, num_virtual: int) -> Tensor:
-        """``[N + B V]`` graph of every node of the pattern (virtual nodes after their graph's real ones)."""
-        if not num_virtual:
-            return batch
-        counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
-        return torch.arange(num_graphs, device=batch.device).repeat_interleave(counts + num_virtual, output_size=batch.numel() + num_graphs * num_virtual)
 
     def extra_repr(self) -> str:
         return (
