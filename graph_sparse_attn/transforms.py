@@ -21,8 +21,9 @@ Deterministic transforms (:class:`AddGraphPattern`, :class:`AddKHopPattern`,
 :class:`AddVirtualNodes`, :class:`AddPositionalPattern` with a fixed pattern) belong in a
 dataset's ``pre_transform`` (computed once, cached on disk); random ones
 (:class:`AddExpanderPattern`) in its ``transform``, so a ``DataLoader`` draws them afresh in its
-workers. :func:`attention_pattern` builds the same patterns for a whole batch at once; the
-models call it when no pattern is given, so both routes give identical patterns.
+workers. :func:`attention_pattern` (graphs) and :func:`positional_pattern` (sequences) build the
+same patterns for a whole batch at once, random draws included; the models call them when no
+pattern is given, so both routes give identical patterns (one recipe, one home).
 
 This module sits beside ``data``: it imports ``patterns``, ``ops`` and PyG only.
 """
