@@ -24,9 +24,11 @@ rows and two slots so that sizes 0/1 never specialise a kernel: one compiled ker
 from __future__ import annotations
 
 import functools
+import itertools
+import types
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -127,9 +129,12 @@ def layout(pattern: CSRPattern) -> _Layout:
 # [n, d, H, D] only symbolically: inductor fuses each gather into the reduction that consumes it.
 
 
-def _edge_param(param: Optional[Tensor], eid: Tensor) -> Optional[Tensor]:
-    """Head-major ``[1|H, E]`` per-edge values at block positions ``eid [n, d]`` → ``[n, d, 1|H]``."""
-    return None if param is None else param.t()[eid]
+def _edge_param(param: Optional[Tensor], eid: Optional[Tensor]) -> Optional[Tensor]:
+    """Head-major ``[1|H, E]`` per-edge values at block positions ``eid [n, d]`` → ``[n, d, 1|H]``
+    (edge-major ``[E, 1|H]`` when ``eid`` is None)."""
+    if param is None:
+        return None
+    return param.t() if eid is None else param.t()[eid]
 
 
 def _logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> Tensor:
@@ -158,57 +163,74 @@ def _forward_block(q, k, v, nodes, count, nbr, eid, bias, gate, keep):
     return out, lse
 
 
-def _probs_and_dlogits(scores, dp, lse, row_dot, mask, eid, bias, gate, keep):
-    """Recomputed ``p ⊙ m``, ``dS`` and ``dS ⊙ g`` (``[n, d, H]``) for a block of either orientation."""
-    logits = _logits(scores, _edge_param(bias, eid), _edge_param(gate, eid))
+def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, need_dlogits):
+    """Per edge in sorted order: ``p ⊙ m`` and ``dS ⊙ g`` (``[E, H]``), and ``dS`` (``[H, E]``) if needed."""
+    scores = (q[row] * k[col]).sum(-1)
+    logits = _logits(scores, _edge_param(bias, None), _edge_param(gate, None))
     # lse = +inf on targets without a finite logit: exp gives exact zeros there.
-    probs = torch.where(mask, torch.exp(logits - lse), 0.0)
+    probs = torch.exp(logits - lse[row])
+    dp = (dout[row] * v[col]).sum(-1)
     kept = probs
     if keep is not None:
-        m = _edge_param(keep, eid)
-        dp, kept = dp * m, probs * m
-    dlogits = probs * (dp - row_dot)
-    dscores = dlogits * _edge_param(gate, eid) if gate is not None else dlogits
-    return kept, dlogits, dscores
+        dp, kept = dp * keep.t(), probs * keep.t()
+    dlogits = probs * (dp - row_dot[row])
+    dscores = dlogits * gate.t() if gate is not None else dlogits
+    return kept, dscores, dlogits.t() if need_dlogits else None
 
 
-def _backward_target_block(q, k, v, dout, lse, row_dot, nodes, count, nbr, eid, bias, gate, keep, need_dlogits):
+# The gathered block weights [n, d, H] are returned (and dropped by the caller) only so that
+# inductor writes them once: fused into the reduction, they would be gathered again for every
+# element of the head dim, and the loop vectorised along the slots instead of the head dim.
+
+
+def _aggregate_block(x, weights, count, nbr, eid):
+    """``Σ_c w[eid[r, c]] x[nbr[r, c]]`` over a block's real slots: ``[n, H, D]``."""
+    w = torch.where(_mask(count, nbr), weights[eid], 0.0)  # [n, d, H]
+    return (w[..., None] * x[nbr]).sum(1), w
+
+
+def _aggregate_two_block(x, weights, y, other_weights, count, nbr, eid):
+    """Two aggregations over the same block in one kernel call (dK and dV)."""
     mask = _mask(count, nbr)
-    scores = (q[nodes][:, None] * k[nbr]).sum(-1)
-    dp = (dout[nodes][:, None] * v[nbr]).sum(-1)
-    _, dlogits, dscores = _probs_and_dlogits(
-        scores, dp, lse[nodes][:, None], row_dot[nodes][:, None], mask, eid, bias, gate, keep
-    )
-    dq = (dscores[..., None] * k[nbr]).sum(1)
-    return dq, dlogits if need_dlogits else None
+    w, u = torch.where(mask, weights[eid], 0.0), torch.where(mask, other_weights[eid], 0.0)
+    return (w[..., None] * x[nbr]).sum(1), (u[..., None] * y[nbr]).sum(1), w, u
 
 
-def _backward_source_block(q, k, v, dout, lse, row_dot, nodes, count, nbr, eid, bias, gate, keep):
-    mask = _mask(count, nbr)
-    scores = (q[nbr] * k[nodes][:, None]).sum(-1)
-    dp = (dout[nbr] * v[nodes][:, None]).sum(-1)
-    kept, _, dscores = _probs_and_dlogits(scores, dp, lse[nbr], row_dot[nbr], mask, eid, bias, gate, keep)
-    dk = (dscores[..., None] * q[nbr]).sum(1)
-    dv = (kept[..., None] * dout[nbr]).sum(1)
-    return dk, dv
+def _signature(arg) -> Hashable:
+    """What a kernel specialises on: dtypes, ranks, head counts and dims, shared-vs-per-head params."""
+    if not isinstance(arg, Tensor):
+        return arg
+    if arg.dim() == 3:  # node tensors [N, H, D]
+        return arg.dtype, tuple(arg.shape[1:])
+    return arg.dtype, arg.dim(), arg.size(0) == 1
+
+
+_clone_ids = itertools.count()
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(fn: Callable) -> Callable:
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+def _compiled(fn: Callable, signature: Hashable) -> Callable:
+    # Dynamo caches compiled graphs per code object (at most `recompile_limit` of them): each
+    # signature gets its own copy of the code, so models mixing dtypes, head counts or bias/gate/
+    # dropout variants never evict each other's kernels or hit that limit.
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{next(_clone_ids)}")
+    clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return torch.compile(clone, dynamic=True, fullgraph=True)
 
 
 def _run(fn: Callable, *args):
     # Detached aliases are never views: a view's `_base` would enter the guards, and a caller
     # passing a view one step and a fresh tensor the next would recompile.
     args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-    for t in args[:3]:  # q, k, v: heads and head dims stay static, for exact vector loops
-        torch._dynamo.mark_static(t, 1)
-        torch._dynamo.mark_static(t, 2)
+    for t in args:  # node tensors [N, H, D]: heads and head dims stay static, for exact vector loops
+        if isinstance(t, Tensor) and t.dim() == 3:
+            torch._dynamo.mark_static(t, 1)
+            torch._dynamo.mark_static(t, 2)
+    kernel = _compiled(fn, tuple(_signature(a) for a in args))
     # No duck sizing: equal sizes (N_src == N_dst, n == N) must not become guards that a later
     # graph fails and recompiles on.
     with torch.no_grad(), fx_config.patch(use_duck_shape=False):
-        return _compiled(fn)(*args)
+        return kernel(*args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,31 +270,24 @@ def backward(
     """
     heads = q.size(1)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    dlogits = q.new_zeros(heads, pattern.num_edges) if need_dlogits else None
     if pattern.num_edges == 0:
-        return dq, dk, dv, dlogits
+        return dq, dk, dv, (q.new_zeros(heads, 0) if need_dlogits else None)
     lay = layout(pattern)
     grad_out = grad_out.contiguous()
     # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i (FlashAttention's identity).
     row_dot = (grad_out * out).sum(-1)  # [N_dst, H]
-    lse_n = lse.t().contiguous()
+    # One pass over the edges in sorted order writes [E, H] weights; dQ then gathers them over
+    # the by-target blocks and dK/dV over the by-source blocks: each output row is one loop.
+    kept, dscores, dlogits = _run(
+        _backward_edges, q, k, v, grad_out, lse.t().contiguous(), row_dot, pattern.row, pattern.col, bias, gate, keep,
+        need_dlogits,
+    )
     for blk in lay.by_target:
-        dq_b, dlogits_b = _run(
-            _backward_target_block, q, k, v, grad_out, lse_n, row_dot,
-            blk.nodes, blk.count, blk.nbr, blk.eid, bias, gate, keep, need_dlogits,
-        )
-        n, nodes = blk.num_real, blk.nodes[: blk.num_real]
-        dq.index_copy_(0, nodes, dq_b[:n])
-        if dlogits is not None:
-            # Each edge belongs to exactly one block slot: a plain (non-accumulating) copy.
-            mask = _mask(blk.count[:n], blk.nbr)[..., 0]
-            dlogits[:, blk.eid[:n][mask]] = dlogits_b[:n][mask].t()
+        dq_b, _ = _run(_aggregate_block, k, dscores, blk.count, blk.nbr, blk.eid)
+        dq.index_copy_(0, blk.nodes[: blk.num_real], dq_b[: blk.num_real])
     for blk in lay.by_source:
-        dk_b, dv_b = _run(
-            _backward_source_block, q, k, v, grad_out, lse_n, row_dot,
-            blk.nodes, blk.count, blk.nbr, blk.eid, bias, gate, keep,
-        )
-        n, nodes = blk.num_real, blk.nodes[: blk.num_real]
-        dk.index_copy_(0, nodes, dk_b[:n])
-        dv.index_copy_(0, nodes, dv_b[:n])
+        dk_b, dv_b, _, _ = _run(_aggregate_two_block, q, dscores, grad_out, kept, blk.count, blk.nbr, blk.eid)
+        nodes = blk.nodes[: blk.num_real]
+        dk.index_copy_(0, nodes, dk_b[: blk.num_real])
+        dv.index_copy_(0, nodes, dv_b[: blk.num_real])
     return dq, dk, dv, dlogits
