@@ -33,12 +33,16 @@ class SequenceData:
 
 @dataclass
 class GraphPropertyData:
-    """A dataset of graphs with OGB atom/bond features; ``y [1, num_targets]`` may hold NaN (unlabelled)."""
+    """A dataset of graphs with OGB atom/bond features; ``y [1, num_targets]`` may hold NaN (unlabelled).
+
+    With ``pe = (kind, dim)`` every graph also carries ``pe [N, dim]`` (see `positional_encoding`).
+    """
 
     dataset: Any
     split_idx: Dict[str, Tensor]
     num_targets: int
     regression: bool
+    pe: Optional[Tuple[str, int]] = None
 
 
 @dataclass
@@ -138,20 +142,73 @@ def imdb(name: str, root: Path, *, seed: int, max_length: int, imdb_path: Option
 
 
 # ---------------------------------------------------------------------------- graphs
-def ogb_graph_property(name: str, root: Path, *, seed: int) -> GraphPropertyData:
-    """An ``ogbg-*`` dataset through OGB's own loader and split (``root/ogbg_<name>``)."""
+def ogb_graph_property(name: str, root: Path, *, seed: int, pe: Optional[Sequence] = None) -> GraphPropertyData:
+    """An ``ogbg-*`` dataset through OGB's own loader and split (``root/ogbg_<name>``); ``pe``: see `positional_encoding`."""
     from ogb.graphproppred import PygGraphPropPredDataset
 
     dataset, split = _load_ogb(PygGraphPropPredDataset, name, Path(root), "graphproppred/csv_mol_download/")
-    return GraphPropertyData(dataset, split, int(dataset[0].y.size(-1)), regression=dataset.task_type == "regression")
+    num_targets, regression, pe = int(dataset[0].y.size(-1)), dataset.task_type == "regression", _pe_spec(pe)
+    return GraphPropertyData(_with_pe(dataset, pe, seed), split, num_targets, regression, pe)
 
 
-def peptides_func(name: str, root: Path, *, seed: int) -> GraphPropertyData:
-    """LRGB Peptides-func (``root/peptides-functional``): 10 binary tasks."""
+def peptides_func(name: str, root: Path, *, seed: int, pe: Optional[Sequence] = None) -> GraphPropertyData:
+    """LRGB Peptides-func (``root/peptides-functional``): 10 binary tasks; ``pe``: see `positional_encoding`."""
     from .lrgb import NUM_TASKS, PeptidesFunctional
 
-    dataset = PeptidesFunctional(str(root))
-    return GraphPropertyData(dataset, dataset.get_idx_split(), NUM_TASKS, regression=False)
+    dataset, pe = PeptidesFunctional(str(root)), _pe_spec(pe)
+    return GraphPropertyData(_with_pe(dataset, pe, seed), dataset.get_idx_split(), NUM_TASKS, False, pe)
+
+
+# ---------------------------------------------------------------------------- positional encodings
+PE_KINDS = ("rwse", "lap")
+
+
+def positional_encoding(kind: str, dim: int) -> Callable[[Any], Any]:
+    r"""A transform adding ``data.pe [N, dim]`` float32 to a graph.
+
+    * ``"rwse"``: random-walk structural encoding (PyG's ``AddRandomWalkPE(dim)``),
+      :math:`\mathrm{pe}_{i,k} = (D^{-1} A)^k_{ii}` for :math:`k = 1 .. dim`;
+    * ``"lap"``: the eigenvectors of the ``dim`` smallest non-trivial eigenvalues of the
+      symmetric normalised Laplacian (PyG's ``AddLaplacianEigenvectorPE(dim)``, undirected),
+      zero-padded for graphs with fewer than ``dim + 1`` nodes; their signs are arbitrary
+      (`GraphTransformer(lap_pe=True)` flips them at random in training).
+    """
+    from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
+
+    if kind not in PE_KINDS:
+        raise ValueError(f"pe kind must be one of {PE_KINDS}, got {kind!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"pe dim must be a positive int, got {dim!r}")
+
+    def encode(data):
+        data = data.clone()
+        if kind == "rwse":
+            data = AddRandomWalkPE(dim, attr_name="pe")(data)
+        else:
+            k = min(dim, data.num_nodes - 1)  # a graph of N nodes has N - 1 non-trivial eigenvectors
+            data = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True)(data)
+        data.pe = torch.nn.functional.pad(data.pe.float(), (0, dim - data.pe.size(1)))
+        return data
+
+    return encode
+
+
+def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int):
+    """``dataset``, or the list of its graphs with ``data.pe``, computed once (Laplacian signs drawn from ``seed``)."""
+    if pe is None:
+        return dataset
+    encode = positional_encoding(*pe)
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's random state untouched
+        torch.manual_seed(seed)
+        return [encode(data) for data in dataset]
+
+
+def _pe_spec(pe: Optional[Sequence]) -> Optional[Tuple[str, int]]:
+    if pe is None:
+        return None
+    if isinstance(pe, str) or len(pe) != 2:
+        raise ValueError(f"pe must be (kind, dim), e.g. ('rwse', 20), got {pe!r}")
+    return str(pe[0]), int(pe[1])
 
 
 def planetoid(name: str, root: Path, *, seed: int) -> NodeData:
@@ -230,6 +287,6 @@ def _no_stdin_prompt(folder: Path) -> Iterator[None]:
 
 
 __all__ = [
-    "SequenceData", "GraphPropertyData", "NodeData", "Metric", "accuracy", "accuracy_metric", "ogb_graph_metric",
+    "SequenceData", "GraphPropertyData", "NodeData", "Metric", "positional_encoding", "accuracy", "accuracy_metric", "ogb_graph_metric",
     "ogb_node_metric", "peptides_metric", "listops", "imdb", "ogb_graph_property", "peptides_func", "planetoid", "ogb_node",
 ]

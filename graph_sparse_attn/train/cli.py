@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .table import DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, parse_fanouts, parse_pattern
+from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, parse_fanouts, parse_pattern,
+                    parse_pe)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +95,9 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("data", "num_neighbors", dict(type=_argument_type(parse_fanouts), metavar="K1,K2,...",
                                    help="train on neighbour-sampled mini-batches of --batch-size seed nodes with these fanouts "
                                         "per hop (-1: all); none given: the full graph")),
+    ("model", "pe", dict(type=_argument_type(parse_pe), metavar="KIND:DIM",
+                         help="positional encoding computed once per graph and fed to the model: rwse:DIM (random-walk "
+                              "landing probabilities) or lap:DIM (Laplacian eigenvectors), e.g. rwse:20 (none given: none)")),
     ("model", "dim", dict(type=_positive_int, help="model width (hidden channels)")),
     ("model", "depth", dict(type=_positive_int, help="number of Transformer blocks")),
     ("model", "heads", dict(type=_positive_int, help="attention heads")),

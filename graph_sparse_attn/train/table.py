@@ -26,7 +26,7 @@ COMMON_DEFAULTS: Dict[str, Any] = {
     "device": "auto", "deterministic": False, "checkpoint_every": 10.0,
 }
 # Where each task-specific option goes in `TrainConfig`; anything else in `TaskSpec.defaults` is a model option.
-DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors"})
+DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors", "pe"})
 # The sequence pattern spelling, as on the command line (`patterns.registry.parse_pattern`).
 PatternSpec = Tuple[str, Dict[str, Any]]
 PATTERN_ALIASES = {"sliding_window": "window"}
@@ -73,10 +73,12 @@ def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn
 
 
 def graph_property_model(data: benchmarks.GraphPropertyData, options: Dict[str, Any]) -> nn.Module:
-    """`GraphTransformer` over OGB atom/bond encoders, one output per target."""
+    """`GraphTransformer` over OGB atom/bond encoders, one output per target (reading ``data.pe`` when the data has it)."""
     from ..nn import GraphTransformer
 
     options = dict(options)
+    if data.pe is not None:
+        options.update(pe_dim=data.pe[1], lap_pe=data.pe[0] == "lap")
     return GraphTransformer("atom", options.pop("dim"), data.num_targets, edge_dim="bond", **options)
 
 
@@ -92,7 +94,7 @@ def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
 _SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None}
 _GRAPH_MODEL = {"dim": 64, "depth": 3, "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "attention": "exphormer", "gps": True}
 _NODE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.5, "attn_dropout": 0.0, "attention": "graph", "gps": False}
-_GRAPH_BUDGET = {"epochs": 30, "batch_size": 64, "lr": 1e-3}
+_GRAPH_BUDGET = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "pe": None}
 
 TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
     # The default job: small, offline, about 2 minutes on an idle 2-core CPU. The LRA setting is
@@ -157,6 +159,16 @@ def parse_pattern(text: str) -> PatternSpec:
     return parse(PATTERN_ALIASES.get(name, name) + colon + rest)
 
 
+def parse_pe(text: str) -> list:
+    """``"rwse:20"`` → ``["rwse", 20]``: a positional encoding kind (``rwse``, ``lap``) and its size."""
+    from ..data.benchmarks import PE_KINDS
+
+    kind, colon, dim = text.partition(":")
+    if kind not in PE_KINDS or not colon or not dim.isdigit() or int(dim) < 1:
+        raise ValueError(f"pe must be KIND:DIM with KIND in {PE_KINDS} and DIM a positive integer, e.g. rwse:20, got {text!r}")
+    return [kind, int(dim)]
+
+
 def parse_fanouts(text: str) -> list:
     """``"15,10"`` → ``[15, 10]``: neighbours sampled per hop, each positive or -1 (all)."""
     try:
@@ -181,6 +193,8 @@ def resolve_config(name: str, options: Mapping[str, Any]):
     values = {**spec.options, **options}
     if isinstance(values.get("pattern"), str):
         values["pattern"] = parse_pattern(values["pattern"])
+    if isinstance(values.get("pe"), str):
+        values["pe"] = parse_pe(values["pe"])
     if isinstance(values.get("num_neighbors"), str):
         values["num_neighbors"] = parse_fanouts(values["num_neighbors"])
     if values.get("imdb_path") is not None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..data.benchmarks import GraphPropertyData, Metric, NodeData, SequenceData
 from . import distributed as dist_utils
@@ -152,13 +152,15 @@ class GraphPropertyTask(Task):
     def loaders(self, batch_size: int, seed: int) -> Loaders:
         from torch_geometric.loader import DataLoader as GraphLoader
 
-        dataset, index = self.data.dataset, self.data.split_idx
-        return {"train": ResumableLoader(dataset[index["train"]], batch_size, seed, loader_class=GraphLoader),
-                "val": _eval_loader(dataset[index["val"]], batch_size, GraphLoader),
-                "test": _eval_loader(dataset[index["test"]], batch_size, GraphLoader)}
+        def split(name: str) -> Subset:  # works for PyG datasets and plain lists of graphs alike
+            return Subset(self.data.dataset, self.data.split_idx[name].tolist())
+
+        return {"train": ResumableLoader(split("train"), batch_size, seed, loader_class=GraphLoader),
+                "val": _eval_loader(split("val"), batch_size, GraphLoader),
+                "test": _eval_loader(split("test"), batch_size, GraphLoader)}
 
     def forward(self, model, batch, split):
-        out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+        out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=batch.pe if self.data.pe else None)
         return out, batch.y.float().view(out.shape)
 
     def loss(self, prediction, target):

@@ -154,6 +154,18 @@ def test_ogb_graph_task_with_official_metric(tmp_path):
     assert summary["metric"] == "rocauc" and 0.0 <= summary["test"] <= 1.0
 
 
+@pytest.mark.parametrize("pe", ["rwse:4", "lap:3"])
+def test_positional_encodings_reach_the_model(tmp_path, pe):
+    root = copy_shared("ogbg_molbace", tmp_path)
+    run = tmp_path / "run"
+    gsa("train", "ogbg-molbace", "--root", str(root), "--run-dir", str(run), "--max-steps", "2", "--dim", "16", "--depth", "1",
+        "--heads", "2", "--batch-size", "64", "--pe", pe, cwd=tmp_path)
+    kind, dim = pe.split(":")
+    assert json.loads((run / "config.json").read_text())["data_options"]["pe"] == [kind, int(dim)]
+    weights = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert weights["pe_encoder.weight"].shape[1] == int(dim)
+
+
 def test_missing_dataset_offline_fails_fast_with_instructions(tmp_path):
     start = time.time()
     proc = gsa("train", "ogbg-molhiv", "--root", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"), cwd=tmp_path,

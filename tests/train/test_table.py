@@ -120,6 +120,10 @@ def test_help_lists_pattern_names_including_the_python_spelling(capsys):
         (["imdb", "--min-length", "10"], "--min-length does not apply to imdb"),
         (["listops", "--checkpoint-every", "-1"], "non-negative"),
         (["cora", "--num-neighbors", "0"], "positive or -1"),
+        (["cora", "--pe", "rwse:4"], "--pe does not apply to cora"),
+        (["listops", "--pe", "rwse:4"], "--pe does not apply to listops"),
+        (["ogbg-molhiv", "--pe", "spectral:3"], "KIND:DIM"),
+        (["ogbg-molhiv", "--pe", "rwse"], "KIND:DIM"),
     ],
 )
 def test_inapplicable_or_bad_options_are_refused_in_one_line_before_any_work(argv, message, capsys, tmp_path, monkeypatch):

@@ -1,0 +1,56 @@
+"""Benchmark builders' pieces that need no dataset: metrics and positional encodings."""
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from graph_sparse_attn.data.benchmarks import _with_pe, accuracy, positional_encoding
+
+
+def path_graph(n):
+    line = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    return Data(x=torch.zeros(n, 1), edge_index=torch.cat([line, line.flip(0)], 1), num_nodes=n)
+
+
+def test_accuracy_is_the_fraction_of_correct_argmaxes():
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert accuracy(logits, torch.tensor([1, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_rwse_is_the_diagonal_of_random_walk_powers():
+    data = path_graph(5)
+    pe = positional_encoding("rwse", 4)(data).pe
+    adjacency = torch.zeros(5, 5)
+    adjacency[data.edge_index[1], data.edge_index[0]] = 1
+    walk = adjacency / adjacency.sum(1, keepdim=True)
+    expected = torch.stack([torch.linalg.matrix_power(walk, k).diagonal() for k in range(1, 5)], dim=1)
+    torch.testing.assert_close(pe, expected)
+    assert not hasattr(data, "pe"), "the input graph is left as it was"
+
+
+def test_laplacian_eigenvectors_are_padded_for_small_graphs():
+    big, small = positional_encoding("lap", 3)(path_graph(6)), positional_encoding("lap", 3)(path_graph(2))
+    assert big.pe.shape == (6, 3) and small.pe.shape == (2, 3) and small.pe.dtype == torch.float32
+    assert torch.equal(small.pe[:, 1:], torch.zeros(2, 2))
+    # each column is an eigenvector of the normalised Laplacian I - D^-1/2 A D^-1/2 of the path
+    adjacency = torch.zeros(6, 6, dtype=torch.float64)
+    adjacency[path_graph(6).edge_index[1], path_graph(6).edge_index[0]] = 1
+    scale = adjacency.sum(1).rsqrt()
+    laplacian = torch.eye(6, dtype=torch.float64) - scale[:, None] * adjacency * scale[None, :]
+    vectors = big.pe.double()
+    ratios = (laplacian @ vectors) / vectors
+    assert torch.allclose(ratios, ratios[:1].expand_as(ratios), atol=1e-4)  # L v = λ v, column by column
+    assert torch.allclose(vectors.norm(dim=0), torch.ones(3, dtype=torch.float64), atol=1e-5)
+
+
+def test_encoding_a_dataset_is_seeded_and_leaves_the_global_rng_alone():
+    graphs = [path_graph(n) for n in (4, 7, 9)]
+    state = torch.get_rng_state()
+    first, again = _with_pe(graphs, ("lap", 2), seed=1), _with_pe(graphs, ("lap", 2), seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a.pe, b.pe) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("kind,dim", [("spectral", 4), ("rwse", 0), ("lap", True)])
+def test_bad_encodings_are_named(kind, dim):
+    with pytest.raises(ValueError, match="pe"):
+        positional_encoding(kind, dim)
