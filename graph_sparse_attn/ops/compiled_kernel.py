@@ -5,21 +5,25 @@ is processed as a dense padded-neighbour (ELL) block ``[n_b, d_b]`` with ``d_b``
 degree in the bucket, so a skewed graph pads each target to at most twice its degree instead of
 to the maximum degree (one hub costs one row). Slots past a row's degree are masked.
 
-Per bucket, with ``g`` the gate, ``b`` the bias and ``m`` the dropout multipliers:
+With ``g`` the gate, ``b`` the bias and ``m`` the dropout multipliers:
 
-    forward:   l_ic = (q_i · k_j) g + b,  lse_i = logsumexp_c l_ic,  o_i = Σ_c exp(l_ic − lse_i) m v_j
-    backward:  p = exp(l − lse),  dS = p ⊙ (m (dO_i · v_j) − dO_i · O_i),
-               dQ_i = Σ_c dS g k_j  (by target),  dK_j = Σ_c dS g q_i,  dV_j = Σ_c p m dO_i  (by source)
+    forward (per bucket):  l_ic = (q_i · k_j) g + b,  lse_i = logsumexp_c l_ic,
+                           o_i = Σ_c exp(l_ic − lse_i) m v_j
+    backward:  one pass over the edges in sorted order recomputes p = exp(l − lse) and writes
+               p ⊙ m and dS ⊙ g with dS = p ⊙ (m (dO_i · v_j) − dO_i · O_i)  ([E, H] each);
+               dQ_i = Σ_c (dS g)_e k_j gathers them over the by-target blocks,
+               dK_j = Σ_c (dS g)_e q_i and dV_j = Σ_c (p m)_e dO_i over the by-source blocks.
 
 The gathered ``[n_b, d_b, H, D]`` products live only inside the generated loops (inductor fuses
-the gather into the reduction); only ``[n_b, d_b, H]`` edge scores are written. Backward
-recomputes everything per edge in both passes: dQ over the by-target blocks, dK/dV over blocks
-of the transposed (by-source) order, each output row reduced by one loop — deterministic, no
-atomics, no scatter-add over edges.
+each gather into the reduction that consumes it); only ``[n_b, d_b, H]`` / ``[E, H]`` edge
+weights are written. Every output row is reduced by one loop in a fixed order: deterministic,
+no atomics, no scatter-add over edges.
 
-Shapes are dynamic (``dynamic=True``, no duck sizing), and blocks are padded to at least two
-rows and two slots so that sizes 0/1 never specialise a kernel: one compiled kernel per
-(pass, dtype, which of bias/gate/dropout are present) serves every graph.
+Shapes are dynamic (``dynamic=True``, no duck sizing) and blocks are padded to at least two
+rows and two slots, so a kernel compiled once serves every graph. Kernels specialise on dtype,
+heads and head dims and on which of bias/gate/dropout are given (and whether shared across
+heads); each such signature compiles its own copy once. Only a one-edge graph or a single
+head add a variant (sizes of 1 are specialised by dynamo).
 """
 from __future__ import annotations
 
