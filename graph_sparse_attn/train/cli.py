@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, parse_fanouts, parse_pattern,
-                    parse_pe)
+from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, load_config_file,
+                    parse_fanouts, parse_pattern, parse_pe, shipped_configs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,6 +124,9 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
     ("run", "deterministic", dict(action="store_true", help="use deterministic algorithms only")),
+    ("run", "config_file", dict(metavar="NAME|PATH", flags=("--config",),
+                                help="start from a configuration file: a shipped one (" + ", ".join(shipped_configs())
+                                     + ") or a JSON file {\"task\": ..., \"options\": {...}}; options given here override it")),
     ("run", "checkpoint_every", dict(type=_non_negative_float, metavar="MINUTES",
                                      help="also checkpoint inside an epoch every MINUTES (0: after every step)")),
 ]
@@ -145,10 +148,12 @@ def build_train_parser(spec: TaskSpec) -> _Parser:
     groups = {name: parser.add_argument_group(name) for name in ("data", "model", "optimisation", "run")}
     accepted, inapplicable = spec.options, []
     for group, name, keywords in _OPTIONS:
+        keywords = dict(keywords)
+        flags = keywords.pop("flags", (_flag(name),))
         if name in accepted:
-            groups[group].add_argument(_flag(name), dest=name, default=accepted[name], **keywords)
+            groups[group].add_argument(*flags, dest=name, default=accepted[name], **keywords)
         else:  # parsed (so it can be named in the refusal), never shown
-            groups[group].add_argument(_flag(name), dest=name, default=None, **{**keywords, "help": argparse.SUPPRESS})
+            groups[group].add_argument(*flags, dest=name, default=None, **{**keywords, "help": argparse.SUPPRESS})
             inapplicable.append(name)
     parser.set_defaults(inapplicable=inapplicable)
     groups["run"].add_argument("--resume", action="store_true",
@@ -172,14 +177,24 @@ def config_from_args(argv: List[str]):
     """Parse ``gsa train`` arguments (after ``train``) into ``(TrainConfig, resume)``; exits 2 on bad input."""
     from .table import resolve_config
 
-    name = argv[0] if argv and not argv[0].startswith("-") else DEFAULT_TASK
-    options = argv[1:] if argv and not argv[0].startswith("-") else argv
+    given = argv[0] if argv and not argv[0].startswith("-") else None
+    options = argv[1:] if given else argv
+    from_file: List[str] = []
+    path = None
     try:
+        config_file = _config_argument(options)
+        if config_file is not None:
+            file_task, file_options, path = load_config_file(config_file)
+            if given is not None and given != file_task:
+                raise ValueError(f"config {config_file!r} is for task {file_task!r}, not {given!r}")
+            given, from_file = file_task, _as_arguments(file_options)
+        name = given or DEFAULT_TASK
         spec = find_task(name)
-    except UnknownTask as error:
+    except ValueError as error:  # UnknownTask too
         _Parser(prog="gsa train").error(str(error))
     parser = build_train_parser(spec)
-    args = parser.parse_args(options)
+    args = parser.parse_args(from_file + options)  # later occurrences win: the command line overrides the file
+    args.config_file = None if path is None else str(path)
     refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not None]
     if refused:
         parser.error(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to {name} "
@@ -192,6 +207,33 @@ def config_from_args(argv: List[str]):
     if Path(config.run_dir, "last.pt").exists() and not args.resume:
         parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
     return config, args.resume
+
+
+def _config_argument(argv: List[str]) -> Optional[str]:
+    """The value of ``--config`` in ``argv`` (the last one), if any."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == "--config":
+            if index + 1 == len(argv):
+                raise ValueError("argument --config: expected one argument")
+            value = argv[index + 1]
+        elif token.startswith("--config="):
+            value = token.partition("=")[2]
+    return value
+
+
+def _as_arguments(options: Dict[str, Any]) -> List[str]:
+    """A configuration file's options as command-line arguments, so they are checked exactly like typed ones."""
+    arguments: List[str] = []
+    for name, value in options.items():
+        flag = _flag(name)
+        if isinstance(value, bool):
+            arguments += [flag] if value else ([f"--no-{flag[2:]}"] if name == "gps" else [])
+        elif isinstance(value, (list, tuple)):
+            arguments += [flag, ",".join(str(v) for v in value)]
+        elif value is not None:
+            arguments += [flag, str(value)]
+    return arguments
 
 
 def _new_run_dir(base: str) -> str:

@@ -23,6 +23,7 @@ class TrainConfig:
     """Everything that defines a run; saved as ``config.json`` in the run directory.
 
     ``checkpoint_every``: minutes between checkpoints inside an epoch (``0``: after every step);
+    ``config_file``: the configuration file the options started from (``gsa train --config``), if any;
     ``data_options`` go to the task's data builder, ``model_options`` to its model builder.
     """
 
@@ -40,6 +41,7 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     checkpoint_every: float = 10.0
+    config_file: Optional[str] = None
     run_dir: str = "runs/default"
     root: str = "datasets"
     data_options: Dict[str, Any] = field(default_factory=dict)

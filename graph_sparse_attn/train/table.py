@@ -8,6 +8,7 @@ one entry here and one data builder.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -23,7 +24,7 @@ KINDS = {"sequence": "sequence classification", "graph": "graph property predict
 COMMON_DEFAULTS: Dict[str, Any] = {
     "root": "datasets", "epochs": 10, "max_steps": 0, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
     "weight_decay": 0.01, "schedule": "cosine", "warmup_steps": 0, "grad_clip": 1.0, "seed": 0, "run_dir": None,
-    "device": "auto", "deterministic": False, "checkpoint_every": 10.0,
+    "device": "auto", "deterministic": False, "checkpoint_every": 10.0, "config_file": None,
 }
 # Where each task-specific option goes in `TrainConfig`; anything else in `TaskSpec.defaults` is a model option.
 DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors", "pe"})
@@ -207,6 +208,33 @@ def resolve_config(name: str, options: Mapping[str, Any]):
     if "pattern" in model_options:
         model_options["pattern"] = list(model_options["pattern"])
     return TrainConfig(task=name, **common, data_options=data_options, model_options=model_options)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> Dict[str, Path]:
+    """Name → path of the configuration files shipped in ``train/configs`` (each cites its source)."""
+    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.json"))}
+
+
+def load_config_file(name_or_path: str) -> Tuple[str, Dict[str, Any], Path]:
+    """``(task, options, path)`` of a shipped configuration's name or a JSON file's path.
+
+    The file holds ``{"task": NAME, "options": {option: value, ...}}`` (option names as on the
+    command line, ``-`` or ``_``), plus free ``source``/``notes`` fields.
+    """
+    path = shipped_configs().get(name_or_path, Path(name_or_path))
+    if not path.is_file():
+        raise ValueError(f"config {name_or_path!r} is neither a shipped configuration ({', '.join(shipped_configs())}) nor a file")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not valid JSON ({error})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("task"), str) or not isinstance(content.get("options", {}), dict):
+        raise ValueError(f"config file {path} must hold {{\"task\": NAME, \"options\": {{...}}}}")
+    options = {key.replace("-", "_"): value for key, value in content.get("options", {}).items()}
+    return content["task"], options, path.resolve()
 
 
 def make_task(config):

@@ -1,11 +1,12 @@
 """The task table and the CLI derived from it: help with real defaults, refusals, configuration round trip."""
+import json
 import re
 from dataclasses import asdict
 
 import pytest
 
 from graph_sparse_attn.data import benchmarks
-from graph_sparse_attn.train.cli import build_train_parser, main
+from graph_sparse_attn.train.cli import build_train_parser, config_from_args, main
 from graph_sparse_attn.train.loop import TrainConfig
 from graph_sparse_attn.train.table import (
     COMMON_DEFAULTS,
@@ -16,7 +17,9 @@ from graph_sparse_attn.train.table import (
     find_task,
     parse_fanouts,
     parse_pattern,
+    parse_pe,
     resolve_config,
+    shipped_configs,
     split_options,
 )
 
@@ -170,3 +173,46 @@ def test_evaluate_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatch
     assert main(["evaluate", str(run)]) == 1
     err = capsys.readouterr().err
     assert "ogbg_molbbbp" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_shipped_configs_cite_a_source_and_resolve(name, tmp_path):
+    content = json.loads(shipped_configs()[name].read_text())
+    assert content["source"].count("https://") == 1
+    config, _ = config_from_args(["--config", name, "--run-dir", str(tmp_path / "run")])
+    assert config.task == content["task"] and config.config_file == str(shipped_configs()[name])
+    for option, value in content["options"].items():
+        resolved = {**asdict(config), **config.data_options, **config.model_options}[option]
+        if option == "pe":
+            value = parse_pe(value)
+        assert resolved == value, option
+
+
+def test_command_line_options_override_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.json").write_text(json.dumps({"task": "listops", "options": {"dim": 24, "depth": 3, "gate": True,
+                                                                                    "num-train": 50, "pattern": "window:window=3"}}))
+    config, _ = config_from_args(["listops", "--config", "mine.json", "--depth", "1", "--run-dir", "run"])
+    assert config.model_options["dim"] == 24 and config.model_options["depth"] == 1 and config.model_options["gate"] is True
+    assert config.model_options["pattern"] == ["window", {"window": 3}] and config.data_options["num_train"] == 50
+    assert config.config_file == str(tmp_path / "mine.json")
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"task": "cora", "options": {"knn": 3}}, "--knn does not apply to cora"),
+        ({"task": "listops", "options": {"epochs": 0}}, "positive"),
+        ({"options": {}}, "must hold"),
+        ({"task": "listops", "options": {"pattern": "spiral"}}, "unknown pattern"),
+    ],
+)
+def test_bad_config_files_are_refused_in_one_line(content, message, tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
