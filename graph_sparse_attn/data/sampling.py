@@ -50,6 +50,10 @@ class NeighborSampler:
       (``len(num_neighbors)`` ints): sizes per hop, as in PyG (nodes and edges are in hop order);
     * ``x = x[n_id]``, ``y = y[n_id]``, ``edge_attr = edge_attr[e_id]`` when those are given.
 
+    ``state_dict()`` / ``load_state_dict()`` save and restore where an epoch stands (batches
+    handed out, the generator's state now and at the epoch's start), so a run stopped inside an
+    epoch resumes it with bitwise the same batches.
+
     A hop costs O(sum over frontier nodes of min(d, HUB_FACTOR · k) · log + k²), with ``d`` the
     in-degree and ``k`` the fanout: hubs never enumerate their in-edges. New nodes are
     de-duplicated without sorting through a global-to-local id table of size ``num_nodes``, kept
