@@ -3,7 +3,9 @@
 Targets are grouped into **degree buckets** — in-degree in ``(2^(b-1), 2^b]`` — and each bucket
 is processed as a dense padded-neighbour (ELL) block ``[n_b, d_b]`` with ``d_b`` the largest
 degree in the bucket, so a skewed graph pads each target to at most twice its degree instead of
-to the maximum degree (one hub costs one row). Slots past a row's degree are masked.
+to the maximum degree (one hub costs one row). Slots past a row's degree are masked. Adjacent
+buckets merge while the block stays within ``2 E + 16k`` slots: a small graph is one block,
+one kernel call per pass.
 
 With ``g`` the gate, ``b`` the bias and ``m`` the dropout multipliers:
 
@@ -74,19 +76,46 @@ class _Block:
     num_real: int
 
 
+# Padding slots a merge of adjacent buckets may add beyond 2x their edges. Every block is one
+# kernel call per pass (~0.1 ms of dispatch and guards), so small graphs run as one or two blocks.
+_MERGE_SLACK = 1 << 14
+
+
+def _bucket_ranges(count: Tensor, bucket: Tensor) -> List[Tuple[int, int]]:
+    """Adjacent degree buckets ``[lo, hi]`` merged while the block stays within 2 x E + slack slots."""
+    num = int(bucket.max()) + 1
+    rows = torch.bincount(bucket, minlength=num).tolist()
+    edges = torch.bincount(bucket, weights=count.double(), minlength=num).tolist()
+    widths = torch.zeros(num, dtype=torch.long).scatter_reduce_(0, bucket, count, "amax").tolist()
+    ranges: List[Tuple[int, int]] = []
+    merged_rows = merged_edges = 0
+    for b in (b for b in range(num) if rows[b] > 0):
+        grown_rows, grown_edges = merged_rows + rows[b], merged_edges + edges[b]
+        if ranges and grown_rows * widths[b] <= 2 * grown_edges + _MERGE_SLACK:
+            ranges[-1] = (ranges[-1][0], b)
+            merged_rows, merged_edges = grown_rows, grown_edges
+        else:
+            ranges.append((b, b))
+            merged_rows, merged_edges = rows[b], edges[b]
+    return ranges
+
+
 def _blocks(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> List[_Block]:
-    """Degree buckets of the runs ``[ptr[i], ptr[i+1])`` (empty runs skipped).
+    """Degree-bucketed blocks of the runs ``[ptr[i], ptr[i+1])`` (empty runs skipped).
 
     A run's position ``p`` holds the neighbour ``nbr_of[p]`` and the sorted edge ``eid_of[p]``
     (``p`` itself when ``eid_of`` is None).
     """
     count = (ptr[1:] - ptr[:-1]).long()
     nonempty = count > 0
+    if not bool(nonempty.any()):
+        return []
     # Degrees (2^(b-1), 2^b]; degrees 1 and 2 share a bucket (blocks are at least 2 wide anyway).
-    bucket = torch.where(nonempty, torch.ceil(torch.log2(count.clamp_min(2).double())).long(), 0)
+    bucket = torch.ceil(torch.log2(count[nonempty].clamp_min(2).double())).long()
+    node_ids = torch.nonzero(nonempty).flatten()
     blocks = []
-    for b in torch.unique(bucket[nonempty]).tolist():
-        nodes = torch.nonzero(bucket == b).flatten()
+    for lo, hi in _bucket_ranges(count[nonempty], bucket):
+        nodes = node_ids[(bucket >= lo) & (bucket <= hi)]
         num_real = nodes.numel()
         cnt = count[nodes]
         if num_real == 1:
