@@ -154,3 +154,20 @@ def test_changing_graph_sizes_do_not_recompile(gen):
     for num_src, num_dst, edge_index in graphs:
         step(num_src, num_dst, edge_index)
     assert counters["stats"]["unique_graphs"] - before == 0
+
+
+def test_sparse_attention_builds_the_layout_once_per_pattern(gen, monkeypatch):
+    from graph_sparse_attn import sparse_attention
+
+    built = []
+    blocks = compiled_kernel._blocks
+    monkeypatch.setattr(compiled_kernel, "_blocks", lambda *args: built.append(1) or blocks(*args))
+    pattern = CSRPattern.from_edge_index(random_graph(10, 10, 40, gen), 10)
+    q, k, v = (torch.randn(10, H, dim, dtype=torch.float64, generator=gen).requires_grad_() for dim in (D, D, DV))
+    results = {}
+    for backend in ("compiled", "compiled", "csr"):
+        out = sparse_attention(q, k, v, pattern, backend=backend)
+        results[backend] = (out,) + torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert len(built) == 2  # by target and by source, once for both calls
+    for a, b in zip(results["compiled"], results["csr"]):
+        torch.testing.assert_close(a, b)
