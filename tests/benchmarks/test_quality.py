@@ -1,0 +1,115 @@
+"""benchmarks/quality.py: the reference models against brute force, and a tiny sweep that resumes."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SHARED_OGB = BENCHMARKS.parent.parent / "shared" / "data" / "ogb"
+sys.path.insert(0, str(BENCHMARKS))
+quality = pytest.importorskip("quality")
+
+
+def _molecules(num_graphs: int = 3, seed: int = 0):
+    """A batch of random molecules with OGB-range atom/bond features (symmetric bonds), float64 models."""
+    from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
+
+    generator = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(2, 7, (num_graphs,), generator=generator).tolist()
+    batch = torch.repeat_interleave(torch.arange(num_graphs), torch.tensor(sizes))
+    x = torch.stack([torch.randint(0, d, (batch.numel(),), generator=generator) for d in get_atom_feature_dims()], dim=1)
+    edges, start = [], 0
+    for size in sizes:
+        for i in range(size - 1):  # a chain, plus one random chord where it fits
+            edges.append((start + i, start + i + 1))
+        if size > 3:
+            edges.append((start, start + size - 1))
+        start += size
+    src, dst = torch.tensor(edges).t()
+    edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+    bond = torch.stack([torch.randint(0, d, (src.numel(),), generator=generator) for d in get_bond_feature_dims()], dim=1)
+    return x, edge_index, torch.cat([bond, bond]), batch
+
+
+def _ogb_gin_virtual_node(model, x, edge_index, edge_attr, batch):
+    """OGB's ``GNN_node_Virtualnode`` + mean pool + linear head, written out by hand over ``model``'s parameters (eval)."""
+    num_graphs = int(batch.max()) + 1
+    virtual = model.virtual.weight.expand(num_graphs, -1)
+    h = model.atom(x)
+    layers = len(model.convs)
+    for layer in range(layers):
+        h = h + virtual[batch]
+        bond = model.bonds[layer](edge_attr)
+        aggregated = torch.zeros_like(h)
+        for e in range(edge_index.size(1)):  # OGB's message ReLU(x_j + e_ji), summed at i
+            j, i = edge_index[:, e].tolist()
+            aggregated[i] += F.relu(h[j] + bond[e])
+        conv = model.convs[layer]
+        out = model.norms[layer](conv.nn((1 + conv.eps) * h + aggregated))
+        out = out if layer == layers - 1 else F.relu(out)
+        if layer < layers - 1:
+            pooled = torch.stack([h[batch == g].sum(0) for g in range(num_graphs)])
+            virtual = model.virtual_mlps[layer](pooled + virtual)
+        h = out
+    return model.head(torch.stack([h[batch == g].mean(0) for g in range(num_graphs)]))
+
+
+def test_gin_virtual_node_matches_ogb_math():
+    torch.manual_seed(0)
+    model = quality.GINVirtualNode(out_channels=2, hidden_channels=8, num_layers=3).double()
+    with torch.no_grad():  # make eps, the virtual node and the BatchNorm statistics matter
+        for conv in model.convs:
+            conv.eps.fill_(0.3)
+        model.virtual.weight.normal_()
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    inputs = _molecules()
+    torch.testing.assert_close(model(*inputs), _ogb_gin_virtual_node(model, *inputs))
+    with pytest.raises(ValueError, match="pe"):
+        model(*inputs, pe=torch.zeros(inputs[0].size(0), 4, dtype=torch.float64))
+
+
+def test_gpsconv_model_reads_rwse_through_atom_rwse_encoder():
+    x, edge_index, edge_attr, batch = _molecules()
+    model = quality.GPSConvModel(out_channels=1, hidden_channels=16, num_layers=2, heads=2, pe_dim=4, pe_width=4)
+    pe = torch.randn(x.size(0), 4)
+    assert model(x, edge_index, edge_attr, batch, pe=pe).shape == (3, 1)
+    model.eval()
+    changed = model(x, edge_index, edge_attr, batch, pe=pe + 1)
+    assert not torch.allclose(model(x, edge_index, edge_attr, batch, pe=pe), changed)
+    with pytest.raises(ValueError, match="pe must be"):
+        model(x, edge_index, edge_attr, batch)
+    with pytest.raises(ValueError, match="pe must be"):
+        quality.GPSConvModel(out_channels=1, hidden_channels=16)(x, edge_index, edge_attr, batch, pe=pe)
+
+
+@pytest.mark.skipif(not (SHARED_OGB / "ogbg_molfreesolv").exists(), reason="../shared/data/ogb/ogbg_molfreesolv is absent")
+def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(SHARED_OGB / "ogbg_molfreesolv", root / "ogbg_molfreesolv")
+    out = tmp_path / "out"
+    base = ["--dataset", "ogbg-molfreesolv", "--models", "gin-vn", "gpsconv", "--epochs", "1", "--max-steps", "2",
+            "--root", str(root), "--out", str(out), "--gps-pe", ""]
+
+    quality.main([*base, "--seeds", "0"])
+    first = capsys.readouterr().out
+    record = json.loads((out / "gin-vn-seed0.json").read_text())
+    assert record["metric"] == "rmse" and record["higher_is_better"] is False and record["steps"] == 2
+    assert (out / "val_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test rmse ↓" in first
+    with pytest.raises(SystemExit) as refused:
+        quality.main([*base, "--seeds", "0", "1"])
+    assert refused.value.code == 2 and "--resume" in capsys.readouterr().err
+    (out / "gpsconv-seed0.json").write_text(json.dumps({**json.loads((out / "gpsconv-seed0.json").read_text()), "marker": 1}))
+    quality.main([*base, "--seeds", "0", "1", "--resume"])
+    resumed = capsys.readouterr().out
+    assert json.loads((out / "gpsconv-seed0.json").read_text())["marker"] == 1  # finished runs are not redone
+    assert (out / "gpsconv-seed1.json").exists()
+    assert "| 0, 1 |" in resumed
