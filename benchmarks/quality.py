@@ -7,20 +7,20 @@ Each keeps its own published recipe (optimiser, batch size, schedule):
 
 * ``default``  our CLI default, built through the task table exactly as ``gsa train DATASET`` builds it
   (`GraphTransformer`, exphormer attention + GPS local branch, width 64, depth 3; AdamW, cosine, batch 64);
-* ``ours-gps`` our GPS configuration: the same `GraphTransformer` with ``gps=True`` and GraphGPS's molhiv
-  settings where the task table can express them (width 64, 4 heads, dropout 0.05, attention dropout 0.5,
-  batch 32, AdamW with weight decay 1e-5, gradient clipping 1.0, cosine schedule with warm-up over the first
-  5 % of steps as GraphGPS's 5 of 100 epochs), depth 3 like ``gpsconv``. Attention is ``exphormer`` (the
-  table has no dense per-graph pattern); RWSE (``--gps-pe rwse:16``, GraphGPS's 16 steps) where the task
-  table accepts ``pe`` (a note in the table says whether it did);
+* ``ours-gps`` our GPS configuration: the shipped GraphGPS molhiv configuration (``gsa train --config
+  ogbg-molhiv-gps``: `GraphTransformer` with ``gps=True``, exphormer attention, width 64, 4 heads, dropout 0.05,
+  attention dropout 0.5, RWSE 16, batch 32, AdamW with weight decay 1e-5, cosine schedule), applied to
+  ``--dataset``, with three equal-budget changes: depth 3 (``--gps-depth``, as ``gpsconv``; GraphGPS's 10
+  layers do not fit this CPU), learning rate 1e-3 (``--gps-lr``; GraphGPS's 1e-4 is tuned to 100 epochs, and
+  PyG's ``examples/graph_gps.py`` uses 1e-3), and warm-up over the first 5 % of the sweep's steps (GraphGPS:
+  5 of 100 epochs);
 * ``gin-vn``   OGB's GIN-virtual-node baseline (``examples/graphproppred/mol``: 5 layers, width 300, virtual
   node, BatchNorm, dropout 0.5, JK "last", mean pool, linear head) on PyG's ``GINEConv``; Adam lr 1e-3
   (AdamW with weight decay 0 is Adam), batch 32, constant learning rate, no clipping — OGB's ``main_pyg.py``;
-* ``gpsconv``  PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, BatchNorm), width 64, 3 layers,
-  4 heads, GraphGPS's molhiv dropout 0.05 / attention dropout 0.5, mean pool and GraphGPS's ``san_graph`` head
-  (64 → 32 → 16 → out); the ``ours-gps`` recipe. Learning rate 1e-3 (PyG's ``examples/graph_gps.py``), not
-  GraphGPS's 1e-4, which is tuned to 100 epochs of a 10-layer model. Gets ``--gps-pe`` as ``ours-gps`` does,
-  through GraphGPS's ``Atom+RWSE`` node encoder.
+* ``gpsconv``  PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, BatchNorm) with the sizes, dropouts,
+  encoding and recipe of ``ours-gps``; mean pool and GraphGPS's ``san_graph`` head (64 → 32 → 16 → out); the
+  encoding enters through GraphGPS's ``Atom+RWSE`` node encoder (``Linear(BatchNorm(pe))`` of size 16 beside
+  ``AtomEncoder(48)``).
 
 The reported figure of a run is the test metric at its best validation epoch (OGB's metric and direction:
 ROC-AUC up for classification, RMSE down for regression); the table gives mean ± sample std over seeds,
@@ -73,18 +73,15 @@ MODELS = {
 }
 # (ours, the reference it should match or beat)
 PAIRS = (("default", "gin-vn"), ("ours-gps", "gpsconv"))
-# Training recipes (task-table options over the task's defaults); "warmup_fraction" becomes warmup_steps.
-GPS_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-5, "schedule": "cosine",
-              "warmup_fraction": 0.05, "grad_clip": 1.0}
-RECIPES: Dict[str, Dict[str, Any]] = {
-    "default": {},
-    "ours-gps": {**GPS_RECIPE, "dim": 64, "depth": 3, "heads": 4, "dropout": 0.05, "attn_dropout": 0.5,
-                 "attention": "exphormer", "gps": True},
-    "gin-vn": {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "constant",
-               "warmup_steps": 0, "grad_clip": 0.0},
-    "gpsconv": dict(GPS_RECIPE),
-}
-
+# The GPS models' settings: the shipped GraphGPS molhiv configuration (`gsa train --config ogbg-molhiv-gps`), with
+# these equal-budget changes (its epochs and warm-up steps are the sweep's; see the module docstring).
+GPS_CONFIG = "ogbg-molhiv-gps"
+GPS_DEPTH, GPS_LR = 3, 1e-3
+GPS_WARMUP_FRACTION = 0.05  # GraphGPS: 5 warm-up epochs of 100
+BUDGET_OPTIONS = ("epochs", "max_steps", "warmup_steps")
+# OGB's main_pyg.py recipe (task-table options): Adam (AdamW without weight decay), constant rate, no clipping.
+GIN_VN_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "constant",
+                 "warmup_steps": 0, "grad_clip": 0.0}
 
 # ---------------------------------------------------------------------------- reference models
 class GINVirtualNode(nn.Module):
@@ -186,12 +183,13 @@ class GPSConvModel(nn.Module):
         return self.head(global_mean_pool(h, batch))
 
 
-def build_reference(model: str, data) -> nn.Module:
-    """Reference ``model`` for the task table's ``GraphPropertyData`` (its targets, and its ``pe`` when it carries one)."""
+def build_reference(model: str, data, options: Dict[str, Any]) -> nn.Module:
+    """Reference ``model`` for the task table's ``GraphPropertyData`` (its targets, and its ``pe`` when it carries one);
+    ``gpsconv`` takes its sizes from the GPS ``options`` (``dim``, ``depth``, ``heads``, ``dropout``, ``attn_dropout``)."""
     if model == "gin-vn":
         return GINVirtualNode(data.num_targets)
-    return GPSConvModel(data.num_targets, pe_dim=data.pe[1] if getattr(data, "pe", None) else 0)
-
+    return GPSConvModel(data.num_targets, hidden_channels=options["dim"], num_layers=options["depth"], heads=options["heads"],
+                        dropout=options["dropout"], attn_dropout=options["attn_dropout"], pe_dim=data.pe[1] if data.pe else 0)
 
 def ogb_skip_single_graph_task(name: str, data, metric, build_model):
     """A `GraphPropertyTask` whose training loader drops a last batch of a single graph, as OGB's ``main_pyg.py``
@@ -212,8 +210,6 @@ def ogb_skip_single_graph_task(name: str, data, metric, build_model):
 
 
 REFERENCES = ("gin-vn", "gpsconv")
-# The models that get --gps-pe (where the task table accepts `pe`).
-PE_MODELS = ("ours-gps", "gpsconv")
 
 
 # ---------------------------------------------------------------------------- one run
@@ -229,43 +225,49 @@ def ensure_dataset(dataset: str, root: Path) -> None:
     shutil.copytree(source, root / folder)
 
 
-def gps_pe_options(dataset: str, pe: Optional[str]) -> Tuple[Dict[str, Any], str]:
-    """The ``pe`` option of the `PE_MODELS` where the task table accepts one, and a note saying what ran."""
-    from graph_sparse_attn.train.table import find_task
+def gps_options(args: argparse.Namespace) -> Tuple[Dict[str, Any], str]:
+    """Task-table options of both GPS models (the shipped `GPS_CONFIG` with ``--gps-depth``/``--gps-lr``/``--gps-pe``
+    over it, budget options dropped), and the path of the configuration file."""
+    from graph_sparse_attn.train.table import load_config_file
 
-    if not pe:
-        return {}, "`ours-gps` and `gpsconv` ran without positional encoding (`--gps-pe ''`)."
-    if "pe" in find_task(dataset).options:
-        return {"pe": pe}, f"`ours-gps` and `gpsconv` read `--gps-pe {pe}` (the task table's `pe` data option, PyG's transform)."
-    return {}, f"`ours-gps` and `gpsconv` ran without RWSE: the task table has no `pe` option at this commit (`--gps-pe {pe}` not applied)."
+    _, options, path = load_config_file(GPS_CONFIG)
+    options = {key: value for key, value in options.items() if key not in BUDGET_OPTIONS}
+    options.update(depth=args.gps_depth, lr=args.gps_lr)
+    if args.gps_pe is not None:
+        options["pe"] = args.gps_pe or None
+    return options, str(path)
 
 
-def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path, extra: Dict[str, Any]):
-    """``(config, task)`` of one run: the task-table config of ``args.dataset`` with ``model``'s recipe, and its task
+def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path):
+    """``(config, task)`` of one run: the task-table config of ``args.dataset`` with ``model``'s options, and its task
     (for the references: the table's data, split, loss and evaluator with the reference model)."""
     from graph_sparse_attn.train.table import make_task, resolve_config
 
-    recipe = {**RECIPES[model], **(extra if model in PE_MODELS else {})}
-    fraction = recipe.pop("warmup_fraction", None)
     options = {"root": str(args.root), "run_dir": str(run_dir), "seed": seed, "epochs": args.epochs, "max_steps": args.max_steps,
-               "device": args.device, "checkpoint_every": args.checkpoint_every, **recipe}
+               "device": args.device, "checkpoint_every": args.checkpoint_every}
+    if model in ("ours-gps", "gpsconv"):
+        gps, path = gps_options(args)
+        options.update(gps, config_file=path if model == "ours-gps" else None)
+    elif model == "gin-vn":
+        options.update(GIN_VN_RECIPE)
     config = resolve_config(args.dataset, options)
     task = make_task(config)
-    if fraction is not None:
+    if model in ("ours-gps", "gpsconv"):
         steps_per_epoch = math.ceil(len(task.data.split_idx["train"]) / config.batch_size)
-        config = dataclasses.replace(config, warmup_steps=round(fraction * config.epochs * steps_per_epoch))
+        config = dataclasses.replace(config, warmup_steps=round(GPS_WARMUP_FRACTION * config.epochs * steps_per_epoch))
     if model in REFERENCES:
-        config = dataclasses.replace(config, model_options={"reference": model})
-        task = ogb_skip_single_graph_task(config.task, task.data, task.metric_spec, lambda data, _: build_reference(model, data))
+        sizes = {key: config.model_options[key] for key in ("dim", "depth", "heads", "dropout", "attn_dropout")}
+        config = dataclasses.replace(config, model_options={"reference": model, **(sizes if model == "gpsconv" else {})})
+        task = ogb_skip_single_graph_task(config.task, task.data, task.metric_spec,
+                                          lambda data, _: build_reference(model, data, sizes))
     return config, task
 
-
-def run_one(model: str, seed: int, args: argparse.Namespace, extra: Dict[str, Any]) -> Dict[str, Any]:
+def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or continue) one (model, seed) run and write ``OUT/MODEL-seedS.json``; returns its record."""
     from graph_sparse_attn.train.loop import Trainer
 
     run_dir = args.out / model / f"seed{seed}"
-    config, task = make_run(model, args, seed, run_dir, extra)
+    config, task = make_run(model, args, seed, run_dir)
     trainer = Trainer(config, task)
     resumed = trainer.resume()
     if resumed:
@@ -385,7 +387,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--resume", action="store_true", help="skip finished runs in --out and continue unfinished ones")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between mid-epoch checkpoints (0: every step)")
-    parser.add_argument("--gps-pe", default="rwse:16", help="ours-gps's encoding where the task table takes `pe` ('' for none)")
+    parser.add_argument("--gps-depth", type=int, default=GPS_DEPTH, help="layers of both GPS models")
+    parser.add_argument("--gps-lr", type=float, default=GPS_LR, help="learning rate of both GPS models")
+    parser.add_argument("--gps-pe", help=f"encoding of both GPS models (default: {GPS_CONFIG}'s; '' for none)")
     parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md (and the plot beside it)")
     args = parser.parse_args(argv)
     if not args.dataset.startswith("ogbg-mol"):
@@ -399,8 +403,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     if started and not args.resume:
         parser.error(f"{args.out} already holds runs ({', '.join(started)}); pass --resume to continue or choose another --out")
     ensure_dataset(args.dataset, args.root)
-    extra, note = gps_pe_options(args.dataset, args.gps_pe)
-    notes = [note] if set(PE_MODELS) & set(args.models) else []
+    notes = []
+    if {"ours-gps", "gpsconv"} & set(args.models):
+        gps, _ = gps_options(args)
+        notes.append(f"GPS models: `{GPS_CONFIG}` settings (" + ", ".join(f"{k}={v}" for k, v in gps.items())
+                     + f"), warm-up over the first {GPS_WARMUP_FRACTION:.0%} of steps; "
+                     + ("`gpsconv` reads the encoding through GraphGPS's Atom+RWSE encoder." if gps.get("pe") else "no encoding."))
     args.out.mkdir(parents=True, exist_ok=True)
 
     records: Dict[str, List[dict]] = {model: [] for model in args.models}
@@ -409,7 +417,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if path.exists():
             records[model].append(json.loads(path.read_text()))
             continue
-        records[model].append(run_one(model, seed, args, extra))
+        records[model].append(run_one(model, seed, args))
 
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "benchmarks/quality.py", *(a for a in argv if a not in ("--write", "--resume"))])
