@@ -30,8 +30,20 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if action.option_strings and action.default not in (None, argparse.SUPPRESS) and "(default" not in text:
-            text += " (default: %(default)s)"
+            text += f" (default: {_spell(action.default)})".replace("%", "%%")
         return text
+
+
+def _spell(value: Any) -> str:
+    """A parsed option value as it is typed: patterns ``name:k=v,...``, encodings ``kind:dim``, fanouts ``k1,k2``."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str):
+        if isinstance(value[1], dict):
+            params = ",".join(f"{key}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for key, v in value[1].items())
+            return value[0] + (":" + params if params else "")
+        return f"{value[0]}:{value[1]}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _checked(parse: Callable[[str], Any], condition: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
@@ -193,7 +205,9 @@ def config_from_args(argv: List[str]):
     except ValueError as error:  # UnknownTask too
         _Parser(prog="gsa train").error(str(error))
     parser = build_train_parser(spec)
-    args = parser.parse_args(from_file + options)  # later occurrences win: the command line overrides the file
+    if from_file:  # the file's values become the defaults: checked like typed options, shown by --help, overridden by options
+        parser.set_defaults(**vars(parser.parse_args(from_file)))
+    args = parser.parse_args(options)
     args.config_file = None if path is None else str(path)
     refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not None]
     if refused:

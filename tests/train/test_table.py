@@ -188,6 +188,13 @@ def test_shipped_configs_cite_a_source_and_resolve(name, tmp_path):
         assert resolved == value, option
 
 
+def test_help_with_a_config_shows_the_file_s_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--config", "ogbg-molhiv-gps", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--depth DEPTH number of Transformer blocks (default: 10)" in text and "(default: rwse:16)" in text
+
+
 def test_command_line_options_override_a_config_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.json").write_text(json.dumps({"task": "listops", "options": {"dim": 24, "depth": 3, "gate": True,
