@@ -238,36 +238,63 @@ def gps_options(args: argparse.Namespace) -> Tuple[Dict[str, Any], str]:
     return options, str(path)
 
 
-def make_run(model: str, args: argparse.Namespace, seed: int, run_dir: Path):
-    """``(config, task)`` of one run: the task-table config of ``args.dataset`` with ``model``'s options, and its task
-    (for the references: the table's data, split, loss and evaluator with the reference model)."""
-    from graph_sparse_attn.train.table import make_task, resolve_config
+def run_config(model: str, args: argparse.Namespace, seed: int):
+    """The `TrainConfig` of one run, as the task table resolves ``model``'s options over ``args.dataset``'s defaults
+    (for the references, ``model_options`` names the reference and its sizes; warm-up steps still to come)."""
+    from graph_sparse_attn.train.table import resolve_config
 
-    options = {"root": str(args.root), "run_dir": str(run_dir), "seed": seed, "epochs": args.epochs, "max_steps": args.max_steps,
-               "device": args.device, "checkpoint_every": args.checkpoint_every}
+    options = {"root": str(args.root), "run_dir": str(args.out / model / f"seed{seed}"), "seed": seed, "epochs": args.epochs,
+               "max_steps": args.max_steps, "device": args.device, "checkpoint_every": args.checkpoint_every}
     if model in ("ours-gps", "gpsconv"):
         gps, path = gps_options(args)
         options.update(gps, config_file=path if model == "ours-gps" else None)
     elif model == "gin-vn":
         options.update(GIN_VN_RECIPE)
     config = resolve_config(args.dataset, options)
+    if model in REFERENCES:
+        sizes = {key: config.model_options[key] for key in ("dim", "depth", "heads", "dropout", "attn_dropout")}
+        config = dataclasses.replace(config, model_options={"reference": model, **(sizes if model == "gpsconv" else {})})
+    return config
+
+
+def make_run(model: str, config):
+    """``(config, task)``: ``config`` with the GPS models' warm-up steps, and its task (for the references: the task
+    table's data, split, loss and evaluator with the reference model)."""
+    from graph_sparse_attn.train.table import make_task
+
     task = make_task(config)
     if model in ("ours-gps", "gpsconv"):
         steps_per_epoch = math.ceil(len(task.data.split_idx["train"]) / config.batch_size)
         config = dataclasses.replace(config, warmup_steps=round(GPS_WARMUP_FRACTION * config.epochs * steps_per_epoch))
     if model in REFERENCES:
-        sizes = {key: config.model_options[key] for key in ("dim", "depth", "heads", "dropout", "attn_dropout")}
-        config = dataclasses.replace(config, model_options={"reference": model, **(sizes if model == "gpsconv" else {})})
+        sizes = {key: value for key, value in config.model_options.items() if key != "reference"}
         task = ogb_skip_single_graph_task(config.task, task.data, task.metric_spec,
                                           lambda data, _: build_reference(model, data, sizes))
     return config, task
+
+
+# Options that may differ between a run and its continuation (warm-up steps follow from the others).
+FREE_OPTIONS = ("device", "checkpoint_every", "root", "run_dir", "warmup_steps")
+
+
+def check_same_options(saved: Dict[str, Any], config, where: Path) -> None:
+    """Refuse to continue or reuse a run made with other options than ``config`` (a table would mix budgets)."""
+    new = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(key for key in new if key not in FREE_OPTIONS and saved.get(key) != new[key])
+    if changed:
+        raise SystemExit(f"quality.py: error: {where} was run with other {', '.join(changed)} "
+                         f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); pass the same options or another --out")
+
 
 def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or continue) one (model, seed) run and write ``OUT/MODEL-seedS.json``; returns its record."""
     from graph_sparse_attn.train.loop import Trainer
 
-    run_dir = args.out / model / f"seed{seed}"
-    config, task = make_run(model, args, seed, run_dir)
+    config = run_config(model, args, seed)
+    saved = Path(config.run_dir) / "config.json"
+    if saved.exists():
+        check_same_options(json.loads(saved.read_text()), config, saved.parent)
+    config, task = make_run(model, config)
     trainer = Trainer(config, task)
     resumed = trainer.resume()
     if resumed:
@@ -415,7 +442,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     for model, seed in tqdm(runs, desc="sweep", position=2, leave=True):
         path = result_path(args.out, model, seed)
         if path.exists():
-            records[model].append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            check_same_options(record["config"], run_config(model, args, seed), path)
+            records[model].append(record)
             continue
         records[model].append(run_one(model, seed, args))
 

@@ -91,7 +91,7 @@ def test_gpsconv_model_reads_rwse_through_atom_rwse_encoder():
 
 
 @pytest.mark.skipif(not (SHARED_OGB / "ogbg_molfreesolv").exists(), reason="../shared/data/ogb/ogbg_molfreesolv is absent")
-def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys):
+def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys, monkeypatch):
     root = tmp_path / "data"
     shutil.copytree(SHARED_OGB / "ogbg_molfreesolv", root / "ogbg_molfreesolv")
     out = tmp_path / "out"
@@ -107,9 +107,19 @@ def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         quality.main([*base, "--seeds", "0", "1"])
     assert refused.value.code == 2 and "--resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="other epochs"):  # a finished run of another budget is not mixed in
+        quality.main([*base, "--seeds", "0", "--epochs", "2", "--resume"])
     (out / "gpsconv-seed0.json").write_text(json.dumps({**json.loads((out / "gpsconv-seed0.json").read_text()), "marker": 1}))
     quality.main([*base, "--seeds", "0", "1", "--resume"])
     resumed = capsys.readouterr().out
     assert json.loads((out / "gpsconv-seed0.json").read_text())["marker"] == 1  # finished runs are not redone
     assert (out / "gpsconv-seed1.json").exists()
     assert "| 0, 1 |" in resumed
+
+    written = {}
+    monkeypatch.setattr(quality, "HERE", tmp_path)  # --write: RESULTS.md block and plot, here in tmp_path
+    monkeypatch.setattr(quality, "update_results", lambda section, markdown: written.update({section: markdown}))
+    quality.main([*base, "--seeds", "0", "1", "--resume", "--write"])
+    assert written["quality-ogbg-molfreesolv"].startswith("## Equal-budget quality, ogbg-molfreesolv")
+    assert "--resume" not in written["quality-ogbg-molfreesolv"] and "(quality-ogbg-molfreesolv.png)" in written["quality-ogbg-molfreesolv"]
+    assert (tmp_path / "quality-ogbg-molfreesolv.png").read_bytes()[:4] == b"\x89PNG"
