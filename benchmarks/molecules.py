@@ -84,7 +84,8 @@ class PygGraphModel(nn.Module):
         self.norm = nn.LayerNorm(DIM)
         self.head = nn.Sequential(nn.Linear(DIM, DIM), nn.GELU(), nn.Linear(DIM, out_channels))
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, pe: Optional[Tensor] = None) -> Tensor:
+        """``pe``: the task's positional encoding, which these baselines do not use (None here)."""
         from torch_geometric.nn import global_mean_pool
 
         h, edge_features = self.atom(x), self.bond(edge_attr)
