@@ -33,12 +33,22 @@ Usage::
     python benchmarks/quality.py --dataset ogbg-molbace --epochs 1 --max-steps 5 --seeds 0   # smoke run
     python benchmarks/quality.py ... --resume                                    # continue a killed sweep
 
+One process trains one run at a time. Sweeps over disjoint ``--models`` may share an ``--out`` and run side by
+side (one per core); a last call with all models and ``--resume`` finds every run finished and only writes the
+table::
+
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --seeds 0 1 2 --epochs 10 --models default gpsconv &
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --seeds 0 1 2 --epochs 10 --models gin-vn ours-gps &
+    wait; python benchmarks/quality.py --seeds 0 1 2 --epochs 10 --resume --write
+
 Every (model, seed) run has a ``gsa train``-style run directory ``OUT/MODEL/seedS/`` (``last.pt`` at each
 epoch end and every ``--checkpoint-every`` minutes, ``metrics.jsonl``, ``curves.png``) and, once finished,
 ``OUT/MODEL-seedS.json``; ``--resume`` skips finished runs and continues the others from ``last.pt``.
 ``OUT`` (default ``benchmarks/out/quality/DATASET``) also gets ``val_curves.png`` and ``results.md``.
 The data is read from ``--root`` (default ``datasets/``, ``gsa train``'s root), into which the dataset
-folder is copied from ``../shared/data/ogb`` when it is missing there (OGB writes ``processed/`` beside it).
+folder is copied from ``../shared/data/ogb`` when it is missing there (OGB writes ``processed/`` beside it);
+copying and processing hold a lock on ``--root``. A run continued or reused with other options than it was
+made with (budget, recipe, sizes) is refused.
 """
 from __future__ import annotations
 
@@ -213,16 +223,25 @@ REFERENCES = ("gin-vn", "gpsconv")
 
 
 # ---------------------------------------------------------------------------- one run
-def ensure_dataset(dataset: str, root: Path) -> None:
-    """Copy ``../shared/data/ogb/<folder>`` into ``root`` when ``root`` lacks it (never writing into the shared one)."""
+def prepare_dataset(dataset: str, root: Path) -> None:
+    """Copy ``../shared/data/ogb/<folder>`` into ``root`` when ``root`` lacks it (never writing into the shared one)
+    and let OGB process it, under a lock on ``root``: sweeps started side by side do not copy or process it twice."""
+    import contextlib
+    import fcntl
+
+    from graph_sparse_attn.train.table import find_task
+
     folder = dataset.replace("-", "_")
-    if (root / folder).exists():
-        return
-    source = SHARED_OGB / folder
-    if not source.exists():
-        raise FileNotFoundError(f"--root {root} has no {folder}/ and {source} is absent: pass a --root holding a writable copy")
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, root / folder)
+    with open(root / f".{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / folder).exists():
+            source = SHARED_OGB / folder
+            if not source.exists():
+                raise FileNotFoundError(f"--root {root} has no {folder}/ and {source} is absent: pass a --root holding a writable copy")
+            shutil.copytree(source, root / folder)
+        with contextlib.redirect_stdout(sys.stderr):  # OGB reports its processing on stdout; keep stdout for the table
+            find_task(dataset).load(dataset, root, seed=0)
 
 
 def gps_options(args: argparse.Namespace) -> Tuple[Dict[str, Any], str]:
@@ -429,7 +448,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     started = [f"{m}/seed{s}" for m, s in runs if result_path(args.out, m, s).exists() or (args.out / m / f"seed{s}" / "last.pt").exists()]
     if started and not args.resume:
         parser.error(f"{args.out} already holds runs ({', '.join(started)}); pass --resume to continue or choose another --out")
-    ensure_dataset(args.dataset, args.root)
+    prepare_dataset(args.dataset, args.root)
     notes = []
     if {"ours-gps", "gpsconv"} & set(args.models):
         gps, _ = gps_options(args)
