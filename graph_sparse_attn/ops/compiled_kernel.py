@@ -86,7 +86,7 @@ def _bucket_ranges(count: Tensor, bucket: Tensor) -> List[Tuple[int, int]]:
     num = int(bucket.max()) + 1
     rows = torch.bincount(bucket, minlength=num).tolist()
     edges = torch.bincount(bucket, weights=count.double(), minlength=num).tolist()
-    widths = torch.zeros(num, dtype=torch.long).scatter_reduce_(0, bucket, count, "amax").tolist()
+    widths = count.new_zeros(num).scatter_reduce_(0, bucket, count, "amax").tolist()
     ranges: List[Tuple[int, int]] = []
     merged_rows = merged_edges = 0
     for b in (b for b in range(num) if rows[b] > 0):
@@ -120,7 +120,7 @@ def _blocks(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> List[_Bloc
         cnt = count[nodes]
         if num_real == 1:
             nodes, cnt = torch.cat([nodes, nodes.new_zeros(1)]), torch.cat([cnt, cnt.new_zeros(1)])
-        slots = torch.arange(max(2, int(cnt.max())))
+        slots = torch.arange(max(2, int(cnt.max())), device=ptr.device)
         mask = slots < cnt[:, None]
         pos = torch.where(mask, ptr[nodes].long()[:, None] + slots, 0)
         eid = pos.to(ptr.dtype) if eid_of is None else eid_of[pos]
