@@ -24,7 +24,8 @@ Each keeps its own published recipe (optimiser, batch size, schedule):
 
 The reported figure of a run is the test metric at its best validation epoch (OGB's metric and direction:
 ROC-AUC up for classification, RMSE down for regression); the table gives mean ± sample std over seeds,
-training time per run (evaluation excluded, summed across resumes) and training graphs/s.
+wall time per run (training and evaluation; uninterrupted runs only), training time per run (evaluation excluded, summed
+across resumes) and training graphs/s.
 
 Usage::
 
@@ -201,6 +202,7 @@ def build_reference(model: str, data, options: Dict[str, Any]) -> nn.Module:
     return GPSConvModel(data.num_targets, hidden_channels=options["dim"], num_layers=options["depth"], heads=options["heads"],
                         dropout=options["dropout"], attn_dropout=options["attn_dropout"], pe_dim=data.pe[1] if data.pe else 0)
 
+
 def ogb_skip_single_graph_task(name: str, data, metric, build_model):
     """A `GraphPropertyTask` whose training loader drops a last batch of a single graph, as OGB's ``main_pyg.py``
     skips it (GIN-VN's BatchNorm over virtual nodes needs two graphs); otherwise the task table's task."""
@@ -307,6 +309,7 @@ def check_same_options(saved: Dict[str, Any], config, where: Path) -> None:
 
 def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or continue) one (model, seed) run and write ``OUT/MODEL-seedS.json``; returns its record."""
+    from graph_sparse_attn.io import atomic_write_text
     from graph_sparse_attn.train.loop import Trainer
 
     config = run_config(model, args, seed)
@@ -323,10 +326,11 @@ def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     record = {
         "model": model, "seed": seed, "dataset": args.dataset, "metric": task.metric, "higher_is_better": task.higher_is_better,
         "parameters": sum(p.numel() for p in trainer.model.parameters()), "steps": trainer.step, "summary": summary,
-        "history": trainer.history, "resumed": resumed, "last_segment_wall_seconds": time.perf_counter() - start,
+        "history": trainer.history, "resumed": resumed,
+        # Training and evaluation of the whole run; unknown for a resumed run (the killed part's time is lost).
+        "wall_seconds": None if resumed else time.perf_counter() - start,
         "config": dataclasses.asdict(config),
     }
-    from graph_sparse_attn.io import atomic_write_text
 
     atomic_write_text(json.dumps(record, indent=1), result_path(args.out, model, seed))
     return record
@@ -358,18 +362,20 @@ def format_table(records: Dict[str, List[dict]], args: argparse.Namespace, comma
     any_record = next(r for rs in records.values() for r in rs)
     metric, higher = any_record["metric"], any_record["higher_is_better"]
     arrow = "↑" if higher else "↓"
-    lines = [f"| model | parameters | test {metric} {arrow} | val {metric} | best epoch | train s / run | train graphs / s | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | parameters | test {metric} {arrow} | val {metric} | best epoch | wall s / run | train s / run | "
+             "train graphs / s | seeds |", "|---|---|---|---|---|---|---|---|---|"]
     means = {}
     for model, runs in records.items():
         if not runs:
-            lines.append(f"| {MODELS[model]} | — | not run | — | — | — | — | — |")
+            lines.append(f"| {MODELS[model]} | — | not run | — | — | — | — | — | — |")
             continue
         tests = [r["summary"]["test"] for r in runs]
         means[model] = statistics.mean(tests)
+        walls = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
+        wall = "—" if not walls else f"{statistics.mean(walls):,.1f}" + ("" if len(walls) == len(runs) else f" ({len(walls)} of {len(runs)} runs)")
         lines.append(
             f"| {MODELS[model]} | {runs[0]['parameters']:,} | {_mean_std(tests)} | {_mean_std([r['summary']['val'] for r in runs])} | "
-            f"{', '.join(str(r['summary']['best_epoch']) for r in runs)} | "
+            f"{', '.join(str(r['summary']['best_epoch']) for r in runs)} | {wall} | "
             f"{statistics.mean(r['summary']['train_seconds'] for r in runs):,.1f} | "
             f"{statistics.mean(r['summary']['train_samples_per_s'] for r in runs):,.0f} | "
             f"{', '.join(str(r['seed']) for r in runs)} |")
@@ -382,10 +388,10 @@ def format_table(records: Dict[str, List[dict]], args: argparse.Namespace, comma
     if pairs:
         lines += ["", f"| pair | mean test difference (ours − reference) | target (ours {'≥' if higher else '≤'} reference) |",
                   "|---|---|---|", *pairs]
-    budget = f"{args.epochs} epochs" + (f", at most {args.max_steps} steps per run" if args.max_steps else "")
+    budget = f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}" + (f", at most {args.max_steps} steps per run" if args.max_steps else "")
     text = (f"## Equal-budget quality, {args.dataset} (`{command}`)\n\n"
             f"{budget}; test {metric} at the best validation epoch (OGB `Evaluator`, {'higher' if higher else 'lower'} is better), "
-            f"mean ± sample std over seeds; training time excludes evaluation. Each model trains with its own recipe "
+            f"mean ± sample std over seeds; wall time = training + evaluation of an uninterrupted run (resumed runs left out), train time excludes evaluation. Each model trains with its own recipe "
             f"(see `benchmarks/quality.py`). Hardware: {hardware(args.device)}.\n\n" + "\n".join(lines))
     if notes:
         text += "\n\n" + "\n".join(notes)
