@@ -79,6 +79,8 @@ class _Block:
 # Padding slots a merge of adjacent buckets may add beyond 2x their edges. Every block is one
 # kernel call per pass (~0.1 ms of dispatch and guards), so small graphs run as one or two blocks.
 _MERGE_SLACK = 1 << 14
+# Slots (edges, with padding) per kernel call: bounds the per-call [slots, H] buffers to a few MB.
+_MAX_BLOCK_SLOTS = 1 << 18
 
 
 def _bucket_ranges(count: Tensor, bucket: Tensor) -> List[Tuple[int, int]]:
@@ -116,16 +118,29 @@ def _blocks(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> List[_Bloc
     blocks = []
     for lo, hi in _bucket_ranges(count[nonempty], bucket):
         nodes = node_ids[(bucket >= lo) & (bucket <= hi)]
-        num_real = nodes.numel()
-        cnt = count[nodes]
-        if num_real == 1:
-            nodes, cnt = torch.cat([nodes, nodes.new_zeros(1)]), torch.cat([cnt, cnt.new_zeros(1)])
-        slots = torch.arange(max(2, int(cnt.max())), device=ptr.device)
-        mask = slots < cnt[:, None]
-        pos = torch.where(mask, ptr[nodes].long()[:, None] + slots, 0)
-        eid = pos.to(ptr.dtype) if eid_of is None else eid_of[pos]
-        blocks.append(_Block(nodes, cnt, nbr_of[pos], eid, num_real))
+        # Row chunks bound the [n, d, H] weights a kernel call writes (memory, not speed).
+        rows_per_call = max(2, _MAX_BLOCK_SLOTS // int(count[nodes].max()))
+        for chunk in _even_splits(nodes.numel(), rows_per_call):
+            blocks.append(_block(ptr, nbr_of, eid_of, nodes[chunk], count))
     return blocks
+
+
+def _block(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor], nodes: Tensor, count: Tensor) -> _Block:
+    num_real = nodes.numel()
+    cnt = count[nodes]
+    if num_real == 1:
+        nodes, cnt = torch.cat([nodes, nodes.new_zeros(1)]), torch.cat([cnt, cnt.new_zeros(1)])
+    slots = torch.arange(max(2, int(cnt.max())), device=ptr.device)
+    mask = slots < cnt[:, None]
+    pos = torch.where(mask, ptr[nodes].long()[:, None] + slots, 0)
+    eid = pos.to(ptr.dtype) if eid_of is None else eid_of[pos]
+    return _Block(nodes, cnt, nbr_of[pos], eid, num_real)
+
+
+def _even_splits(total: int, most: int) -> List[slice]:
+    """``[0, total)`` in near-equal slices of at most ``most`` (none of size 1 unless ``total`` is 1)."""
+    num = -(-total // most)
+    return [slice(total * i // num, total * (i + 1) // num) for i in range(num)]
 
 
 @dataclass(frozen=True)
@@ -311,10 +326,22 @@ def backward(
     row_dot = (grad_out * out).sum(-1)  # [N_dst, H]
     # One pass over the edges in sorted order writes [E, H] weights; dQ then gathers them over
     # the by-target blocks and dK/dV over the by-source blocks: each output row is one loop.
-    kept, dscores, dlogits = _run(
-        _backward_edges, q, k, v, grad_out, lse.t().contiguous(), row_dot, pattern.row, pattern.col, bias, gate, keep,
-        need_dlogits,
-    )
+    lse_n = lse.t().contiguous()
+
+    def edge_pass(sl: slice) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        params = (None if t is None else t[:, sl].contiguous() for t in (bias, gate, keep))
+        return _run(_backward_edges, q, k, v, grad_out, lse_n, row_dot, pattern.row[sl], pattern.col[sl], *params, need_dlogits)
+
+    splits = _even_splits(pattern.num_edges, _MAX_BLOCK_SLOTS)
+    if len(splits) == 1:
+        kept, dscores, dlogits = edge_pass(splits[0])
+    else:  # chunks bound the pass's [E, H] intermediates; only its outputs are full size
+        kept, dscores = q.new_empty(pattern.num_edges, heads), q.new_empty(pattern.num_edges, heads)
+        dlogits = q.new_empty(heads, pattern.num_edges) if need_dlogits else None
+        for sl in splits:
+            kept[sl], dscores[sl], part = edge_pass(sl)
+            if dlogits is not None:
+                dlogits[:, sl] = part
     for blk in lay.by_target:
         dq_b, _ = _run(_aggregate_block, k, dscores, blk.count, blk.nbr, blk.eid)
         dq.index_copy_(0, blk.nodes[: blk.num_real], dq_b[: blk.num_real])
