@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import gather_kernel
 from .dispatch import BACKENDS, resolve_backend
 from .fused import _NO_SEED, _dropout_keep, edge_softmax, fused_attention
 from .pattern import CSRPattern, check_edge_index
@@ -93,6 +94,7 @@ def attention_with_weights(
     training: bool = True,
     need_weights: bool = True,
     backend: str = "auto",
+    edge_values: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """`sparse_attention` returning ``(out, alpha, weights)``, all in the caller's edge order.
 
@@ -100,6 +102,11 @@ def attention_with_weights(
     that multiplied the values; equal to ``alpha`` without dropout), both differentiable, or
     ``None`` unless ``need_weights``. Layers that aggregate extra per-edge values use
     ``weights`` so that those values see the same dropout mask.
+
+    ``edge_values [E, H, D]`` (``D == Dv``), if given, is added to each edge's key and value:
+    :math:`\mathrm{softmax}_j(s\,\mathbf{q}_i^\top(\mathbf{k}_j + \mathbf{e}_{ij}))`,
+    :math:`\sum_j \alpha_{ij}(\mathbf{v}_j + \mathbf{e}_{ij})` — the small-pattern form of edge
+    features, computed in one pass by `gather_kernel.attention_with_edge_values` (autograd).
     """
     _check_qkv(query, key, value)
     num_dst, heads, head_dim = query.shape
@@ -144,13 +151,24 @@ def attention_with_weights(
             return out.to(query.dtype), None, None
         return out.to(query.dtype), alpha.to(query.dtype), weights.to(query.dtype)
 
-    kernel = resolve_backend(backend, query.device, pattern, heads * max(head_dim, value.size(-1)))
     # Per-edge tensors enter the kernels head-major, [1|H, E], in sorted edge order.
     bias, gate = (None if t is None else pattern.caller_to_sorted(t).t().contiguous() for t in (bias, gate))
     # The scale is folded into the queries: [N, H, D] work instead of [H, E].
     q = q * scale
     # A tensor seed keeps dropout free of host syncs under torch.compile; kernels regenerate the mask from it.
     seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0 else _NO_SEED
+    if edge_values is not None:
+        if edge_values.shape != (num_edges, heads, head_dim) or value.size(-1) != head_dim:
+            raise ValueError(f"edge_values must have shape [E, H, D]=[{num_edges}, {heads}, {head_dim}] with D equal to the value dim")
+        keep = _dropout_keep(seed, q.new_empty(()).expand(heads, num_edges), dropout_p)
+        out, alpha = gather_kernel.attention_with_edge_values(
+            q, k, v, pattern, pattern.caller_to_sorted(edge_values.to(compute_dtype)), bias, gate, keep
+        )
+        weights = alpha * keep if keep is not None else alpha
+        alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
+        return out.to(query.dtype), (alpha if need_weights else None), (weights if need_weights else None)
+
+    kernel = resolve_backend(backend, query.device, pattern, heads * max(head_dim, value.size(-1)))
     out, lse = fused_attention(kernel, q, k, v, pattern, bias, gate, dropout_p, seed)
     if not need_weights:
         return out.to(query.dtype), None, None

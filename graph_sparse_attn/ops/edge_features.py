@@ -81,9 +81,8 @@ def edge_weighted_sum(weights: Tensor, edge_attr: Tensor, index: Tensor, num_nod
     return _EdgeWeightedSum.apply(weights, edge_attr, index, num_nodes)
 
 
-# Up to this many [E, H, C] elements (64 MB in float32) edge features are projected per edge
-# (two large kernels); above it the adjoint form keeps memory at O(E·F). Measured in
-# benchmarks/molecules.py and benchmarks/attention.py (RESULTS.md, "Edge features").
+# Up to this many [E, H, C] elements (64 MB in float32) edge features are projected per edge and
+# attention runs in one gathered pass; above it the adjoint form keeps memory at O(E·F).
 PROJECTED_MAX_ELEMENTS = 1 << 24
 
 
@@ -108,12 +107,13 @@ def edge_feature_attention(
         \alpha_{ij} = \mathrm{softmax}_j\big(\mathbf{q}_i^\top(\mathbf{k}_j + \mathbf{W}\mathbf{e}_{ij})/\sqrt{C}\big),\qquad
         \mathbf{o}_i = \sum_j \alpha_{ij}(\mathbf{v}_j + \mathbf{W}\mathbf{e}_{ij})
 
-    The edge term enters the logits as an edge bias and the output as a weighted sum, with ``α``
-    the weights after dropout, in whichever of two algebraically equal forms is cheaper: for
-    small patterns (``E·H·C <= PROJECTED_MAX_ELEMENTS``) the projected features
-    :math:`\mathbf{W}\mathbf{e}_{ij}` ``[E, H, C]`` are formed once; for large ones no ``[E, H, C]``
-    tensor is built, using :math:`(\mathbf{W}^\top\mathbf{q}_i)^\top\mathbf{e}_{ij}` and
-    :math:`\mathbf{W}\sum_j \alpha_{ij}\mathbf{e}_{ij}` (memory O(E·F)).
+    Computed in whichever of two algebraically equal forms is cheaper for the size at hand. Small
+    patterns (``E·H·C <= PROJECTED_MAX_ELEMENTS``, e.g. molecule batches) form the projected
+    features :math:`\mathbf{W}\mathbf{e}_{ij}` ``[E, H, C]`` once and attend in a single gathered
+    pass (few kernel launches). Large ones build no ``[E, H, C]`` tensor: the edge term enters the
+    logits as an edge bias :math:`(\mathbf{W}^\top\mathbf{q}_i)^\top\mathbf{e}_{ij}` and the output
+    as :math:`\mathbf{W}\sum_j \alpha_{ij}\mathbf{e}_{ij}` with ``α`` the weights after dropout
+    (memory O(E·F)).
     Without ``edge_weight`` it is plain :func:`~graph_sparse_attn.sparse_attention`.
 
     Args:
@@ -133,18 +133,18 @@ def edge_feature_attention(
             edge_attr = edge_attr.unsqueeze(-1)
         if edge_attr.shape != (pattern.num_edges, edge_dim):
             raise ValueError(f"edge_attr must have shape [E, edge_dim]=[{pattern.num_edges}, {edge_dim}], got {list(edge_attr.shape)}")
-        edge_attr_sorted = pattern.caller_to_sorted(edge_attr)
-        row = pattern.row.long()
-        projected = pattern.num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS
-        if projected:
-            # Small patterns: one matmul gives the projected features W a_ij [E, H, C]; fewer, larger kernels.
-            edge_proj = (edge_attr_sorted @ edge_weight.reshape(heads * channels, edge_dim).t()).view(-1, heads, channels)
-            edge_score = (query.index_select(0, row) * edge_proj).sum(-1) / math.sqrt(channels)
-        else:
-            # Large patterns: q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C), no [E, H, C] keys.
-            query_edge = torch.einsum("nhc,hcf->nhf", query, edge_weight) / math.sqrt(channels)
-            edge_score = edge_dot(query_edge, edge_attr_sorted, row)
-        edge_score = pattern.sorted_to_caller(edge_score)
+        if pattern.num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS:
+            # Small patterns: project once, W a_ij [E, H, C], and attend in a single pass.
+            edge_proj = (edge_attr @ edge_weight.reshape(heads * channels, edge_dim).t()).view(-1, heads, channels)
+            out, alpha, _ = attention_with_weights(
+                query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
+                dropout=dropout, training=training, need_weights=need_weights, edge_values=edge_proj,
+            )
+            return out, alpha
+        # Large patterns: q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C), no [E, H, C] keys.
+        edge_attr_sorted, row = pattern.caller_to_sorted(edge_attr), pattern.row.long()
+        query_edge = torch.einsum("nhc,hcf->nhf", query, edge_weight) / math.sqrt(channels)
+        edge_score = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, row))
         if edge_gate is not None and gate_mode == "scale":
             edge_score = edge_score * _per_head(edge_gate, "edge_gate", pattern.num_edges, heads)
         if edge_bias is not None:
@@ -156,13 +156,9 @@ def edge_feature_attention(
         dropout=dropout, training=training, need_weights=need_weights or edge_attr_sorted is not None,
     )
     if edge_attr_sorted is not None:
-        weights = pattern.caller_to_sorted(weights)
-        if projected:
-            out = out.index_add(0, row, weights.unsqueeze(-1) * edge_proj)
-        else:
-            # Σ_j α_ij W a_ij == W Σ_j α_ij a_ij, with the α that multiplied the values.
-            edge_sum = edge_weighted_sum(weights, edge_attr_sorted, row, pattern.num_dst)
-            out = out + torch.einsum("nhf,hcf->nhc", edge_sum, edge_weight)
+        # Σ_j α_ij W a_ij == W Σ_j α_ij a_ij, with the α that multiplied the values.
+        edge_sum = edge_weighted_sum(pattern.caller_to_sorted(weights), edge_attr_sorted, pattern.row.long(), pattern.num_dst)
+        out = out + torch.einsum("nhf,hcf->nhc", edge_sum, edge_weight)
     return out, (alpha if need_weights else None)
 
 

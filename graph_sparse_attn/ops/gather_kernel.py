@@ -92,3 +92,32 @@ def backward(
     # Values: reduced in by-source order, like the keys.
     grad_value = _segment_sum((kept.unsqueeze(-1) * grad_out_edges).index_select(0, pattern.perm_t.long()), pattern.colptr)
     return grad_query, grad_key, grad_value, (grad_logits.t() if need_dlogits else None)
+
+
+def attention_with_edge_values(
+    q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern, edge_values: Tensor,
+    bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    """Attention whose keys and values carry per-edge additions, differentiated by autograd.
+
+    ``logit_e = (q_i · (k_j + ev_e)) g_e + b_e``, ``out_i = Σ_{e→i} softmax_e m_e (v_j + ev_e)`` for
+    scaled ``q [N_dst, H, D]``, ``edge_values [E, H, D]`` in sorted order and the contract's
+    ``bias``/``gate``/``keep``. Returns ``(out [N_dst, H, D], probs [H, E])``. One pass serves
+    both the output and the probabilities, which is what small patterns with edge features
+    need (their per-edge terms are materialised anyway).
+    """
+    row, col = pattern.row.long(), pattern.col.long()
+    logits = torch.linalg.vecdot(q.index_select(0, row), k.index_select(0, col) + edge_values)  # [E, H]
+    if gate is not None:
+        logits = logits * gate.t()
+    if bias is not None:
+        logits = logits + bias.t()
+    # The shift cancels in the softmax, so it needs no gradient.
+    row_max = torch.segment_reduce(logits.detach(), "max", offsets=pattern.rowptr, axis=0)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    exp = torch.exp(logits - row_max.index_select(0, row))
+    row_sum = _segment_sum(exp, pattern.rowptr).clamp_min(torch.finfo(exp.dtype).tiny)
+    probs = exp / row_sum.index_select(0, row)
+    weights = probs * keep.t() if keep is not None else probs
+    out = _segment_sum(weights.unsqueeze(-1) * (v.index_select(0, col) + edge_values), pattern.rowptr)
+    return out, probs.t()
