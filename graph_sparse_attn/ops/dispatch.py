@@ -26,12 +26,14 @@ def kernel_module(name: str) -> ModuleType:
     return importlib.import_module(f".{_KERNEL_MODULES[name]}", __package__)
 
 
-# The "auto" rule's two thresholds, measured on a 2-core CPU with benchmarks/attention.py --backends
-# (RESULTS.md, "Backends"): up to GATHER_MAX_ELEMENTS gathered [E, H, D] elements (16 MB in
-# float32) the few vectorised calls of `gather` win; from COMPILED_MIN_EDGES edges up the
-# generated loops of `compiled` beat the sparse-matrix calls of `csr`.
-GATHER_MAX_ELEMENTS = 1 << 22
-COMPILED_MIN_EDGES = 1 << 62
+# The "auto" rule's thresholds, measured on a 2-core CPU (forward+backward, H=4, D=16, random
+# graphs; benchmarks/RESULTS.md, "Backends"). `gather` wins only while launch overhead dominates
+# (E up to ~1k edges: 1.1 ms vs csr's 1.9 ms at E=256, but 2.4x slower than csr at E=4k, where its
+# [E, H, D] gathers are memory-bound). `compiled` beats `csr` from ~2k edges (0.75x csr's time at
+# E=8.4M) but its first call per dtype/shape compiles for seconds, so auto uses it only where a
+# step takes long enough (from ~1M edges, ≥0.3 s a step) to repay that at once.
+GATHER_MAX_ELEMENTS = 1 << 16
+COMPILED_MIN_EDGES = 1 << 20
 
 
 def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, width: int) -> str:
@@ -40,9 +42,9 @@ def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, wid
     ``width`` is ``H · max(D, Dv)``, the size of one edge's gathered row. ``"auto"`` picks:
 
     * on CUDA, ``"triton"`` when triton is installed, else ``"csr"``;
-    * on CPU, ``"gather"`` when ``E · width <= GATHER_MAX_ELEMENTS`` (small patterns such as
-      molecule batches, where launch count dominates); else ``"compiled"`` when
-      ``E >= COMPILED_MIN_EDGES`` and a C++ compiler is found; else ``"csr"``.
+    * on CPU, ``"gather"`` when ``E · width <= GATHER_MAX_ELEMENTS`` (tiny patterns, where launch
+      count dominates); else ``"compiled"`` when ``E >= COMPILED_MIN_EDGES`` and a C++ compiler
+      is found; else ``"csr"``.
 
     A forced ``"compiled"`` without a compiler falls back to ``"csr"`` with a one-time warning;
     a forced ``"triton"`` without triton or outside CUDA (and ``TRITON_INTERPRET=1``) is refused.
