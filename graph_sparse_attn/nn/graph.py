@@ -194,7 +194,8 @@ class GraphTransformer(nn.Module):
         if self.edge_encoder is not None:
             graph = pattern_batch(batch, num_graphs, num_virtual)[pattern.row]
             edge_id = batch_edge_ids(pattern.caller_to_sorted(attn_edge), graph, edge_index, batch, num_graphs)
-            bond = edge_features[edge_id.clamp(min=0)]
+            # index_select, not [], so backward is an index_add rather than an accumulating index_put.
+            bond = edge_features.index_select(0, edge_id.clamp(min=0))
             attn_attr = attn_attr + torch.where((edge_id >= 0).unsqueeze(-1), bond, torch.zeros_like(bond))
         pattern = pattern.sorted()
 
@@ -207,7 +208,7 @@ class GraphTransformer(nn.Module):
         for layer in self.layers:
             h = layer(h, pattern, edge_attr=attn_attr, local_edge_index=local_edge_index, local_edge_attr=edge_features)
         if num_virtual:
-            h = h[real_pos]
+            h = h.index_select(0, real_pos)
         h = self.norm(h)
         if self.task == "graph":
             h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch, num_graphs)
