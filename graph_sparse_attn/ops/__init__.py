@@ -1,8 +1,11 @@
 """Attention kernels (bottom layer: knows nothing of layers or training).
 
-`sparse_attention` runs multi-head attention over the edges of an ``edge_index`` pattern with
-two backends of one semantics: ``csr`` (memory-lean, hand-written backward) and ``reference``
-(gather/scatter oracle). `CSRPattern` holds a pattern sorted once for reuse across layers.
+`sparse_attention` (`attention`) runs multi-head attention over the edges of an ``edge_index``
+pattern; `CSRPattern` (`pattern`) holds a pattern sorted once for reuse across layers, and
+`adjacency` turns PyG's adjacency types into one. Kernel backends of one semantics —
+``gather``, ``csr``, ``compiled``, ``triton`` (``*_kernel``) — sit behind `dispatch` (names and
+the ``"auto"`` rule) and `fused` (their autograd as `torch.library` custom ops); ``reference``
+is the gather/scatter oracle. `edge_features` lets edge features enter attention.
 """
 from .attention import sparse_attention
 from .pattern import CSRPattern
