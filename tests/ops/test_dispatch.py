@@ -1,0 +1,44 @@
+"""`backend="auto"` and forced backends: the documented rule, the compiler fallback, refusals."""
+import warnings
+
+import pytest
+import torch
+
+from graph_sparse_attn import CSRPattern, patterns, sparse_attention
+from graph_sparse_attn.ops import compiled_kernel, dispatch
+
+
+def _pattern(num_nodes: int, degree: int = 16) -> CSRPattern:
+    return CSRPattern.from_edge_index(patterns.random(num_nodes, degree, generator=torch.Generator().manual_seed(0)), num_nodes)
+
+
+def test_auto_rule_on_cpu(monkeypatch):
+    cpu, width = torch.device("cpu"), 64
+    tiny, middle = _pattern(16), _pattern(4096)
+    assert tiny.num_edges * width <= dispatch.GATHER_MAX_ELEMENTS < middle.num_edges * width
+    assert dispatch.resolve_backend("auto", cpu, tiny, width) == "gather"
+    assert dispatch.resolve_backend("auto", cpu, middle, width) == "csr"
+    monkeypatch.setattr(dispatch, "COMPILED_MIN_EDGES", middle.num_edges)
+    expected = "compiled" if compiled_kernel.available() else "csr"
+    assert dispatch.resolve_backend("auto", cpu, middle, width) == expected
+
+
+def test_forced_compiled_without_a_compiler_falls_back_to_csr_and_warns_once(monkeypatch):
+    monkeypatch.setattr(compiled_kernel, "available", lambda: False)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    q = k = v = torch.randn(16, 2, 4)
+    edge_index = patterns.random(16, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler|none was found"):
+        out = sparse_attention(q, k, v, edge_index, backend="compiled")
+    torch.testing.assert_close(out, sparse_attention(q, k, v, edge_index, backend="csr"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once only
+        sparse_attention(q, k, v, edge_index, backend="compiled")
+
+
+def test_forced_triton_outside_cuda_and_its_interpreter_is_refused(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = k = v = torch.randn(8, 2, 4)
+    with pytest.raises(ValueError, match="triton"):
+        sparse_attention(q, k, v, torch.tensor([[0, 1], [1, 0]]), backend="triton")
