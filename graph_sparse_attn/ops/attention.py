@@ -164,9 +164,11 @@ def attention_with_weights(
         out, alpha = gather_kernel.attention_with_edge_values(
             q, k, v, pattern, pattern.caller_to_sorted(edge_values.to(compute_dtype)), bias, gate, keep
         )
+        if not need_weights:
+            return out.to(query.dtype), None, None
         weights = alpha * keep if keep is not None else alpha
         alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
-        return out.to(query.dtype), (alpha if need_weights else None), (weights if need_weights else None)
+        return out.to(query.dtype), alpha, weights
 
     kernel = resolve_backend(backend, query.device, pattern, heads * max(head_dim, value.size(-1)))
     out, lse = fused_attention(kernel, q, k, v, pattern, bias, gate, dropout_p, seed)

@@ -40,6 +40,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
+from . import csr_kernel
 from .pattern import CSRPattern
 
 
@@ -185,11 +186,6 @@ def _edge_param(param: Optional[Tensor], eid: Optional[Tensor]) -> Optional[Tens
     return param.t() if eid is None else param.t()[eid]
 
 
-def _logits(scores: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> Tensor:
-    logits = scores * gate if gate is not None else scores
-    return logits + bias if bias is not None else logits
-
-
 def _mask(count: Tensor, nbr: Tensor) -> Tensor:
     """``[n, d, 1]``: which slots hold an edge."""
     return (torch.arange(nbr.size(1), device=nbr.device) < count[:, None])[..., None]
@@ -198,7 +194,7 @@ def _mask(count: Tensor, nbr: Tensor) -> Tensor:
 def _forward_block(q, k, v, nodes, count, nbr, eid, bias, gate, keep):
     mask = _mask(count, nbr)
     scores = (q[nodes][:, None] * k[nbr]).sum(-1)  # [n, d, H]
-    logits = torch.where(mask, _logits(scores, _edge_param(bias, eid), _edge_param(gate, eid)), float("-inf"))
+    logits = torch.where(mask, csr_kernel.logits(scores, _edge_param(bias, eid), _edge_param(gate, eid)), float("-inf"))
     row_max = logits.amax(1)  # [n, H]
     row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
     exp = torch.exp(logits - row_max[:, None])
@@ -214,7 +210,7 @@ def _forward_block(q, k, v, nodes, count, nbr, eid, bias, gate, keep):
 def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, need_dlogits):
     """Per edge in sorted order: ``p ⊙ m`` and ``dS ⊙ g`` (``[E, H]``), and ``dS`` (``[H, E]``) if needed."""
     scores = (q[row] * k[col]).sum(-1)
-    logits = _logits(scores, _edge_param(bias, None), _edge_param(gate, None))
+    logits = csr_kernel.logits(scores, _edge_param(bias, None), _edge_param(gate, None))
     # lse = +inf on targets without a finite logit: exp gives exact zeros there.
     probs = torch.exp(logits - lse[row])
     dp = (dout[row] * v[col]).sum(-1)

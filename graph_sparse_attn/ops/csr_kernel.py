@@ -10,8 +10,8 @@ keeping ``[E, H]`` intermediates alive between forward and backward:
 """
 from __future__ import annotations
 
-import warnings
 import contextlib
+import warnings
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -156,8 +156,7 @@ def backward(
         grad_logits.sub_(per_edge(row_dot, pattern)).mul_(probs)
         del probs
         grad_scores = grad_logits * gate if gate is not None else grad_logits
-        grad_query = spmm(pattern, grad_scores, k)
-        grad_key = spmm(pattern, grad_scores, q, transpose=True)
+        grad_query, grad_key = sddmm_backward(pattern, grad_scores, q, k)
     return grad_query, grad_key, grad_value, (grad_logits if need_dlogits else None)
 
 

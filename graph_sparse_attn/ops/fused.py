@@ -112,7 +112,6 @@ def _setup_context(ctx, inputs, output) -> None:
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, rowptr, col, row, colptr, row_t, perm_t, bias, gate, seed)
     ctx.backend, ctx.num_src, ctx.has_duplicates, ctx.dropout_p = backend, num_src, has_duplicates, dropout_p
-    ctx.set_materialize_grads(True)
 
 
 def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import csr_kernel
 from .pattern import CSRPattern
 
 
@@ -31,13 +32,6 @@ def available() -> bool:
 def _segment_sum(values: Tensor, ptr: Tensor) -> Tensor:
     """``[E, ...]`` → ``[N, ...]`` sums over the runs ``[ptr[n], ptr[n+1])`` (empty runs give 0)."""
     return torch.segment_reduce(values, "sum", offsets=ptr, axis=0)
-
-
-def _edge_logits(q: Tensor, k: Tensor, row: Tensor, col: Tensor, bias: Optional[Tensor], gate: Optional[Tensor]) -> Tensor:
-    scores = torch.linalg.vecdot(q.index_select(0, row), k.index_select(0, col))  # [E, H]
-    if gate is not None:
-        scores = scores * gate.t()
-    return scores + bias.t() if bias is not None else scores
 
 
 def sddmm(pattern: CSRPattern, a: Tensor, b: Tensor) -> Tensor:
@@ -58,7 +52,7 @@ def forward(
 ) -> Tuple[Tensor, Tensor]:
     """Backend contract (see `ops.dispatch`): ``(out [N_dst, H, Dv], lse [H, N_dst])`` for scaled ``q``."""
     row, col = pattern.row.long(), pattern.col.long()
-    logits = _edge_logits(q, k, row, col, bias, gate)
+    logits = csr_kernel.logits(sddmm(pattern, q, k), bias, gate).t()  # [E, H]
     row_max = torch.segment_reduce(logits, "max", offsets=pattern.rowptr, axis=0)  # -inf for empty rows
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = torch.exp(logits - row_max.index_select(0, row))
@@ -78,7 +72,7 @@ def backward(
     """Backend contract: ``(dq, dk, dv, dlogits [H, E] or None)``, probabilities recomputed from ``lse``."""
     row, col = pattern.row.long(), pattern.col.long()
     # lse = +inf on targets without a finite logit: exp gives exact zeros there.
-    probs = torch.exp(_edge_logits(q, k, row, col, bias, gate) - lse.t().index_select(0, row))
+    probs = torch.exp(csr_kernel.logits(sddmm(pattern, q, k), bias, gate).t() - lse.t().index_select(0, row))
     grad_out_edges = grad_out.index_select(0, row)  # [E, H, Dv]
     grad_probs = torch.linalg.vecdot(grad_out_edges, v.index_select(0, col))
     kept = probs

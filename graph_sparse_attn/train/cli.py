@@ -272,14 +272,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _train(argv: List[str]) -> int:
     from .loop import Trainer
-    from .table import make_task
 
     start = time.perf_counter()
     config, resume = config_from_args(argv)
-    try:
-        task = make_task(config)
-    except _DATA_ERRORS as error:
-        print(f"gsa train: error: {error}", file=sys.stderr)
+    task = _task_or_report(config, "train")
+    if task is None:
         return 1
     trainer = Trainer(config, task)
     if resume and trainer.resume():
@@ -292,10 +289,20 @@ def _train(argv: List[str]) -> int:
     return 0
 
 
+def _task_or_report(config, command: str):
+    """The task of ``config``, or ``None`` after one error line when its data cannot be loaded."""
+    from .table import make_task
+
+    try:
+        return make_task(config)
+    except _DATA_ERRORS as error:
+        print(f"gsa {command}: error: {error}", file=sys.stderr)
+        return None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .loop import TrainConfig, Trainer
-    from .table import make_task
 
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / f"{args.checkpoint}.pt"
@@ -307,10 +314,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     except TypeError as error:
         print(f"gsa evaluate: error: {checkpoint} holds a configuration this version cannot read ({error})", file=sys.stderr)
         return 1
-    try:
-        task = make_task(config)
-    except _DATA_ERRORS as error:
-        print(f"gsa evaluate: error: {error}", file=sys.stderr)
+    task = _task_or_report(config, "evaluate")
+    if task is None:
         return 1
     trainer = Trainer(config, task)
     trainer.model.load_state_dict(state["model"])
