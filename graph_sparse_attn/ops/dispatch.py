@@ -46,7 +46,8 @@ def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, wid
       count dominates); else ``"compiled"`` when ``E >= COMPILED_MIN_EDGES`` and a C++ compiler
       is found; else ``"csr"``.
 
-    A forced ``"compiled"`` without a compiler falls back to ``"csr"`` with a one-time warning;
+    A forced ``"compiled"`` outside CPU is refused, and without a compiler falls back to ``"csr"``
+    with a one-time warning;
     a forced ``"triton"`` without triton or outside CUDA (and ``TRITON_INTERPRET=1``) is refused.
     """
     if backend == "auto":
@@ -57,6 +58,8 @@ def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, wid
         if pattern.num_edges >= COMPILED_MIN_EDGES and kernel_module("compiled").available():
             return "compiled"
         return "csr"
+    if backend == "compiled" and device.type != "cpu":
+        raise ValueError(f"backend='compiled' is the CPU fused backend, got device {device}: use 'auto' or 'triton' on GPUs")
     if backend == "compiled" and not kernel_module("compiled").available():
         _warn_once("compiled", "backend='compiled' needs a C++ compiler for torch.compile (inductor); none was found, using 'csr'")
         return "csr"

@@ -38,7 +38,13 @@ def test_forced_compiled_without_a_compiler_falls_back_to_csr_and_warns_once(mon
 
 def test_forced_triton_outside_cuda_and_its_interpreter_is_refused(monkeypatch):
     pytest.importorskip("triton")
+    dispatch.kernel_module("triton")  # triton reads the variable when kernels are defined: define them first
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q = k = v = torch.randn(8, 2, 4)
     with pytest.raises(ValueError, match="triton"):
         sparse_attention(q, k, v, torch.tensor([[0, 1], [1, 0]]), backend="triton")
+
+
+def test_forced_compiled_off_cpu_is_refused():
+    with pytest.raises(ValueError, match="compiled.*CPU"):
+        dispatch.resolve_backend("compiled", torch.device("cuda"), _pattern(16), 64)
