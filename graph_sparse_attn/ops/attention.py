@@ -96,7 +96,7 @@ def attention_with_weights(
     backend: str = "auto",
     edge_values: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """`sparse_attention` returning ``(out, alpha, weights)``, all in the caller's edge order.
+    r"""`sparse_attention` returning ``(out, alpha, weights)``, all in the caller's edge order.
 
     ``alpha [E, H]`` is the softmax and ``weights [E, H]`` the same after dropout (the factors
     that multiplied the values; equal to ``alpha`` without dropout), both differentiable, or
