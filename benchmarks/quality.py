@@ -275,6 +275,8 @@ def run_config(model: str, args: argparse.Namespace, seed: int):
         options.update(gps, config_file=path if model == "ours-gps" else None)
     elif model == "gin-vn":
         options.update(GIN_VN_RECIPE)
+    else:
+        options.update(args.overrides)
     config = resolve_config(args.dataset, options)
     if model in REFERENCES:
         sizes = {key: config.model_options[key] for key in ("dim", "depth", "heads", "dropout", "attn_dropout")}
@@ -338,6 +340,17 @@ def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
 
     atomic_write_text(json.dumps(record, indent=1), result_path(args.out, model, seed))
     return record
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """``"dropout=0.5"`` → ``("dropout", 0.5)``: the value read as JSON where it parses (numbers, true/false, null), else text."""
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
 
 
 def result_path(out: Path, model: str, seed: int) -> Path:
@@ -446,8 +459,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--gps-depth", type=int, default=GPS_DEPTH, help="layers of both GPS models")
     parser.add_argument("--gps-lr", type=float, default=GPS_LR, help="learning rate of both GPS models")
     parser.add_argument("--gps-pe", help=f"encoding of both GPS models (default: {GPS_CONFIG}'s; '' for none)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", type=parse_override, default=[],
+                        help="a task-table option of `default` (repeatable; e.g. dropout=0.5): ablations, see ablations.py")
     parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md (and the plot beside it)")
     args = parser.parse_args(argv)
+    args.overrides = dict(args.overrides)
     if not args.dataset.startswith("ogbg-mol"):
         parser.error(f"--dataset must be an OGB molecule dataset (ogbg-mol*), got {args.dataset!r}")
     if args.epochs <= 0 or args.max_steps < 0 or args.checkpoint_every < 0:
@@ -460,6 +476,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"{args.out} already holds runs ({', '.join(started)}); pass --resume to continue or choose another --out")
     prepare_dataset(args.dataset, args.root)
     notes = []
+    if args.overrides and "default" in args.models:
+        notes.append("`default` with " + ", ".join(f"{k}={v}" for k, v in args.overrides.items()) + ".")
     if {"ours-gps", "gpsconv"} & set(args.models):
         gps, _ = gps_options(args)
         notes.append(f"GPS models: `{GPS_CONFIG}` settings (" + ", ".join(f"{k}={v}" for k, v in gps.items())

@@ -148,7 +148,7 @@ def ogb_graph_property(name: str, root: Path, *, seed: int, pe: Optional[Sequenc
 
     dataset, split = _load_ogb(PygGraphPropPredDataset, name, Path(root), "graphproppred/csv_mol_download/")
     num_targets, regression, pe = int(dataset[0].y.size(-1)), dataset.task_type == "regression", _pe_spec(pe)
-    return GraphPropertyData(_with_pe(dataset, pe, seed), split, num_targets, regression, pe)
+    return GraphPropertyData(_with_pe(dataset, pe, seed, dataset.processed_dir), split, num_targets, regression, pe)
 
 
 def peptides_func(name: str, root: Path, *, seed: int, pe: Optional[Sequence] = None) -> GraphPropertyData:
@@ -156,7 +156,7 @@ def peptides_func(name: str, root: Path, *, seed: int, pe: Optional[Sequence] = 
     from .lrgb import NUM_TASKS, PeptidesFunctional
 
     dataset, pe = PeptidesFunctional(str(root)), _pe_spec(pe)
-    return GraphPropertyData(_with_pe(dataset, pe, seed), dataset.get_idx_split(), NUM_TASKS, False, pe)
+    return GraphPropertyData(_with_pe(dataset, pe, seed, dataset.processed_dir), dataset.get_idx_split(), NUM_TASKS, False, pe)
 
 
 # ---------------------------------------------------------------------------- positional encodings
@@ -193,14 +193,34 @@ def positional_encoding(kind: str, dim: int) -> Callable[[Any], Any]:
     return encode
 
 
-def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int):
-    """``dataset``, or the list of its graphs with ``data.pe``, computed once (Laplacian signs drawn from ``seed``)."""
+def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int, cache_dir: Optional[Path] = None):
+    """``dataset``, or the list of its graphs with ``data.pe`` (Laplacian signs drawn from ``seed``).
+
+    With ``cache_dir`` (a dataset's ``processed/`` folder) the encodings are computed once and kept
+    there as ``pe_{kind}{dim}_seed{seed}.pt`` (``{"pe": [sum N, dim], "num_nodes": [G]}``), like a
+    ``pre_transform``; a cache that does not match the graphs' sizes is recomputed.
+    """
     if pe is None:
         return dataset
-    encode = positional_encoding(*pe)
-    with torch.random.fork_rng(devices=[]):  # leaves the caller's random state untouched
-        torch.manual_seed(seed)
-        return [encode(data) for data in dataset]
+    sizes = torch.tensor([data.num_nodes for data in dataset], dtype=torch.long)
+    path = None if cache_dir is None else Path(cache_dir) / f"pe_{pe[0]}{pe[1]}_seed{seed}.pt"
+    cached = torch.load(path) if path is not None and path.exists() else None
+    if cached is None or not torch.equal(cached["num_nodes"], sizes) or cached["pe"].shape != (int(sizes.sum()), pe[1]):
+        encode = positional_encoding(*pe)
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's random state untouched
+            torch.manual_seed(seed)
+            values = torch.cat([encode(data).pe for data in dataset]) if len(dataset) else torch.empty(0, pe[1])
+        cached = {"pe": values, "num_nodes": sizes}
+        if path is not None:
+            from ..io import atomic_save
+
+            atomic_save(cached, path)
+    graphs = []
+    for data, encoding in zip(dataset, cached["pe"].split(sizes.tolist())):
+        data = data.clone()
+        data.pe = encoding
+        graphs.append(data)
+    return graphs
 
 
 def _pe_spec(pe: Optional[Sequence]) -> Optional[Tuple[str, int]]:

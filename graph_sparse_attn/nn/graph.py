@@ -54,6 +54,8 @@ class GraphTransformer(nn.Module):
         lap_pe: the encoding is Laplacian eigenvectors: flip their signs at random in training.
         gps: add the local message-passing branch.
         pooling: ``"mean"`` or ``"sum"`` for graph tasks.
+        norm: ``"layer"`` (pre-norm LayerNorm blocks and a final LayerNorm) or ``"batch"``
+            (GraphGPS's post-norm BatchNorm blocks, no final norm); see :class:`SparseTransformerLayer`.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
 
     Shapes: ``forward(x [N, F] (long [N, 9] for atoms), edge_index [2, E], edge_attr [E, F_e] = None,
@@ -85,6 +87,7 @@ class GraphTransformer(nn.Module):
         pooling: str = "mean",
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         if task not in ("graph", "node"):
@@ -109,11 +112,12 @@ class GraphTransformer(nn.Module):
         self.layers = nn.ModuleList(
             SparseTransformerLayer(
                 hidden_channels, heads, dropout=dropout, attn_dropout=attn_dropout, edge_dim=hidden_channels,
-                local=_gine(hidden_channels) if gps else None,
+                local=_gine(hidden_channels) if gps else None, norm=norm,
             )
             for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(hidden_channels)
+        # Post-norm blocks end normalised already.
+        self.norm = nn.LayerNorm(hidden_channels) if norm == "layer" else nn.Identity()
         self.head = nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.GELU(), nn.Linear(hidden_channels, out_channels))
         self.reset_parameters()
 
@@ -217,7 +221,8 @@ class GraphTransformer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels!r}, hidden_channels={self.hidden_channels}, out_channels={self.out_channels}, "
-            f"depth={self.depth}, heads={self.heads}, task={self.task!r}, attention={self.attention!r}, gps={self.gps}"
+            f"depth={self.depth}, heads={self.heads}, task={self.task!r}, attention={self.attention!r}, gps={self.gps}, "
+            f"norm={self.layers[0].norm_kind!r}"
         )
 
 

@@ -11,6 +11,8 @@ from ..patterns.dynamic import knn
 from ..ops.edge_features import edge_feature_attention
 
 Pattern = Union[Tensor, CSRPattern]
+# Block normalisations: pre-norm LayerNorm, or post-norm BatchNorm over nodes (GraphGPS).
+NORMS = {"layer": nn.LayerNorm, "batch": nn.BatchNorm1d}
 
 
 class FeedForward(nn.Module):
@@ -110,11 +112,19 @@ class KNNAttention(SparseMultiheadAttention):
 
 
 class SparseTransformerLayer(nn.Module):
-    r"""Pre-norm Transformer block with sparse attention:
+    r"""Transformer block with sparse attention:
 
     .. math::
         \mathbf{h} = \mathbf{x} + \mathrm{Drop}(\mathrm{Attn}(\mathrm{LN}(\mathbf{x}))),\qquad
         \mathbf{x}' = \mathbf{h} + \mathrm{Drop}(\mathrm{FFN}(\mathrm{LN}(\mathbf{h})))
+
+    With ``norm="batch"`` the block is GraphGPS's post-norm form instead, BatchNorm after each
+    residual sum (the local branch normalised on its own, then added):
+
+    .. math::
+        \mathbf{h} = \mathrm{BN}(\mathbf{x} + \mathrm{Drop}(\mathrm{Attn}(\mathbf{x})))
+        \;[+\; \mathrm{BN}(\mathbf{x} + \mathrm{Drop}(\mathrm{MPNN}(\mathbf{x})))],\qquad
+        \mathbf{x}' = \mathrm{BN}(\mathbf{h} + \mathrm{Drop}(\mathrm{FFN}(\mathbf{h})))
 
     ``Attn`` is :class:`SparseMultiheadAttention` over the given pattern (with optional edge
     features, additive edge bias and edge gates), or, with ``knn=k``, :class:`KNNAttention`
@@ -131,8 +141,9 @@ class SparseTransformerLayer(nn.Module):
         gate_mode: how ``edge_gate`` enters the logits (``"scale"`` or ``"log"``).
         knn: build a dynamic kNN pattern with this many keys per query instead.
         local: a message-passing layer ``local(h, local_edge_index, local_edge_attr) -> [N, dim]``
-            run in parallel with attention on the same normalised input (GraphGPS-style hybrid):
+            run in parallel with attention on the same input (GraphGPS-style hybrid); pre-norm:
             :math:`\mathbf{h} = \mathbf{x} + \mathrm{Drop}(\mathrm{Attn}(\mathrm{LN}\,\mathbf{x})) + \mathrm{Drop}(\mathrm{MPNN}(\mathrm{LN}\,\mathbf{x}))`.
+        norm: ``"layer"`` (pre-norm LayerNorm) or ``"batch"`` (post-norm BatchNorm, as GraphGPS).
 
     Shapes: ``forward(x [N, dim], edge_index [2, E] | CSRPattern | None, batch [N] = None, ...) -> [N, dim]``.
     """
@@ -149,18 +160,24 @@ class SparseTransformerLayer(nn.Module):
         gate_mode: str = "scale",
         knn: Optional[int] = None,
         local: Optional[nn.Module] = None,
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.dim, self.heads = dim, heads
-        self.norm_attn = nn.LayerNorm(dim)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {norm!r}")
+        self.dim, self.heads, self.norm_kind = dim, heads, norm
+        self.norm_attn = NORMS[norm](dim)
         if knn is None:
             self.attn = SparseMultiheadAttention(dim, heads, edge_dim=edge_dim, dropout=attn_dropout, gate_mode=gate_mode)
         else:
             self.attn = KNNAttention(dim, heads, knn, dropout=attn_dropout)
         self.local = local
-        self.norm_ffn = nn.LayerNorm(dim)
+        # Post-norm normalises the local branch's residual sum on its own (GraphGPS); pre-norm
+        # feeds both branches the same normalised input.
+        self.norm_local = NORMS[norm](dim) if local is not None and norm == "batch" else None
+        self.norm_ffn = NORMS[norm](dim)
         self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
@@ -169,7 +186,7 @@ class SparseTransformerLayer(nn.Module):
         return isinstance(self.attn, KNNAttention)
 
     def reset_parameters(self) -> None:
-        for module in (self.norm_attn, self.attn, self.local, self.norm_ffn, self.ffn):
+        for module in (self.norm_attn, self.attn, self.local, self.norm_local, self.norm_ffn, self.ffn):
             if module is not None:
                 module.reset_parameters()
 
@@ -185,7 +202,10 @@ class SparseTransformerLayer(nn.Module):
         local_edge_index: Optional[Tensor] = None,
         local_edge_attr: Optional[Tensor] = None,
     ) -> Tensor:
-        h = self.norm_attn(x)
+        if self.local is not None and local_edge_index is None:
+            raise ValueError("local_edge_index is required when the layer has a local message-passing branch")
+        pre = self.norm_kind == "layer"
+        h = self.norm_attn(x) if pre else x
         if self.is_dynamic:
             attended = self.attn(h, batch)
         else:
@@ -193,11 +213,14 @@ class SparseTransformerLayer(nn.Module):
                 raise ValueError("edge_index is required for a fixed-pattern SparseTransformerLayer")
             attended = self.attn(h, edge_index, edge_attr, edge_gate=edge_gate, edge_bias=edge_bias)
         out = x + self.dropout(attended)
+        if not pre:
+            out = self.norm_attn(out)
         if self.local is not None:
-            if local_edge_index is None:
-                raise ValueError("local_edge_index is required when the layer has a local message-passing branch")
-            out = out + self.dropout(self.local(h, local_edge_index, local_edge_attr))
-        return out + self.dropout(self.ffn(self.norm_ffn(out)))
+            local = self.dropout(self.local(h, local_edge_index, local_edge_attr))
+            out = out + local if pre else out + self.norm_local(x + local)
+        if pre:
+            return out + self.dropout(self.ffn(self.norm_ffn(out)))
+        return self.norm_ffn(out + self.dropout(self.ffn(out)))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}"
+        return f"dim={self.dim}, heads={self.heads}, norm={self.norm_kind!r}"

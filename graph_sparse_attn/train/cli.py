@@ -108,7 +108,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                                    help="train on neighbour-sampled mini-batches of --batch-size seed nodes with these fanouts "
                                         "per hop (-1: all); none given: the full graph")),
     ("model", "pe", dict(type=_argument_type(parse_pe), metavar="KIND:DIM",
-                         help="positional encoding computed once per graph and fed to the model: rwse:DIM (random-walk "
+                         help="positional encoding computed once per graph (cached beside the processed dataset) and fed to the model: rwse:DIM (random-walk "
                               "landing probabilities) or lap:DIM (Laplacian eigenvectors), e.g. rwse:20 (none given: none)")),
     ("model", "dim", dict(type=_positive_int, help="model width (hidden channels)")),
     ("model", "depth", dict(type=_positive_int, help="number of Transformer blocks")),
@@ -123,6 +123,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("model", "knn", dict(type=_positive_int, metavar="K", help="dynamic kNN attention with K keys per query (none given: off)")),
     ("model", "attention", dict(choices=_attention_choices(), help="attention pattern over the graph")),
     ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local GINE branch to each block (GraphGPS)")),
+    ("model", "norm", dict(choices=("layer", "batch"), help="block normalisation: pre-norm LayerNorm, or post-norm BatchNorm (GraphGPS)")),
     ("optimisation", "epochs", dict(type=_positive_int, help="training epochs")),
     ("optimisation", "max_steps", dict(type=_non_negative_int, help="stop after this many optimiser steps (0: run all epochs)")),
     ("optimisation", "batch_size", dict(type=_positive_int, help="global batch size (split across data-parallel ranks)")),

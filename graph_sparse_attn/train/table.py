@@ -93,7 +93,8 @@ def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
 
 # ---------------------------------------------------------------------------- the table
 _SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None}
-_GRAPH_MODEL = {"dim": 64, "depth": 3, "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "attention": "exphormer", "gps": True}
+_GRAPH_MODEL = {"dim": 64, "depth": 3, "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "attention": "exphormer", "gps": True,
+                "norm": "layer"}
 _NODE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.5, "attn_dropout": 0.0, "attention": "graph", "gps": False}
 _GRAPH_BUDGET = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "pe": None}
 

@@ -123,3 +123,21 @@ def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys, mo
     assert written["quality-ogbg-molfreesolv"].startswith("## Equal-budget quality, ogbg-molfreesolv")
     assert "--resume" not in written["quality-ogbg-molfreesolv"] and "(quality-ogbg-molfreesolv.png)" in written["quality-ogbg-molfreesolv"]
     assert (tmp_path / "quality-ogbg-molfreesolv.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_set_overrides_the_default_and_ablations_tabulate_variants(tmp_path, capsys):
+    ablations = pytest.importorskip("ablations")
+    root = tmp_path / "data"
+    shutil.copytree(SHARED_OGB / "ogbg_molfreesolv", root / "ogbg_molfreesolv")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="bogus"):  # an option the task table does not know is refused
+        quality.main(["--dataset", "ogbg-molfreesolv", "--models", "default", "--epochs", "1", "--max-steps", "1", "--seeds", "0",
+                      "--root", str(root), "--out", str(tmp_path / "refused"), "--set", "bogus=1"])
+
+    ablations.main(["--dataset", "ogbg-molfreesolv", "--variants", "baseline", "dropout-0.5", "--epochs", "1", "--seeds", "0",
+                    "--root", str(root), "--out", str(out)])
+    table = capsys.readouterr().out
+    configs = {variant: json.loads((out / variant / "default-seed0.json").read_text())["config"] for variant in ("baseline", "dropout-0.5")}
+    assert configs["dropout-0.5"]["model_options"]["dropout"] == 0.5
+    assert configs["baseline"]["model_options"]["dropout"] == 0.1
+    assert "| dropout-0.5 | dropout=0.5 |" in table and "test rmse ↓" in table

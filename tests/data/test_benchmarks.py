@@ -54,3 +54,18 @@ def test_encoding_a_dataset_is_seeded_and_leaves_the_global_rng_alone():
 def test_bad_encodings_are_named(kind, dim):
     with pytest.raises(ValueError, match="pe"):
         positional_encoding(kind, dim)
+
+
+def test_encodings_are_cached_beside_the_processed_data(tmp_path, monkeypatch):
+    from graph_sparse_attn.data import benchmarks
+
+    graphs = [path_graph(n) for n in (4, 7, 9)]
+    first = _with_pe(graphs, ("rwse", 3), seed=0, cache_dir=tmp_path)
+    assert (tmp_path / "pe_rwse3_seed0.pt").exists()
+    monkeypatch.setattr(benchmarks, "positional_encoding", lambda *a: pytest.fail("recomputed despite the cache"))
+    again = _with_pe(graphs, ("rwse", 3), seed=0, cache_dir=tmp_path)
+    assert all(torch.equal(a.pe, b.pe) and torch.equal(a.pe, positional_encoding("rwse", 3)(g).pe)
+               for a, b, g in zip(first, again, graphs))
+    monkeypatch.undo()
+    other = [path_graph(n) for n in (5, 7, 9)]  # other graphs: the stale cache is recomputed, not misapplied
+    assert torch.equal(_with_pe(other, ("rwse", 3), seed=0, cache_dir=tmp_path)[0].pe, positional_encoding("rwse", 3)(other[0]).pe)

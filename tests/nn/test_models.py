@@ -40,6 +40,24 @@ def test_transformer_layer_is_batch_invariant(kwargs):
         start += n
 
 
+def test_batch_norm_layer_is_graphgps_post_norm():
+    from torch_geometric.nn import GINEConv
+
+    torch.manual_seed(0)
+    local = GINEConv(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16)), edge_dim=3)
+    layer = SparseTransformerLayer(16, 4, edge_dim=5, local=local, norm="batch")  # train mode: batch statistics
+    x = torch.randn(12, 16)
+    pattern = sliding_window(12, 2)
+    attr = torch.randn(pattern.size(1), 5)
+    bonds = torch.randint(0, 12, (2, 20))
+    bond_attr = torch.randn(20, 3)
+    out = layer(x, pattern, edge_attr=attr, local_edge_index=bonds, local_edge_attr=bond_attr)
+    h = layer.norm_attn(x + layer.attn(x, pattern, attr)) + layer.norm_local(x + local(x, bonds, bond_attr))
+    torch.testing.assert_close(out, layer.norm_ffn(h + layer.ffn(h)))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        SparseTransformerLayer(16, 4, norm="rms")
+
+
 SEQUENCE_OPTIONS = [
     {},
     {"position": "sinusoidal", "pooling": "mean"},
@@ -115,6 +133,7 @@ GRAPH_OPTIONS = [
     {"attention": "k_hop", "k_hops": 2},
     {"attention": "exphormer", "expander_degree": 0, "num_virtual": 2},
     {"attention": "graph", "gps": True, "pe_dim": 4},
+    {"attention": "exphormer", "expander_degree": 0, "gps": True, "norm": "batch"},
 ]
 
 
