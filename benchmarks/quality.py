@@ -227,6 +227,7 @@ def ogb_skip_single_graph_task(name: str, data, metric, build_model):
 
 
 REFERENCES = ("gin-vn", "gpsconv")
+OURS = ("default", "ours-gps")
 
 
 # ---------------------------------------------------------------------------- one run
@@ -276,7 +277,7 @@ def run_config(model: str, args: argparse.Namespace, seed: int):
         options.update(gps, config_file=path if model == "ours-gps" else None)
     elif model == "gin-vn":
         options.update(GIN_VN_RECIPE)
-    else:
+    if model in OURS:
         options.update(args.overrides)
     config = resolve_config(args.dataset, options)
     if model in REFERENCES:
@@ -461,7 +462,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--gps-lr", type=float, default=GPS_LR, help="learning rate of both GPS models")
     parser.add_argument("--gps-pe", help=f"encoding of both GPS models (default: {GPS_CONFIG}'s; '' for none)")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", type=parse_override, default=[],
-                        help="a task-table option of `default` (repeatable; e.g. dropout=0.5): ablations, see ablations.py")
+                        help="a task-table option of our models, over their recipes (repeatable; e.g. dropout=0.5): "
+                             "ablations, see ablations.py")
     parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md (and the plot beside it)")
     args = parser.parse_args(argv)
     args.overrides = dict(args.overrides)
@@ -477,8 +479,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"{args.out} already holds runs ({', '.join(started)}); pass --resume to continue or choose another --out")
     prepare_dataset(args.dataset, args.root)
     notes = []
-    if args.overrides and "default" in args.models:
-        notes.append("`default` with " + ", ".join(f"{k}={v}" for k, v in args.overrides.items()) + ".")
+    if args.overrides and set(OURS) & set(args.models):
+        notes.append("Our models with " + ", ".join(f"{k}={v}" for k, v in args.overrides.items()) + ".")
     if {"ours-gps", "gpsconv"} & set(args.models):
         gps, _ = gps_options(args)
         notes.append(f"GPS models: `{GPS_CONFIG}` settings (" + ", ".join(f"{k}={v}" for k, v in gps.items())

@@ -17,7 +17,7 @@ virtual nodes (:func:`virtual_layout` maps the batch's real nodes into that numb
 ``attn_edge`` is *not* offset by PyG (``-1`` must stay ``-1``): :func:`batch_edge_ids` turns it
 into positions in the batch's ``edge_index``.
 
-Deterministic transforms (:class:`AddGraphPattern`, :class:`AddKHopPattern`,
+Deterministic transforms (:class:`AddGraphPattern`, :class:`AddKHopPattern`, :class:`AddFullPattern`,
 :class:`AddVirtualNodes`, :class:`AddPositionalPattern` with a fixed pattern) belong in a
 dataset's ``pre_transform`` (computed once, cached on disk); random ones
 (:class:`AddExpanderPattern`) in its ``transform``, so a ``DataLoader`` draws them afresh in its
@@ -43,7 +43,7 @@ from .patterns.structural import add_virtual_nodes, expander_from_permutations, 
 # Kinds of attention edges, one learned embedding each in `nn.GraphTransformer`.
 GRAPH_EDGE, SELF_LOOP, HOP_EDGE, EXPANDER_EDGE, VIRTUAL_EDGE = range(5)
 NUM_EDGE_TYPES = 5
-ATTENTION_PATTERNS = ("graph", "k_hop", "exphormer")
+ATTENTION_PATTERNS = ("graph", "k_hop", "exphormer", "full")
 
 
 class AttentionPattern(NamedTuple):
@@ -157,6 +157,22 @@ def k_hop_part(edge_index: Tensor, num_nodes: int, k: int) -> List[Part]:
     return graph_part(edge_index, num_nodes, self_loops=False) + [_part(hops[:, ~direct], HOP_EDGE)]
 
 
+def full_part(edge_index: Tensor, batch: Tensor, num_graphs: int) -> List[Part]:
+    """The graph's edges (:data:`GRAPH_EDGE`) and every other ordered pair of nodes of the same
+    graph, self loops included (:data:`HOP_EDGE`): full attention within each graph, as GraphGPS
+    attends. ``batch [N]`` is sorted; a graph of ``n`` nodes has ``n²`` pattern edges."""
+    num_nodes = batch.numel()
+    sizes = _graph_counts(batch, num_graphs)
+    starts = torch.cumsum(sizes, 0) - sizes
+    per_target = sizes[batch]  # each target attends to every node of its graph
+    dst = torch.repeat_interleave(torch.arange(num_nodes, device=batch.device), per_target)
+    rank = torch.arange(dst.numel(), device=batch.device) - torch.repeat_interleave(torch.cumsum(per_target, 0) - per_target, per_target)
+    src = starts[batch][dst] + rank
+    width = max(num_nodes, 1)
+    direct = torch.isin(dst * width + src, edge_index[1] * width + edge_index[0])
+    return graph_part(edge_index, num_nodes, self_loops=False) + [_part(torch.stack([src, dst])[:, ~direct], HOP_EDGE)]
+
+
 def expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torch.Generator] = None,
                   seed_per_graph: Optional[int] = None, device: Optional[torch.device] = None) -> List[Part]:
     """Exphormer's random ``degree``-regular expander (:data:`EXPANDER_EDGE`) inside each graph.
@@ -228,11 +244,12 @@ def attention_pattern(
     * ``"graph"``: the graph's edges + self loops;
     * ``"k_hop"``: the graph's edges + every other pair within ``k_hops`` hops (self loops too);
     * ``"exphormer"`` (Shirzad et al. 2023): graph edges + self loops + a random
-      ``expander_degree``-regular expander + ``num_virtual`` virtual nodes per graph, linked both ways.
+      ``expander_degree``-regular expander + ``num_virtual`` virtual nodes per graph, linked both ways;
+    * ``"full"``: every pair of nodes of each graph (GraphGPS's full attention), graph edges typed as such.
 
     For a batch the result equals ``Batch.from_data_list`` of the graphs' transforms
-    (:class:`AddGraphPattern` + :class:`AddExpanderPattern` + :class:`AddVirtualNodes`, or
-    :class:`AddKHopPattern`), expander draws included (see :func:`expander_part`).
+    (:class:`AddGraphPattern` + :class:`AddExpanderPattern` + :class:`AddVirtualNodes`,
+    :class:`AddKHopPattern` or :class:`AddFullPattern`), expander draws included (see :func:`expander_part`).
 
     Args:
         edge_index: ``[2, E]`` graph edges (a batch's graph by graph).
@@ -251,6 +268,8 @@ def attention_pattern(
         num_graphs = int(batch.max()) + 1 if num_nodes else 0
     if attention == "k_hop":
         parts, num_virtual = k_hop_part(edge_index, num_nodes, k_hops), 0
+    elif attention == "full":
+        parts = full_part(edge_index, batch, num_graphs)
     else:
         parts = graph_part(edge_index, num_nodes)
     if attention == "exphormer":
@@ -344,6 +363,18 @@ class AddKHopPattern(_GraphTransform):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.k})"
+
+
+class AddFullPattern(_GraphTransform):
+    """Attend over every pair of nodes of the graph: its edges (``GRAPH_EDGE``) and all other
+    pairs, self loops included (``HOP_EDGE``), as GraphGPS's full attention. Deterministic: use it
+    as ``pre_transform``."""
+
+    def forward(self, data: Data) -> AttentionData:
+        edge_index = self._edge_index(data)
+        data, parts, num_virtual = _pattern_of(data)
+        batch = torch.zeros(data.num_nodes, dtype=torch.long, device=edge_index.device)
+        return _attach(data, parts + full_part(edge_index, batch, 1), num_virtual)
 
 
 class AddExpanderPattern(BaseTransform):

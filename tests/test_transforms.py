@@ -24,6 +24,7 @@ from graph_sparse_attn.transforms import (
     SELF_LOOP,
     VIRTUAL_EDGE,
     AddExpanderPattern,
+    AddFullPattern,
     AddGraphPattern,
     AddKHopPattern,
     AddPositionalPattern,
@@ -55,6 +56,7 @@ RECIPES = [
     ("graph", {}, lambda: [AddGraphPattern()]),
     ("k_hop", {"k_hops": 2}, lambda: [AddKHopPattern(2)]),
     ("k_hop", {"k_hops": 3}, lambda: [AddKHopPattern(3)]),
+    ("full", {}, lambda: [AddFullPattern()]),
     ("exphormer", {"expander_degree": 0, "num_virtual": 2}, lambda: [AddGraphPattern(), AddVirtualNodes(2)]),
     ("exphormer", {"expander_degree": 4, "num_virtual": 1}, lambda: [AddGraphPattern(), AddVirtualNodes(1), AddExpanderPattern(4, seed=7)]),
     ("exphormer", {"expander_degree": 2, "num_virtual": 0}, lambda: [AddGraphPattern(), AddExpanderPattern(2, seed=7), AddVirtualNodes(0)]),
@@ -123,6 +125,19 @@ def test_batched_pattern_against_brute_force(num_virtual):
     is_graph = ids >= 0
     assert torch.equal(is_graph, batch.attn_type == GRAPH_EDGE)
     assert torch.equal(real_pos[batch.edge_index[:, ids[is_graph]]], batch.attn_index[:, is_graph])
+
+
+def test_full_pattern_is_every_pair_of_each_graph():
+    graphs = [molecule(n, seed=n, chords=2) for n in SIZES]
+    batch = Batch.from_data_list(graphs)
+    pattern = attention_pattern(batch.edge_index, batch.num_nodes, "full", batch=batch.batch, num_graphs=len(SIZES))
+    expected = {(j, i) for g in range(len(SIZES)) for i in range(batch.ptr[g], batch.ptr[g + 1]) for j in range(batch.ptr[g], batch.ptr[g + 1])}
+    got = [tuple(pair) for pair in pattern.index.t().tolist()]
+    graph_edges = {tuple(pair) for pair in batch.edge_index.t().tolist()}
+    # Every pair once, plus repeats only where the graph itself repeats an edge; graph edges typed as such.
+    assert set(got) == expected and len(got) == len(expected) + batch.edge_index.size(1) - len(graph_edges)
+    assert torch.equal(pattern.type == GRAPH_EDGE, pattern.edge >= 0)
+    assert {pair for pair, kind in zip(got, pattern.type.tolist()) if kind == HOP_EDGE} == expected - graph_edges
 
 
 def test_k_hop_types_and_edges():

@@ -32,7 +32,8 @@ class GraphTransformer(nn.Module):
     * ``"k_hop"``: the graph's edges plus every other pair within ``k_hops`` hops, self loops
       included (:func:`~graph_sparse_attn.patterns.k_hop`);
     * ``"exphormer"``: graph edges + self loops + a random ``expander_degree``-regular expander
-      + ``num_virtual`` virtual nodes per graph connected both ways (Shirzad et al. 2023).
+      + ``num_virtual`` virtual nodes per graph connected both ways (Shirzad et al. 2023);
+    * ``"full"``: every pair of nodes of each graph (GraphGPS's full attention; ``n²`` edges a graph).
 
     Each attention edge carries features: the encoded bond/edge features for graph edges, and
     a learned embedding of its type (graph edge, self loop, hop, expander, virtual). With

@@ -134,6 +134,7 @@ GRAPH_OPTIONS = [
     {"attention": "exphormer", "expander_degree": 0, "num_virtual": 2},
     {"attention": "graph", "gps": True, "pe_dim": 4},
     {"attention": "exphormer", "expander_degree": 0, "gps": True, "norm": "batch"},
+    {"attention": "full"},
 ]
 
 
