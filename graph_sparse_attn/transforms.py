@@ -151,10 +151,14 @@ def graph_part(edge_index: Tensor, num_nodes: int, *, self_loops: bool = True) -
 def k_hop_part(edge_index: Tensor, num_nodes: int, k: int) -> List[Part]:
     """The graph's edges (:data:`GRAPH_EDGE`) and every other pair within ``k`` hops, self loops
     included (:data:`HOP_EDGE`; see :func:`~graph_sparse_attn.patterns.k_hop`)."""
-    hops = k_hop(edge_index, k, num_nodes)
+    return _graph_and_other_pairs(edge_index, num_nodes, k_hop(edge_index, k, num_nodes))
+
+
+def _graph_and_other_pairs(edge_index: Tensor, num_nodes: int, pairs: Tensor) -> List[Part]:
+    """The graph's edges (:data:`GRAPH_EDGE`) and those of ``pairs [2, P]`` that are not graph edges (:data:`HOP_EDGE`)."""
     width = max(num_nodes, 1)
-    direct = torch.isin(hops[1] * width + hops[0], edge_index[1] * width + edge_index[0])
-    return graph_part(edge_index, num_nodes, self_loops=False) + [_part(hops[:, ~direct], HOP_EDGE)]
+    direct = torch.isin(pairs[1] * width + pairs[0], edge_index[1] * width + edge_index[0])
+    return graph_part(edge_index, num_nodes, self_loops=False) + [_part(pairs[:, ~direct], HOP_EDGE)]
 
 
 def full_part(edge_index: Tensor, batch: Tensor, num_graphs: int) -> List[Part]:
@@ -168,9 +172,7 @@ def full_part(edge_index: Tensor, batch: Tensor, num_graphs: int) -> List[Part]:
     dst = torch.repeat_interleave(torch.arange(num_nodes, device=batch.device), per_target)
     rank = torch.arange(dst.numel(), device=batch.device) - torch.repeat_interleave(torch.cumsum(per_target, 0) - per_target, per_target)
     src = starts[batch][dst] + rank
-    width = max(num_nodes, 1)
-    direct = torch.isin(dst * width + src, edge_index[1] * width + edge_index[0])
-    return graph_part(edge_index, num_nodes, self_loops=False) + [_part(torch.stack([src, dst])[:, ~direct], HOP_EDGE)]
+    return _graph_and_other_pairs(edge_index, num_nodes, torch.stack([src, dst]))
 
 
 def expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torch.Generator] = None,

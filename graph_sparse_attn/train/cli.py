@@ -108,8 +108,8 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                                    help="train on neighbour-sampled mini-batches of --batch-size seed nodes with these fanouts "
                                         "per hop (-1: all); none given: the full graph")),
     ("model", "pe", dict(type=_argument_type(parse_pe), metavar="KIND:DIM",
-                         help="positional encoding computed once per graph (cached beside the processed dataset) and fed to the model: rwse:DIM (random-walk "
-                              "landing probabilities) or lap:DIM (Laplacian eigenvectors), e.g. rwse:20 (none given: none)")),
+                         help="positional encoding computed once per graph (cached beside the processed dataset) and "
+                              "fed to the model: rwse:DIM (random-walk landing probabilities) or lap:DIM (Laplacian eigenvectors), e.g. rwse:20 (none given: none)")),
     ("model", "dim", dict(type=_positive_int, help="model width (hidden channels)")),
     ("model", "depth", dict(type=_positive_int, help="number of Transformer blocks")),
     ("model", "heads", dict(type=_positive_int, help="attention heads")),
