@@ -11,13 +11,13 @@ With ``g`` the gate, ``b`` the bias and ``m`` the dropout multipliers:
 
     forward (per bucket):  l_ic = (q_i · k_j) g + b,  lse_i = logsumexp_c l_ic,
                            o_i = Σ_c exp(l_ic − lse_i) m v_j
-    backward:  one pass over the edges in sorted order recomputes p = exp(l − lse) and writes
-               p ⊙ m and dS ⊙ g with dS = p ⊙ (m (dO_i · v_j) − dO_i · O_i)  ([E, H] each);
-               dQ_i = Σ_c (dS g)_e k_j gathers them over the by-target blocks,
-               dK_j = Σ_c (dS g)_e q_i and dV_j = Σ_c (p m)_e dO_i over the by-source blocks.
+    backward:  as in FlashAttention, each block recomputes its slots' p = exp(l − lse) and
+               dS = p ⊙ (m (dO_i · v_j) − dO_i · O_i), so no [E, H] buffer is kept:
+               dQ_i = Σ_c (dS g)_ic k_j over the by-target blocks,
+               dK_j = Σ_c (dS g)_cj q_i and dV_j = Σ_c (p m)_cj dO_i over the by-source blocks.
 
 The gathered ``[n_b, d_b, H, D]`` products live only inside the generated loops (inductor fuses
-each gather into the reduction that consumes it); only ``[n_b, d_b, H]`` / ``[E, H]`` edge
+each gather into the reduction that consumes it); only the per-call ``[n_b, d_b, H]`` edge
 weights are written. Every output row is reduced by one loop in a fixed order: deterministic,
 no atomics, no scatter-add over edges.
 
@@ -65,15 +65,17 @@ class _Block:
     """One degree bucket as a padded-neighbour (ELL) block of ``n >= 2`` rows and ``d >= 2`` slots.
 
     ``nodes [n]``: the row's node; ``count [n]``: its number of edges (slots past it are padding);
-    ``nbr [n, d]``: the node at the other end of each edge; ``eid [n, d]``: the edge's position in
-    sorted order (padding points at node 0 / edge 0 and is masked). The first ``num_real`` rows
-    are real; a bucket of one node gets an empty row so that no size is ever 1.
+    ``start [n]``: where its run of edges begins in the pattern's CSR (by target) or CSC (by
+    source) arrays; ``slots [d]``: ``0 .. d-1``. The kernels read slot ``c`` of row ``r`` at
+    position ``start[r] + c`` of those arrays, so a block stores no ``[n, d]`` index matrix.
+    The first ``num_real`` rows are real; a bucket of one node gets an empty row so that no
+    size is ever 1.
     """
 
     nodes: Tensor
     count: Tensor
-    nbr: Tensor
-    eid: Tensor
+    start: Tensor
+    slots: Tensor
     num_real: int
 
 
@@ -103,12 +105,8 @@ def _bucket_ranges(count: Tensor, bucket: Tensor) -> List[Tuple[int, int]]:
     return ranges
 
 
-def _blocks(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> List[_Block]:
-    """Degree-bucketed blocks of the runs ``[ptr[i], ptr[i+1])`` (empty runs skipped).
-
-    A run's position ``p`` holds the neighbour ``nbr_of[p]`` and the sorted edge ``eid_of[p]``
-    (``p`` itself when ``eid_of`` is None).
-    """
+def _blocks(ptr: Tensor) -> List[_Block]:
+    """Degree-bucketed blocks of the runs ``[ptr[i], ptr[i+1])`` (empty runs skipped)."""
     count = (ptr[1:] - ptr[:-1]).long()
     nonempty = count > 0
     if not bool(nonempty.any()):
@@ -122,20 +120,17 @@ def _blocks(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> List[_Bloc
         # Row chunks bound the [n, d, H] weights a kernel call writes (memory, not speed).
         rows_per_call = max(2, _MAX_BLOCK_SLOTS // int(count[nodes].max()))
         for chunk in _even_splits(nodes.numel(), rows_per_call):
-            blocks.append(_block(ptr, nbr_of, eid_of, nodes[chunk], count))
+            blocks.append(_block(ptr, nodes[chunk], count))
     return blocks
 
 
-def _block(ptr: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor], nodes: Tensor, count: Tensor) -> _Block:
+def _block(ptr: Tensor, nodes: Tensor, count: Tensor) -> _Block:
     num_real = nodes.numel()
     cnt = count[nodes]
     if num_real == 1:
         nodes, cnt = torch.cat([nodes, nodes.new_zeros(1)]), torch.cat([cnt, cnt.new_zeros(1)])
-    slots = torch.arange(max(2, int(cnt.max())), device=ptr.device)
-    mask = slots < cnt[:, None]
-    pos = torch.where(mask, ptr[nodes].long()[:, None] + slots, 0)
-    eid = pos.to(ptr.dtype) if eid_of is None else eid_of[pos]
-    return _Block(nodes, cnt, nbr_of[pos], eid, num_real)
+    slots = torch.arange(max(2, int(cnt.max())), dtype=ptr.dtype, device=ptr.device)
+    return _Block(nodes, cnt.to(ptr.dtype), ptr[nodes], slots, num_real)
 
 
 def _even_splits(total: int, most: int) -> List[slice]:
@@ -146,8 +141,8 @@ def _even_splits(total: int, most: int) -> List[slice]:
 
 @dataclass(frozen=True)
 class _Layout:
-    by_target: List[_Block]  # rows are targets, neighbours their sources
-    by_source: List[_Block]  # rows are sources, neighbours their targets
+    by_target: List[_Block]  # rows are targets; runs of the CSR arrays (col: sources; edge = position)
+    by_source: List[_Block]  # rows are sources; runs of the CSC arrays (row_t: targets; perm_t: edges)
 
 
 # id(rowptr) -> (weak reference to rowptr, id(col), layout); an entry leaves with its rowptr.
@@ -159,15 +154,15 @@ def layout(pattern: CSRPattern) -> _Layout:
 
     Keyed on the ``rowptr`` tensor (shared by :meth:`CSRPattern.sorted` views) and checked
     against ``col``, so a different pattern reusing the tensor is never served a stale layout.
-    Costs four index matrices of the padded edge count (at most twice ``E``).
+    Costs ``O(N)`` memory: blocks index the pattern's own arrays.
     """
     key = id(pattern.rowptr)
     cached = _LAYOUTS.get(key)
     if cached is not None and cached[0]() is pattern.rowptr and cached[1] == id(pattern.col):
         return cached[2]
     built = _Layout(
-        by_target=_blocks(pattern.rowptr, pattern.col, None),
-        by_source=_blocks(pattern.colptr, pattern.row_t, pattern.perm_t),
+        by_target=_blocks(pattern.rowptr),
+        by_source=_blocks(pattern.colptr),
     )
     _LAYOUTS[key] = (weakref.ref(pattern.rowptr, lambda _: _LAYOUTS.pop(key, None)), id(pattern.col), built)
     return built
@@ -186,13 +181,16 @@ def _edge_param(param: Optional[Tensor], eid: Optional[Tensor]) -> Optional[Tens
     return param.t() if eid is None else param.t()[eid]
 
 
-def _mask(count: Tensor, nbr: Tensor) -> Tensor:
-    """``[n, d, 1]``: which slots hold an edge."""
-    return (torch.arange(nbr.size(1), device=nbr.device) < count[:, None])[..., None]
+def _slots(start: Tensor, count: Tensor, slots: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """A block's ``(mask [n, d, 1], nbr [n, d], eid [n, d])``: which slots hold an edge, the node at
+    its other end and its sorted-edge id (padding slots read position 0 and are masked)."""
+    mask = slots < count[:, None]
+    pos = torch.where(mask, start[:, None] + slots, 0)
+    return mask[..., None], nbr_of[pos], pos if eid_of is None else eid_of[pos]
 
 
-def _forward_block(q, k, v, nodes, count, nbr, eid, bias, gate, keep):
-    mask = _mask(count, nbr)
+def _forward_block(q, k, v, nodes, count, start, slots, col, bias, gate, keep):
+    mask, nbr, eid = _slots(start, count, slots, col, None)
     scores = (q[nodes][:, None] * k[nbr]).sum(-1)  # [n, d, H]
     logits = torch.where(mask, csr_kernel.logits(scores, _edge_param(bias, eid), _edge_param(gate, eid)), float("-inf"))
     row_max = logits.amax(1)  # [n, H]
@@ -207,37 +205,44 @@ def _forward_block(q, k, v, nodes, count, nbr, eid, bias, gate, keep):
     return out, lse
 
 
-def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, need_dlogits):
-    """Per edge in sorted order: ``p ⊙ m`` and ``dS ⊙ g`` (``[E, H]``), and ``dS`` (``[H, E]``) if needed."""
-    scores = (q[row] * k[col]).sum(-1)
-    logits = csr_kernel.logits(scores, _edge_param(bias, None), _edge_param(gate, None))
+def _probs_and_dlogits(q_dst, k_src, v_src, dout_dst, lse_dst, row_dot_dst, mask, edge_bias, edge_gate, edge_keep):
+    """Recomputed ``p ⊙ m`` and ``dS = p ⊙ (m (dO_i · v_j) − dO_i · O_i)`` of a block's slots (``[n, d, H]``
+    each) from its gathered or broadcast per-slot values; padding slots give zeros."""
+    logits = csr_kernel.logits((q_dst * k_src).sum(-1), edge_bias, edge_gate)
     # lse = +inf on targets without a finite logit: exp gives exact zeros there.
-    probs = torch.exp(logits - lse[row])
-    dp = (dout[row] * v[col]).sum(-1)
+    probs = torch.where(mask, torch.exp(logits - lse_dst), 0.0)
+    dp = (dout_dst * v_src).sum(-1)
     kept = probs
-    if keep is not None:
-        dp, kept = dp * keep.t(), probs * keep.t()
-    dlogits = probs * (dp - row_dot[row])
-    dscores = dlogits * gate.t() if gate is not None else dlogits
-    return kept, dscores, dlogits.t() if need_dlogits else None
+    if edge_keep is not None:
+        dp, kept = dp * edge_keep, probs * edge_keep
+    return kept, probs * (dp - row_dot_dst)
 
 
-# The gathered block weights [n, d, H] are returned (and dropped by the caller) only so that
-# inductor writes them once: fused into the reduction, they would be gathered again for every
-# element of the head dim, and the loop vectorised along the slots instead of the head dim.
+# Backward blocks return their [n, d, H] weights (dropped by the caller unless dlogits are needed)
+# only so that inductor writes them once: fused into the reduction that consumes them, they would
+# be recomputed for every element of the head dim, and the loop vectorised along the slots.
 
 
-def _aggregate_block(x, weights, count, nbr, eid):
-    """``Σ_c w[eid[r, c]] x[nbr[r, c]]`` over a block's real slots: ``[n, H, D]``."""
-    w = torch.where(_mask(count, nbr), weights[eid], 0.0)  # [n, d, H]
-    return (w[..., None] * x[nbr]).sum(1), w
+def _dq_block(q, k, v, dout, lse, row_dot, nodes, count, start, slots, col, bias, gate, keep):
+    """By-target block: ``dQ_i = Σ_c (dS g)_ic k_j`` (``[n, H, D]``) and ``dS`` (``[n, d, H]``)."""
+    mask, nbr, eid = _slots(start, count, slots, col, None)
+    _, dlogits = _probs_and_dlogits(
+        q[nodes][:, None], k[nbr], v[nbr], dout[nodes][:, None], lse[nodes][:, None], row_dot[nodes][:, None],
+        mask, _edge_param(bias, eid), _edge_param(gate, eid), _edge_param(keep, eid),
+    )
+    dscores = dlogits * _edge_param(gate, eid) if gate is not None else dlogits
+    return (dscores[..., None] * k[nbr]).sum(1), dlogits
 
 
-def _aggregate_two_block(x, weights, y, other_weights, count, nbr, eid):
-    """Two aggregations over the same block in one kernel call (dK and dV)."""
-    mask = _mask(count, nbr)
-    w, u = torch.where(mask, weights[eid], 0.0), torch.where(mask, other_weights[eid], 0.0)
-    return (w[..., None] * x[nbr]).sum(1), (u[..., None] * y[nbr]).sum(1), w, u
+def _dkdv_block(q, k, v, dout, lse, row_dot, nodes, count, start, slots, row_t, perm_t, bias, gate, keep):
+    """By-source block: ``dK_j = Σ_c (dS g)_cj q_i`` and ``dV_j = Σ_c (p m)_cj dO_i`` (``[n, H, D|Dv]``)."""
+    mask, nbr, eid = _slots(start, count, slots, row_t, perm_t)
+    kept, dlogits = _probs_and_dlogits(
+        q[nbr], k[nodes][:, None], v[nodes][:, None], dout[nbr], lse[nbr], row_dot[nbr],
+        mask, _edge_param(bias, eid), _edge_param(gate, eid), _edge_param(keep, eid),
+    )
+    dscores = dlogits * _edge_param(gate, eid) if gate is not None else dlogits
+    return (dscores[..., None] * q[nbr]).sum(1), (kept[..., None] * dout[nbr]).sum(1), dscores, kept
 
 
 def _signature(arg) -> Hashable:
@@ -259,7 +264,9 @@ def _compiled(fn: Callable, signature: Hashable) -> Callable:
     # dropout variants never evict each other's kernels or hit that limit.
     code = fn.__code__.replace(co_name=f"{fn.__name__}_{next(_clone_ids)}")
     clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-    return torch.compile(clone, dynamic=True, fullgraph=True)
+    # Indirect indices need no bounds checks in the generated loops: block positions are in range
+    # by construction and the pattern's node indices were checked when it was built.
+    return torch.compile(clone, dynamic=True, fullgraph=True, options={"assert_indirect_indexing": False})
 
 
 def _run(fn: Callable, *args):
@@ -297,7 +304,7 @@ def forward(
         return out, lse
     lay = layout(pattern)
     for blk in lay.by_target:
-        out_b, lse_b = _run(_forward_block, q, k, v, blk.nodes, blk.count, blk.nbr, blk.eid, bias, gate, keep)
+        out_b, lse_b = _run(_forward_block, q, k, v, blk.nodes, blk.count, blk.start, blk.slots, pattern.col, bias, gate, keep)
         n, nodes = blk.num_real, blk.nodes[: blk.num_real]
         out.index_copy_(0, nodes, out_b[:n])
         lse.index_copy_(1, nodes, lse_b[:n].t())
@@ -320,29 +327,21 @@ def backward(
     grad_out = grad_out.contiguous()
     # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i (FlashAttention's identity).
     row_dot = (grad_out * out).sum(-1)  # [N_dst, H]
-    # One pass over the edges in sorted order writes [E, H] weights; dQ then gathers them over
-    # the by-target blocks and dK/dV over the by-source blocks: each output row is one loop.
     lse_n = lse.t().contiguous()
-
-    def edge_pass(sl: slice) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        params = (None if t is None else t[:, sl].contiguous() for t in (bias, gate, keep))
-        return _run(_backward_edges, q, k, v, grad_out, lse_n, row_dot, pattern.row[sl], pattern.col[sl], *params, need_dlogits)
-
-    splits = _even_splits(pattern.num_edges, _MAX_BLOCK_SLOTS)
-    if len(splits) == 1:
-        kept, dscores, dlogits = edge_pass(splits[0])
-    else:  # chunks bound the pass's [E, H] intermediates; only its outputs are full size
-        kept, dscores = q.new_empty(pattern.num_edges, heads), q.new_empty(pattern.num_edges, heads)
-        dlogits = q.new_empty(heads, pattern.num_edges) if need_dlogits else None
-        for sl in splits:
-            kept[sl], dscores[sl], part = edge_pass(sl)
-            if dlogits is not None:
-                dlogits[:, sl] = part
+    # As in FlashAttention, each pass recomputes the probabilities of its block's edges, so no
+    # [E, H] buffer is kept: dQ reduces over the by-target blocks, dK and dV over the by-source
+    # blocks, each output row in one loop.
+    dlogits = q.new_zeros(heads, pattern.num_edges) if need_dlogits else None
     for blk in lay.by_target:
-        dq_b, _ = _run(_aggregate_block, k, dscores, blk.count, blk.nbr, blk.eid)
+        dq_b, dlogits_b = _run(_dq_block, q, k, v, grad_out, lse_n, row_dot, blk.nodes, blk.count, blk.start, blk.slots,
+                               pattern.col, bias, gate, keep)
         dq.index_copy_(0, blk.nodes[: blk.num_real], dq_b[: blk.num_real])
+        if dlogits is not None:
+            real = blk.slots < blk.count[:, None]
+            dlogits[:, (blk.start[:, None] + blk.slots)[real].long()] = dlogits_b[real].t()
     for blk in lay.by_source:
-        dk_b, dv_b, _, _ = _run(_aggregate_two_block, q, dscores, grad_out, kept, blk.count, blk.nbr, blk.eid)
+        dk_b, dv_b, _, _ = _run(_dkdv_block, q, k, v, grad_out, lse_n, row_dot, blk.nodes, blk.count, blk.start, blk.slots,
+                                pattern.row_t, pattern.perm_t, bias, gate, keep)
         nodes = blk.nodes[: blk.num_real]
         dk.index_copy_(0, nodes, dk_b[: blk.num_real])
         dv.index_copy_(0, nodes, dv_b[: blk.num_real])
