@@ -22,7 +22,7 @@ from torch import Tensor
 from torch_geometric import EdgeIndex
 from torch_geometric.typing import SparseTensor
 
-from .pattern import CSRPattern, _counts_to_ptr, _index_dtype, check_edge_index
+from .pattern import CSRPattern, _index_dtype, _sorted_to_ptr, check_edge_index
 
 Adjacency = Union[Tensor, SparseTensor, CSRPattern]
 _SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
@@ -143,10 +143,11 @@ def _from_edge_index_cache(edge_index: EdgeIndex, num_src: int, num_dst: int) ->
     perm_t = torch.empty_like(perm).scatter_(0, perm, torch.arange(num_edges, device=data.device))
     (colptr, _), _ = edge_index.get_csr()
     colptr = torch.cat([colptr, colptr[-1:].expand(num_src + 1 - colptr.numel())])  # sizes inferred from max index
+    row = dst[perm].to(index_dtype)
     return CSRPattern(
-        rowptr=_counts_to_ptr(torch.bincount(dst, minlength=num_dst), index_dtype),
+        rowptr=_sorted_to_ptr(row, num_dst, index_dtype),
         col=src[perm].to(index_dtype),
-        row=dst[perm].to(index_dtype),
+        row=row,
         perm=perm,
         colptr=colptr.to(index_dtype),
         row_t=dst.to(index_dtype),

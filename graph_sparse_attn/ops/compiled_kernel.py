@@ -330,10 +330,13 @@ def backward(
         params = (None if t is None else t[:, sl].contiguous() for t in (bias, gate, keep))
         return _run(_backward_edges, q, k, v, grad_out, lse_n, row_dot, pattern.row[sl], pattern.col[sl], *params, need_dlogits)
 
-    splits = _even_splits(pattern.num_edges, _MAX_BLOCK_SLOTS)
+    # Without per-edge parameters inductor fuses the whole pass (no [E, H] intermediates): one call.
+    # With them it keeps some, so the pass runs in chunks that bound those.
+    plain = bias is None and gate is None and keep is None and not need_dlogits
+    splits = [slice(0, pattern.num_edges)] if plain else _even_splits(pattern.num_edges, _MAX_BLOCK_SLOTS)
     if len(splits) == 1:
         kept, dscores, dlogits = edge_pass(splits[0])
-    else:  # chunks bound the pass's [E, H] intermediates; only its outputs are full size
+    else:
         kept, dscores = q.new_empty(pattern.num_edges, heads), q.new_empty(pattern.num_edges, heads)
         dlogits = q.new_empty(heads, pattern.num_edges) if need_dlogits else None
         for sl in splits:

@@ -17,10 +17,13 @@ def _index_dtype(num_edges: int, num_src: int, num_dst: int) -> torch.dtype:
     return torch.int32 if max(num_edges, num_src, num_dst) < 2**31 - 1 else torch.int64
 
 
-def _counts_to_ptr(counts: Tensor, dtype: torch.dtype) -> Tensor:
-    ptr = torch.zeros(counts.numel() + 1, dtype=dtype, device=counts.device)
-    torch.cumsum(counts, 0, out=ptr[1:])
-    return ptr
+def _sorted_to_ptr(sorted_index: Tensor, num_nodes: int, dtype: torch.dtype) -> Tensor:
+    """``[num_nodes + 1]`` run offsets of a sorted index (``ptr[v]`` = number of entries ``< v``).
+
+    A binary search per node: ``O(N log E)``, where counting the entries would read all ``E``.
+    """
+    boundaries = torch.arange(num_nodes + 1, dtype=sorted_index.dtype, device=sorted_index.device)
+    return torch.searchsorted(sorted_index, boundaries, out_int32=dtype == torch.int32)
 
 
 def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str = "edge_index") -> Tensor:
@@ -36,8 +39,7 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str =
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"{name} must have shape [2, E], got {list(edge_index.shape)}")
     if edge_index.numel() > 0:
-        lo = edge_index.amin(dim=1).tolist()
-        hi = edge_index.amax(dim=1).tolist()
+        lo, hi = (t.tolist() for t in torch.aminmax(edge_index, dim=1))
         if min(lo) < 0:
             raise ValueError(f"{name} contains negative indices (min {min(lo)})")
         if hi[0] >= num_src:
@@ -112,10 +114,11 @@ class CSRPattern:
         del keys, sorted_keys
         col, row = col.to(index_dtype), row.to(index_dtype)
         # Edges are ordered by (target, source), so a stable sort by source yields (source, target).
-        perm_t = torch.sort(col, stable=True).indices
+        sorted_col, perm_t = torch.sort(col, stable=True)
         row_t = row[perm_t]
-        rowptr = _counts_to_ptr(torch.bincount(dst, minlength=num_dst), index_dtype)
-        colptr = _counts_to_ptr(torch.bincount(src, minlength=num_src), index_dtype)
+        rowptr = _sorted_to_ptr(row, num_dst, index_dtype)
+        colptr = _sorted_to_ptr(sorted_col, num_src, index_dtype)
+        del sorted_col
         return cls(
             rowptr=rowptr,
             col=col,
