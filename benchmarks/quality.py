@@ -6,8 +6,8 @@ Four models train for the same epochs on the same seeds, through the same traine
 Each keeps its own published recipe (optimiser, batch size, schedule):
 
 * ``default``  our CLI default, built through the task table exactly as ``gsa train DATASET`` builds it
-  (`GraphTransformer`, exphormer attention + GPS local branch, post-norm BatchNorm, width 64, depth 3; AdamW at a
-  constant rate, batch 32: the molecule recipe that `ablations.py` picked);
+  (`GraphTransformer`, exphormer attention + GPS local branch, post-norm BatchNorm, width 64, depth 3; AdamW with
+  cosine decay, batch 32: the molecule recipe that `ablations.py` picked);
 * ``ours-gps`` our GPS configuration: the shipped GraphGPS molhiv configuration (``gsa train --config
   ogbg-molhiv-gps``: `GraphTransformer` with ``gps=True``, full attention within each molecule, post-norm BatchNorm, width 64, 4 heads, dropout 0.05,
   attention dropout 0.5, RWSE 16, batch 32, AdamW with weight decay 1e-5, cosine schedule), applied to
