@@ -181,7 +181,7 @@ def _edge_param(param: Optional[Tensor], eid: Optional[Tensor]) -> Optional[Tens
     return param.t() if eid is None else param.t()[eid]
 
 
-def _slots(start: Tensor, count: Tensor, slots: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+def _slot_edges(start: Tensor, count: Tensor, slots: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """A block's ``(mask [n, d, 1], nbr [n, d], eid [n, d])``: which slots hold an edge, the node at
     its other end and its sorted-edge id (padding slots read position 0 and are masked)."""
     mask = slots < count[:, None]
@@ -190,7 +190,7 @@ def _slots(start: Tensor, count: Tensor, slots: Tensor, nbr_of: Tensor, eid_of: 
 
 
 def _forward_block(q, k, v, nodes, count, start, slots, col, bias, gate, keep):
-    mask, nbr, eid = _slots(start, count, slots, col, None)
+    mask, nbr, eid = _slot_edges(start, count, slots, col, None)
     scores = (q[nodes][:, None] * k[nbr]).sum(-1)  # [n, d, H]
     logits = torch.where(mask, csr_kernel.logits(scores, _edge_param(bias, eid), _edge_param(gate, eid)), float("-inf"))
     row_max = logits.amax(1)  # [n, H]
@@ -227,14 +227,14 @@ def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, nee
 
 def _aggregate_block(x, weights, count, start, slots, nbr_of, eid_of):
     """``Σ_c w[eid[r, c]] x[nbr[r, c]]`` over a block's real slots: ``[n, H, D]``."""
-    mask, nbr, eid = _slots(start, count, slots, nbr_of, eid_of)
+    mask, nbr, eid = _slot_edges(start, count, slots, nbr_of, eid_of)
     w = torch.where(mask, weights[eid], 0.0)  # [n, d, H]
     return (w[..., None] * x[nbr]).sum(1), w
 
 
 def _aggregate_two_block(x, weights, y, other_weights, count, start, slots, nbr_of, eid_of):
     """Two aggregations over the same block in one kernel call (dK and dV)."""
-    mask, nbr, eid = _slots(start, count, slots, nbr_of, eid_of)
+    mask, nbr, eid = _slot_edges(start, count, slots, nbr_of, eid_of)
     w, u = torch.where(mask, weights[eid], 0.0), torch.where(mask, other_weights[eid], 0.0)
     return (w[..., None] * x[nbr]).sum(1), (u[..., None] * y[nbr]).sum(1), w, u
 
