@@ -24,6 +24,7 @@ Usage::
     python benchmarks/molecules.py --write              # ... and put it into benchmarks/RESULTS.md
     python benchmarks/molecules.py --steps 2 --batch-size 16 --warmup 1   # smoke run
     python benchmarks/molecules.py --models graph --profile               # where (a)'s step goes
+    python benchmarks/molecules.py --models exphormer-gps --profile       # ... or (c)'s: the first of --models
     python benchmarks/molecules.py --device cuda
 
 The dataset is read from a writable copy (OGB writes ``processed/`` beside the raw files):
@@ -336,7 +337,7 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
     report = None
     if args.profile:
         torch.manual_seed(0)
-        step = training_step(build_model("graph", task, out_channels, options).to(device), task)
+        step = training_step(build_model(args.models[0], task, out_channels, options).to(device), task)
         for i in range(args.warmup):
             step(batches[i % len(batches)])
         report = profile_step(step, batches, args.profile_steps, device)
@@ -385,7 +386,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--backend", help="attention backend passed to GraphTransformer(backend=...) where it takes one")
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     parser.add_argument("--root", help="writable folder holding ogbg_molhiv/ (default: a temporary copy of the shared one)")
-    parser.add_argument("--profile", action="store_true", help="also profile model (a): aten calls per step, top-20 ops")
+    parser.add_argument("--profile", action="store_true", help="also profile the first of --models: aten calls per step, top-20 ops")
     parser.add_argument("--profile-steps", type=int, default=5, help="steps recorded by --profile")
     parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -403,7 +404,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     out_dir.mkdir(exist_ok=True)
     (out_dir / "molecules.json").write_text(json.dumps({"command": command, **facts, "rows": rows}, indent=1))
     if report is not None:
-        print("\n### Profile of (a), one training step\n\n" + report)
+        print(f"\n### Profile of {MODELS[args.models[0]]}, one training step\n\n" + report)
         (out_dir / "molecules-profile.txt").write_text(f"{command}\n\n{report}\n")
     if args.write:
         update_results("molecules", markdown)

@@ -11,6 +11,7 @@ from torch_geometric.typing import Adj, NoneType, PairTensor, SparseTensor
 from ..ops import CSRPattern
 from ..ops.adjacency import is_sparse_adjacency, pattern_from_adjacency, with_edge_values
 from ..ops.attention import GATE_MODES
+from ..ops.dispatch import check_backend
 from ..ops.edge_features import edge_feature_attention
 
 if typing.TYPE_CHECKING:
@@ -54,6 +55,7 @@ class SparseAttnConv(MessagePassing):
             \mathbf{W}_6\mathbf{e}_{ij})` by the gate, ``"log"`` adds :math:`\log g_{ij}` (a gate of
             exactly 0 removes its edge; a target whose gates are all 0 gets no messages, as after
             :func:`~graph_sparse_attn.patterns.prune`).
+        backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``).
         **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
@@ -76,6 +78,7 @@ class SparseAttnConv(MessagePassing):
         bias: bool = True,
         root_weight: bool = True,
         gate_mode: str = "scale",
+        backend: str = "auto",
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
@@ -86,6 +89,7 @@ class SparseAttnConv(MessagePassing):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
+        check_backend(backend)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -95,6 +99,7 @@ class SparseAttnConv(MessagePassing):
         self.dropout = dropout
         self.edge_dim = edge_dim
         self.gate_mode = gate_mode
+        self.backend = backend
         # TransformerConv keeps the last attention here during a call and clears it after; code
         # that checks ``conv._alpha`` sees the same ``None`` (alpha is returned, never stored).
         self._alpha: Optional[Tensor] = None
@@ -236,7 +241,7 @@ class SparseAttnConv(MessagePassing):
         return edge_feature_attention(
             query, key, value, pattern, edge_attr, edge_weight,
             edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
-            dropout=self.dropout, training=self.training, need_weights=need_weights,
+            dropout=self.dropout, training=self.training, need_weights=need_weights, backend=self.backend,
         )
 
     @torch.jit.ignore

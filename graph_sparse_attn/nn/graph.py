@@ -58,6 +58,9 @@ class GraphTransformer(nn.Module):
         norm: ``"layer"`` (pre-norm LayerNorm blocks and a final LayerNorm) or ``"batch"``
             (GraphGPS's post-norm BatchNorm blocks, no final norm); see :class:`SparseTransformerLayer`.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
+        backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``);
+            ``"compiled"`` runs molecule-sized batches in fused CPU kernels (its first step compiles
+            them for seconds; `benchmarks/molecules.py --backend compiled`).
 
     Shapes: ``forward(x [N, F] (long [N, 9] for atoms), edge_index [2, E], edge_attr [E, F_e] = None,
     batch [N] = None, pe [N, pe_dim] = None, *, attn_index [2, E'] | CSRPattern = None, attn_type [E'] = None,
@@ -89,6 +92,7 @@ class GraphTransformer(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         norm: str = "layer",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if task not in ("graph", "node"):
@@ -113,7 +117,7 @@ class GraphTransformer(nn.Module):
         self.layers = nn.ModuleList(
             SparseTransformerLayer(
                 hidden_channels, heads, dropout=dropout, attn_dropout=attn_dropout, edge_dim=hidden_channels,
-                local=_gine(hidden_channels) if gps else None, norm=norm,
+                local=_gine(hidden_channels) if gps else None, norm=norm, backend=backend,
             )
             for _ in range(depth)
         )

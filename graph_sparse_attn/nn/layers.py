@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import CSRPattern
+from ..ops.dispatch import check_backend
 from ..patterns.dynamic import knn
 from ..ops.edge_features import edge_feature_attention
 
@@ -41,15 +42,19 @@ class SparseMultiheadAttention(nn.Module):
     \mathbf{e}_{ij})/\sqrt{C} + b_{ij})`, optionally gated (see :func:`~graph_sparse_attn.sparse_attention`);
     edge features enter without ``[E, H, C]`` tensors.
 
+    ``backend`` picks the kernel as in :func:`~graph_sparse_attn.sparse_attention` (default ``"auto"``).
+
     Shapes: ``forward(x [N, dim], edge_index [2, E] | CSRPattern, edge_attr [E, edge_dim] = None,
     edge_gate = None, edge_bias = None) -> [N, dim]``.
     """
 
-    def __init__(self, dim: int, heads: int, *, edge_dim: Optional[int] = None, dropout: float = 0.0, gate_mode: str = "scale") -> None:
+    def __init__(self, dim: int, heads: int, *, edge_dim: Optional[int] = None, dropout: float = 0.0, gate_mode: str = "scale",
+                 backend: str = "auto") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.dim, self.heads, self.dropout, self.gate_mode = dim, heads, dropout, gate_mode
+        check_backend(backend)
+        self.dim, self.heads, self.dropout, self.gate_mode, self.backend = dim, heads, dropout, gate_mode, backend
         self.qkv = nn.Linear(dim, 3 * dim)
         self.lin_edge = nn.Linear(edge_dim, dim, bias=False) if edge_dim else None
         self.out = nn.Linear(dim, dim)
@@ -71,7 +76,7 @@ class SparseMultiheadAttention(nn.Module):
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.dim // self.heads, -1)
         out, _ = edge_feature_attention(
             query, key, value, edge_index, edge_attr, edge_weight, edge_gate=edge_gate, edge_bias=edge_bias,
-            gate_mode=self.gate_mode, dropout=self.dropout, training=self.training,
+            gate_mode=self.gate_mode, dropout=self.dropout, training=self.training, backend=self.backend,
         )
         return self.out(out.reshape(query.size(0), self.dim))
 
@@ -94,8 +99,8 @@ class KNNAttention(SparseMultiheadAttention):
     Shapes: ``forward(x [N, dim], batch [N] = None) -> [N, dim]``.
     """
 
-    def __init__(self, dim: int, heads: int, k: int, *, metric: str = "dot", dropout: float = 0.0) -> None:
-        super().__init__(dim, heads, dropout=dropout)
+    def __init__(self, dim: int, heads: int, k: int, *, metric: str = "dot", dropout: float = 0.0, backend: str = "auto") -> None:
+        super().__init__(dim, heads, dropout=dropout, backend=backend)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         self.k, self.metric = k, metric
@@ -144,6 +149,7 @@ class SparseTransformerLayer(nn.Module):
             run in parallel with attention on the same input (GraphGPS-style hybrid); pre-norm:
             :math:`\mathbf{h} = \mathbf{x} + \mathrm{Drop}(\mathrm{Attn}(\mathrm{LN}\,\mathbf{x})) + \mathrm{Drop}(\mathrm{MPNN}(\mathrm{LN}\,\mathbf{x}))`.
         norm: ``"layer"`` (pre-norm LayerNorm) or ``"batch"`` (post-norm BatchNorm, as GraphGPS).
+        backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``).
 
     Shapes: ``forward(x [N, dim], edge_index [2, E] | CSRPattern | None, batch [N] = None, ...) -> [N, dim]``.
     """
@@ -161,6 +167,7 @@ class SparseTransformerLayer(nn.Module):
         knn: Optional[int] = None,
         local: Optional[nn.Module] = None,
         norm: str = "layer",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -170,9 +177,10 @@ class SparseTransformerLayer(nn.Module):
         self.dim, self.heads, self.norm_kind = dim, heads, norm
         self.norm_attn = NORMS[norm](dim)
         if knn is None:
-            self.attn = SparseMultiheadAttention(dim, heads, edge_dim=edge_dim, dropout=attn_dropout, gate_mode=gate_mode)
+            self.attn = SparseMultiheadAttention(dim, heads, edge_dim=edge_dim, dropout=attn_dropout, gate_mode=gate_mode,
+                                                 backend=backend)
         else:
-            self.attn = KNNAttention(dim, heads, knn, dropout=attn_dropout)
+            self.attn = KNNAttention(dim, heads, knn, dropout=attn_dropout, backend=backend)
         self.local = local
         # Post-norm normalises the local branch's residual sum on its own (GraphGPS); pre-norm
         # feeds both branches the same normalised input.

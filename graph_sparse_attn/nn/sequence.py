@@ -73,6 +73,7 @@ class SequenceTransformer(nn.Module):
             from, sequence after sequence (``None``: the global RNG); equal to
             ``AddPositionalPattern(..., seed=pattern_seed)`` on the same sequences in the same order.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
+        backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``).
 
     Shapes: ``forward(tokens [T], batch [T], edge_index [2, E] | CSRPattern = None, pos [T] = None, *,
     num_graphs: int = None) -> [B, num_classes]``. ``edge_index`` is the pattern the batch carries
@@ -99,6 +100,7 @@ class SequenceTransformer(nn.Module):
         pattern_seed: Optional[int] = None,
         dropout: float = 0.1,
         attn_dropout: float = 0.0,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if position not in ("learned", "sinusoidal"):
@@ -118,7 +120,8 @@ class SequenceTransformer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         gate_mode = "log" if gate else "scale"
         self.layers = nn.ModuleList(
-            SparseTransformerLayer(dim, heads, ffn_dim=ffn_dim, dropout=dropout, attn_dropout=attn_dropout, gate_mode=gate_mode, knn=knn)
+            SparseTransformerLayer(dim, heads, ffn_dim=ffn_dim, dropout=dropout, attn_dropout=attn_dropout, gate_mode=gate_mode, knn=knn,
+                                   backend=backend)
             for _ in range(depth)
         )
         self.gates = nn.ModuleList(RelativePositionGate(heads) for _ in range(depth)) if gate else None

@@ -7,8 +7,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import gather_kernel
-from .dispatch import BACKENDS, resolve_backend
+from . import compiled_kernel, gather_kernel
+from .dispatch import check_backend, resolve_backend
 from .fused import _NO_SEED, _dropout_keep, edge_softmax, fused_attention
 from .pattern import CSRPattern, check_edge_index
 from .reference import reference_attention
@@ -106,13 +106,14 @@ def attention_with_weights(
     ``edge_values [E, H, D]`` (``D == Dv``), if given, is added to each edge's key and value:
     :math:`\mathrm{softmax}_j(s\,\mathbf{q}_i^\top(\mathbf{k}_j + \mathbf{e}_{ij}))`,
     :math:`\sum_j \alpha_{ij}(\mathbf{v}_j + \mathbf{e}_{ij})` — the small-pattern form of edge
-    features, computed in one pass by `gather_kernel.attention_with_edge_values` (autograd).
+    features. It runs the ``compiled`` kernels when ``backend`` resolves to ``"compiled"`` and there
+    is no bias, gate or ``need_weights`` (`compiled_kernel.attention_with_edge_values`); otherwise
+    one gathered pass differentiated by autograd (`gather_kernel.attention_with_edge_values`).
     """
     _check_qkv(query, key, value)
     num_dst, heads, head_dim = query.shape
     num_src = key.size(0)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if gate_mode not in GATE_MODES:
         raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
     if not 0.0 <= dropout < 1.0:
@@ -145,6 +146,8 @@ def attention_with_weights(
     q, k, v = (t.to(compute_dtype) for t in (query, key, value))
     dropout_p = float(dropout) if training else 0.0
     if backend == "reference":
+        if edge_values is not None:
+            raise ValueError("edge_values are not supported by backend='reference' (edge_feature_attention uses its edge-bias form there)")
         pairs = pattern.edge_index if pattern is not None else edge_index
         out, alpha, weights = reference_attention(q, k, v, pairs, bias, gate, float(scale), dropout_p)
         if not need_weights:
@@ -157,20 +160,22 @@ def attention_with_weights(
     q = q * scale
     # A tensor seed keeps dropout free of host syncs under torch.compile; kernels regenerate the mask from it.
     seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0 else _NO_SEED
+    kernel = resolve_backend(backend, query.device, pattern, heads * max(head_dim, value.size(-1)))
     if edge_values is not None:
         if edge_values.shape != (num_edges, heads, head_dim) or value.size(-1) != head_dim:
             raise ValueError(f"edge_values must have shape [E, H, D]=[{num_edges}, {heads}, {head_dim}] with D equal to the value dim")
         keep = _dropout_keep(seed, q.new_empty(()).expand(heads, num_edges), dropout_p)
-        out, alpha = gather_kernel.attention_with_edge_values(
-            q, k, v, pattern, pattern.caller_to_sorted(edge_values.to(compute_dtype)), bias, gate, keep
-        )
+        edge_values = pattern.caller_to_sorted(edge_values.to(compute_dtype))
+        # (Inside a user's torch.compile the gathered form is traced and fused by that compile instead.)
+        if kernel == "compiled" and bias is None and gate is None and not need_weights and not torch.compiler.is_compiling():
+            return compiled_kernel.attention_with_edge_values(q, k, v, pattern, edge_values, keep).to(query.dtype), None, None
+        out, alpha = gather_kernel.attention_with_edge_values(q, k, v, pattern, edge_values, bias, gate, keep)
         if not need_weights:
             return out.to(query.dtype), None, None
         weights = alpha * keep if keep is not None else alpha
         alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
         return out.to(query.dtype), alpha, weights
 
-    kernel = resolve_backend(backend, query.device, pattern, heads * max(head_dim, value.size(-1)))
     out, lse = fused_attention(kernel, q, k, v, pattern, bias, gate, dropout_p, seed)
     if not need_weights:
         return out.to(query.dtype), None, None

@@ -189,9 +189,12 @@ def _slot_edges(start: Tensor, count: Tensor, slots: Tensor, nbr_of: Tensor, eid
     return mask[..., None], nbr_of[pos], pos if eid_of is None else eid_of[pos]
 
 
-def _forward_block(q, k, v, nodes, count, start, slots, col, bias, gate, keep):
+def _forward_block(q, k, v, nodes, count, start, slots, col, bias, gate, keep, ev=None):
     mask, nbr, eid = _slot_edges(start, count, slots, col, None)
-    scores = (q[nodes][:, None] * k[nbr]).sum(-1)  # [n, d, H]
+    key, value = k[nbr], v[nbr]
+    if ev is not None:  # per-edge additions to keys and values, [E, H, D] in sorted order
+        key, value = key + ev[eid], value + ev[eid]
+    scores = (q[nodes][:, None] * key).sum(-1)  # [n, d, H]
     logits = torch.where(mask, csr_kernel.logits(scores, _edge_param(bias, eid), _edge_param(gate, eid)), float("-inf"))
     row_max = logits.amax(1)  # [n, H]
     row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
@@ -201,23 +204,28 @@ def _forward_block(q, k, v, nodes, count, start, slots, col, bias, gate, keep):
     if keep is not None:
         exp = exp * _edge_param(keep, eid)
     # Normalising the [n, H, Dv] output rather than the [n, d, H] weights saves a pass over edges.
-    out = (exp[..., None] * v[nbr]).sum(1) / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]
+    out = (exp[..., None] * value).sum(1) / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]
     return out, lse
 
 
-def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, need_dlogits):
-    """Per edge in sorted order: ``p ⊙ m`` and ``dS ⊙ g`` (``[E, H]``), and ``dS`` (``[H, E]``) if needed."""
-    scores = (q[row] * k[col]).sum(-1)
+def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, need_dlogits, ev=None):
+    """Per edge in sorted order: ``p ⊙ m`` and ``dS ⊙ g`` (``[E, H]``), ``dS`` (``[H, E]``) if needed,
+    and with edge values ``ev`` their gradient ``dS g q_i + p m dO_i`` (``[E, H, D]``)."""
+    q_row, dout_row, key, value = q[row], dout[row], k[col], v[col]
+    if ev is not None:
+        key, value = key + ev, value + ev
+    scores = (q_row * key).sum(-1)
     logits = csr_kernel.logits(scores, _edge_param(bias, None), _edge_param(gate, None))
     # lse = +inf on targets without a finite logit: exp gives exact zeros there.
     probs = torch.exp(logits - lse[row])
-    dp = (dout[row] * v[col]).sum(-1)
+    dp = (dout_row * value).sum(-1)
     kept = probs
     if keep is not None:
         dp, kept = dp * keep.t(), probs * keep.t()
     dlogits = probs * (dp - row_dot[row])
     dscores = dlogits * gate.t() if gate is not None else dlogits
-    return kept, dscores, dlogits.t() if need_dlogits else None
+    dev = None if ev is None else dscores[..., None] * q_row + kept[..., None] * dout_row
+    return kept, dscores, dlogits.t() if need_dlogits else None, dev
 
 
 # The gathered block weights [n, d, H] are returned (and dropped by the caller) only so that
@@ -225,11 +233,12 @@ def _backward_edges(q, k, v, dout, lse, row_dot, row, col, bias, gate, keep, nee
 # element of the head dim, and the loop vectorised along the slots instead of the head dim.
 
 
-def _aggregate_block(x, weights, count, start, slots, nbr_of, eid_of):
-    """``Σ_c w[eid[r, c]] x[nbr[r, c]]`` over a block's real slots: ``[n, H, D]``."""
+def _aggregate_block(x, weights, count, start, slots, nbr_of, eid_of, ev=None):
+    """``Σ_c w[eid[r, c]] (x[nbr[r, c]] (+ ev[eid[r, c]]))`` over a block's real slots: ``[n, H, D]``."""
     mask, nbr, eid = _slot_edges(start, count, slots, nbr_of, eid_of)
     w = torch.where(mask, weights[eid], 0.0)  # [n, d, H]
-    return (w[..., None] * x[nbr]).sum(1), w
+    rows = x[nbr] if ev is None else x[nbr] + ev[eid]
+    return (w[..., None] * rows).sum(1), w
 
 
 def _aggregate_two_block(x, weights, y, other_weights, count, start, slots, nbr_of, eid_of):
@@ -291,18 +300,7 @@ def forward(
     ``q [N_dst, H, D]`` (scale folded in), ``k [N_src, H, D]``, ``v [N_src, H, Dv]``;
     ``bias``/``gate`` ``[1|H, E]``, ``keep [H, E]`` or None, in sorted edge order.
     """
-    heads = q.size(1)
-    out = q.new_zeros(pattern.num_dst, heads, v.size(-1))
-    lse = q.new_full((heads, pattern.num_dst), float("inf"))
-    if pattern.num_edges == 0:
-        return out, lse
-    lay = layout(pattern)
-    for blk in lay.by_target:
-        out_b, lse_b = _run(_forward_block, q, k, v, blk.nodes, blk.count, blk.start, blk.slots, pattern.col, bias, gate, keep)
-        n, nodes = blk.num_real, blk.nodes[: blk.num_real]
-        out.index_copy_(0, nodes, out_b[:n])
-        lse.index_copy_(1, nodes, lse_b[:n].t())
-    return out, lse
+    return _forward(q, k, v, pattern, bias, gate, keep, None)
 
 
 def backward(
@@ -313,10 +311,33 @@ def backward(
 
     ``dq`` is w.r.t. the scaled queries; ``dq``/``dk`` include the chain through the gate.
     """
+    return _backward(grad_out, q, k, v, out, lse, pattern, bias, gate, keep, need_dlogits, None)[:4]
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor],
+             keep: Optional[Tensor], ev: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    heads = q.size(1)
+    out = q.new_zeros(pattern.num_dst, heads, v.size(-1))
+    lse = q.new_full((heads, pattern.num_dst), float("inf"))
+    if pattern.num_edges == 0:
+        return out, lse
+    lay = layout(pattern)
+    for blk in lay.by_target:
+        out_b, lse_b = _run(_forward_block, q, k, v, blk.nodes, blk.count, blk.start, blk.slots, pattern.col, bias, gate, keep, ev)
+        n, nodes = blk.num_real, blk.nodes[: blk.num_real]
+        out.index_copy_(0, nodes, out_b[:n])
+        lse.index_copy_(1, nodes, lse_b[:n].t())
+    return out, lse
+
+
+def _backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pattern: CSRPattern,
+    bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor], need_dlogits: bool, ev: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     heads = q.size(1)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     if pattern.num_edges == 0:
-        return dq, dk, dv, (q.new_zeros(heads, 0) if need_dlogits else None)
+        return dq, dk, dv, (q.new_zeros(heads, 0) if need_dlogits else None), (None if ev is None else torch.zeros_like(ev))
     lay = layout(pattern)
     grad_out = grad_out.contiguous()
     # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i (FlashAttention's identity).
@@ -326,25 +347,29 @@ def backward(
     # the by-target blocks and dK/dV over the by-source blocks: each output row is one loop.
     # (Recomputing the weights in the block passes instead, as FlashAttention does, saves those
     # 8 E H bytes but doubles the gathers of q and dO: 1.5x this backward's time on a random graph.)
-    def edge_pass(sl: slice) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    def edge_pass(sl: slice) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         params = (None if t is None else t[:, sl].contiguous() for t in (bias, gate, keep))
-        return _run(_backward_edges, q, k, v, grad_out, lse_n, row_dot, pattern.row[sl], pattern.col[sl], *params, need_dlogits)
+        return _run(_backward_edges, q, k, v, grad_out, lse_n, row_dot, pattern.row[sl], pattern.col[sl], *params, need_dlogits,
+                    None if ev is None else ev[sl])
 
     # Without per-edge parameters inductor fuses the whole pass (no [E, H] intermediates): one call.
     # With them it keeps some, so the pass runs in chunks that bound those.
     plain = bias is None and gate is None and keep is None and not need_dlogits
     splits = [slice(0, pattern.num_edges)] if plain else _even_splits(pattern.num_edges, _MAX_BLOCK_SLOTS)
     if len(splits) == 1:
-        kept, dscores, dlogits = edge_pass(splits[0])
+        kept, dscores, dlogits, dev = edge_pass(splits[0])
     else:
         kept, dscores = q.new_empty(pattern.num_edges, heads), q.new_empty(pattern.num_edges, heads)
         dlogits = q.new_empty(heads, pattern.num_edges) if need_dlogits else None
+        dev = None if ev is None else torch.empty_like(ev)
         for sl in splits:
-            kept[sl], dscores[sl], part = edge_pass(sl)
+            kept[sl], dscores[sl], part, dev_part = edge_pass(sl)
             if dlogits is not None:
                 dlogits[:, sl] = part
+            if dev is not None:
+                dev[sl] = dev_part
     for blk in lay.by_target:
-        dq_b, _ = _run(_aggregate_block, k, dscores, blk.count, blk.start, blk.slots, pattern.col, None)
+        dq_b, _ = _run(_aggregate_block, k, dscores, blk.count, blk.start, blk.slots, pattern.col, None, ev)
         dq.index_copy_(0, blk.nodes[: blk.num_real], dq_b[: blk.num_real])
     for blk in lay.by_source:
         dk_b, dv_b, _, _ = _run(_aggregate_two_block, q, dscores, grad_out, kept, blk.count, blk.start, blk.slots,
@@ -352,4 +377,31 @@ def backward(
         nodes = blk.nodes[: blk.num_real]
         dk.index_copy_(0, nodes, dk_b[: blk.num_real])
         dv.index_copy_(0, nodes, dv_b[: blk.num_real])
-    return dq, dk, dv, dlogits
+    return dq, dk, dv, dlogits, dev
+
+
+class _AttentionWithEdgeValues(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, ev, pattern, keep):
+        out, lse = _forward(q, k, v, pattern, None, None, keep, ev)
+        ctx.save_for_backward(q, k, v, ev, out, lse, keep)
+        ctx.pattern = pattern
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, ev, out, lse, keep = ctx.saved_tensors
+        dq, dk, dv, _, dev = _backward(grad_out, q, k, v, out, lse, ctx.pattern, None, None, keep, False, ev)
+        return dq, dk, dv, dev, None, None
+
+
+def attention_with_edge_values(q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern, edge_values: Tensor,
+                               keep: Optional[Tensor]) -> Tensor:
+    """``out_i = Σ_{e→i} softmax_e(q_i · (k_j + ev_e)) m_e (v_j + ev_e)`` → ``[N_dst, H, D]``, differentiable in
+    ``q`` (scaled), ``k``, ``v`` and ``edge_values [E, H, D]`` (sorted order); ``keep [H, E]`` or None.
+
+    The compiled form of `gather_kernel.attention_with_edge_values` without bias or gate: the edge
+    values are gathered inside the generated loops (no ``[E, H, D]`` temporaries in forward) and
+    their gradient is written by the backward's edge pass.
+    """
+    return _AttentionWithEdgeValues.apply(q, k, v, edge_values, pattern, keep)

@@ -36,6 +36,12 @@ GATHER_MAX_ELEMENTS = 1 << 16
 COMPILED_MIN_EDGES = 1 << 20
 
 
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` unless ``backend`` is one of `BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, width: int) -> str:
     """The kernel backend that runs a call (``backend`` is one of `BACKENDS` but ``"reference"``).
 

@@ -100,6 +100,7 @@ def edge_feature_attention(
     dropout: float = 0.0,
     training: bool = True,
     need_weights: bool = False,
+    backend: str = "auto",
 ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Attention whose keys and values both carry projected edge features.
 
@@ -119,7 +120,9 @@ def edge_feature_attention(
     Args:
         query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C]``; pattern: the edges;
         edge_attr ``[E, F]``; edge_weight ``W`` as ``[H, C, F]``; edge_gate / edge_bias ``[E]`` or
-        ``[E, H]`` (see `sparse_attention`; a ``"scale"`` gate multiplies the edge-feature score too).
+        ``[E, H]`` (see `sparse_attention`; a ``"scale"`` gate multiplies the edge-feature score too);
+        backend: as in `sparse_attention` (the projected form runs ``"compiled"`` when it resolves
+        to that, the gathered pass otherwise; see `attention_with_weights`).
 
     Returns:
         ``(out [N_dst, H, C], alpha [E, H] or None)`` with ``alpha`` before dropout, caller's edge order.
@@ -133,12 +136,13 @@ def edge_feature_attention(
             edge_attr = edge_attr.unsqueeze(-1)
         if edge_attr.shape != (pattern.num_edges, edge_dim):
             raise ValueError(f"edge_attr must have shape [E, edge_dim]=[{pattern.num_edges}, {edge_dim}], got {list(edge_attr.shape)}")
-        if pattern.num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS:
+        # The reference backend has no per-edge values: it checks the edge-bias form.
+        if pattern.num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS and backend != "reference":
             # Small patterns: project once, W a_ij [E, H, C], and attend in a single pass.
             edge_proj = (edge_attr @ edge_weight.reshape(heads * channels, edge_dim).t()).view(-1, heads, channels)
             out, alpha, _ = attention_with_weights(
                 query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
-                dropout=dropout, training=training, need_weights=need_weights, edge_values=edge_proj,
+                dropout=dropout, training=training, need_weights=need_weights, edge_values=edge_proj, backend=backend,
             )
             return out, alpha
         # Large patterns: q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C), no [E, H, C] keys.
@@ -153,7 +157,7 @@ def edge_feature_attention(
 
     out, alpha, weights = attention_with_weights(
         query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
-        dropout=dropout, training=training, need_weights=need_weights or edge_attr_sorted is not None,
+        dropout=dropout, training=training, need_weights=need_weights or edge_attr_sorted is not None, backend=backend,
     )
     if edge_attr_sorted is not None:
         # Σ_j α_ij W a_ij == W Σ_j α_ij a_ij, with the α that multiplied the values.

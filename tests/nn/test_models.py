@@ -223,3 +223,23 @@ def test_models_trace_without_graph_breaks_given_a_prebuilt_pattern():
     assert torch._dynamo.explain(sequence_forward)(tokens, seq_batch).graph_break_count == 0
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(sequence_forward, backend="eager")(tokens, seq_batch), sequence_forward(tokens, seq_batch))
+
+
+def test_models_hand_their_backend_to_every_attention_call(monkeypatch):
+    from graph_sparse_attn.nn import SparseAttnConv
+    from graph_sparse_attn.ops import attention
+
+    seen = []
+    resolve = attention.resolve_backend
+    monkeypatch.setattr(attention, "resolve_backend", lambda backend, *args: seen.append(backend) or resolve(backend, *args))
+    torch.manual_seed(0)
+    batch = Batch.from_data_list([molecule(n, seed=n) for n in (5, 8)])
+    GraphTransformer("atom", 16, 2, depth=2, heads=2, edge_dim="bond", attention="exphormer", gps=True, backend="csr")(
+        batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+    SequenceTransformer(11, 3, dim=16, depth=1, heads=2, backend="csr")(torch.randint(0, 11, (9,)), torch.zeros(9, dtype=torch.long))
+    SparseAttnConv(8, 4, heads=2, edge_dim=3, backend="csr")(torch.randn(6, 8), torch.randint(0, 6, (2, 15)), torch.randn(15, 3))
+    assert seen == ["csr"] * 4
+    for build in (lambda: GraphTransformer("atom", 16, 2, backend="fast"), lambda: SparseAttnConv(8, 4, backend="fast"),
+                  lambda: SequenceTransformer(11, 3, backend="fast"), lambda: SparseTransformerLayer(16, 2, backend="fast")):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            build()

@@ -48,3 +48,26 @@ def test_both_forms_match_per_edge_reference(monkeypatch, projected, presorted):
     loss, ref_loss = (o.square().sum() + (a * a.detach()).sum() for o, a in ((out, alpha), (ref_out, ref_alpha)))
     for g, r in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(ref_loss, inputs)):
         torch.testing.assert_close(g, r)
+
+
+def test_backend_reaches_the_kernel_and_reference_checks_the_bias_form(monkeypatch):
+    # `backend` picks the kernel of the projected form too: "compiled" runs its edge-value kernels,
+    # and "reference" (which has no per-edge values) computes the equal edge-bias form.
+    from graph_sparse_attn.ops import attention, compiled_kernel
+
+    gen = torch.Generator().manual_seed(3)
+    edge_index = torch.randint(0, 6, (2, 20), generator=gen)
+    pattern = CSRPattern.from_edge_index(edge_index, 6)
+    q, k, v = (torch.randn(6, 2, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    attr, weight = torch.randn(20, 5, dtype=torch.float64, generator=gen), torch.randn(2, 3, 5, dtype=torch.float64, generator=gen)
+    calls = []
+    monkeypatch.setattr(attention, "resolve_backend", lambda backend, *args: calls.append(backend) or "compiled")
+    monkeypatch.setattr(compiled_kernel, "attention_with_edge_values", lambda *args: calls.append("kernel") or q.new_full((6, 2, 3), 7.0))
+    out, _ = edge_feature_attention(q, k, v, pattern, attr, weight, backend="compiled")
+    assert calls == ["compiled", "kernel"] and torch.equal(out, torch.full((6, 2, 3), 7.0, dtype=torch.float64))
+    monkeypatch.undo()
+    ref, _ = edge_feature_attention(q, k, v, pattern, attr, weight, backend="reference")
+    expected, _ = per_edge_reference(q, k, v, edge_index, attr, weight, torch.zeros(20, 2, dtype=torch.float64))
+    torch.testing.assert_close(ref, expected)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        edge_feature_attention(q, k, v, pattern, attr, weight, backend="fast")
