@@ -302,8 +302,9 @@ def make_run(model: str, config):
     return config, task
 
 
-# Options that may differ between a run and its continuation (warm-up steps follow from the others).
-FREE_OPTIONS = ("device", "checkpoint_every", "root", "run_dir", "warmup_steps")
+# Options that may differ between a run and its continuation (warm-up steps follow from the others;
+# the kernel backend changes speed, not results beyond float rounding).
+FREE_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "warmup_steps")
 
 
 def check_same_options(saved: Dict[str, Any], config, where: Path) -> None:

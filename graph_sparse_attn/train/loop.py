@@ -24,6 +24,7 @@ class TrainConfig:
 
     ``checkpoint_every``: minutes between checkpoints inside an epoch (``0``: after every step);
     ``config_file``: the configuration file the options started from (``gsa train --config``), if any;
+    ``backend``: the attention kernel (`sparse_attention`'s ``backend``), which changes speed, not the model;
     ``data_options`` go to the task's data builder, ``model_options`` to its model builder.
     """
 
@@ -39,6 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
+    backend: str = "auto"
     deterministic: bool = False
     checkpoint_every: float = 10.0
     config_file: Optional[str] = None

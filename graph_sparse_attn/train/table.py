@@ -24,7 +24,7 @@ KINDS = {"sequence": "sequence classification", "graph": "graph property predict
 COMMON_DEFAULTS: Dict[str, Any] = {
     "root": "datasets", "epochs": 10, "max_steps": 0, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
     "weight_decay": 0.01, "schedule": "cosine", "warmup_steps": 0, "grad_clip": 1.0, "seed": 0, "run_dir": None,
-    "device": "auto", "deterministic": False, "checkpoint_every": 10.0, "config_file": None,
+    "device": "auto", "backend": "auto", "deterministic": False, "checkpoint_every": 10.0, "config_file": None,
 }
 # Where each task-specific option goes in `TrainConfig`; anything else in `TaskSpec.defaults` is a model option.
 DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors", "pe"})
@@ -254,8 +254,10 @@ def make_task(config):
     num_neighbors: Optional[list] = data_options.pop("num_neighbors", None)
     data = spec.load(config.task, Path(config.root), seed=config.seed, **data_options)
     metric = spec.metric(config.task)
+    # The attention kernel is a run option (like the device), not part of the model's definition.
+    model_options = {**config.model_options, "backend": config.backend}
     if spec.kind == "sequence":
-        return SequenceClassificationTask(config.task, data, metric, spec.model, config.model_options)
+        return SequenceClassificationTask(config.task, data, metric, spec.model, model_options)
     if spec.kind == "graph":
-        return GraphPropertyTask(config.task, data, metric, spec.model, config.model_options)
-    return NodeClassificationTask(config.task, data, metric, spec.model, config.model_options, num_neighbors=num_neighbors)
+        return GraphPropertyTask(config.task, data, metric, spec.model, model_options)
+    return NodeClassificationTask(config.task, data, metric, spec.model, model_options, num_neighbors=num_neighbors)

@@ -127,6 +127,7 @@ def test_help_lists_pattern_names_including_the_python_spelling(capsys):
         (["listops", "--pe", "rwse:4"], "--pe does not apply to listops"),
         (["ogbg-molhiv", "--pe", "spectral:3"], "KIND:DIM"),
         (["ogbg-molhiv", "--pe", "rwse"], "KIND:DIM"),
+        (["listops", "--backend", "fast"], "--backend: invalid choice"),
     ],
 )
 def test_inapplicable_or_bad_options_are_refused_in_one_line_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
@@ -223,3 +224,14 @@ def test_bad_config_files_are_refused_in_one_line(content, message, tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_backend_is_a_run_option_that_reaches_every_attention_layer(tmp_path, monkeypatch):
+    from graph_sparse_attn.train.table import make_task
+
+    monkeypatch.chdir(tmp_path)
+    config, _ = config_from_args(["listops", "--backend", "csr", "--num-train", "8", "--num-val", "4", "--num-test", "4",
+                                  "--min-length", "5", "--max-length", "20", "--run-dir", "run"])
+    assert config.backend == "csr" and "backend" not in config.model_options  # the model's definition stays the same
+    model = make_task(config).build_model()
+    assert [layer.attn.backend for layer in model.layers] == ["csr"] * len(model.layers)
