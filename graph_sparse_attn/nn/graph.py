@@ -1,7 +1,8 @@
 """`GraphTransformer`: sparse-attention Transformer for node- and graph-level tasks."""
 from __future__ import annotations
 
-from typing import Optional, Union
+import math
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -176,10 +177,14 @@ class GraphTransformer(nn.Module):
             if self.lap_pe and self.training:
                 pe = pe * (torch.randint(0, 2, (1, self.pe_dim), device=pe.device) * 2 - 1)
             h = h + self.pe_encoder(pe)
+        bond_codes = None
         if self.edge_encoder is not None:
             if edge_attr is None:
                 raise ValueError(f"edge_attr is required: the model was built with edge_dim={self.edge_dim!r}")
-            edge_features = self.edge_encoder(edge_attr)
+            if self.edge_dim == "bond":
+                bond_codes = _bond_codes(edge_attr)
+            # The local branch reads per-bond features; attention reads bonds through a table (below).
+            edge_features = self.edge_encoder(edge_attr) if self.gps or bond_codes is None else None
         else:
             edge_features = torch.zeros(edge_index.size(1), self.hidden_channels, device=x.device, dtype=h.dtype)
 
@@ -199,13 +204,23 @@ class GraphTransformer(nn.Module):
             )
         if attn_type.shape != (pattern.num_edges,) or (attn_edge is not None and attn_edge.shape != (pattern.num_edges,)):
             raise ValueError(f"attn_type and attn_edge must have shape [E']=[{pattern.num_edges}]")
-        attn_attr = self.edge_type(pattern.caller_to_sorted(attn_type))
+        attn_type = pattern.caller_to_sorted(attn_type)
         if self.edge_encoder is not None:
             graph = pattern_batch(batch, num_graphs, num_virtual)[pattern.row]
             edge_id = batch_edge_ids(pattern.caller_to_sorted(attn_edge), graph, edge_index, batch, num_graphs)
+        # Categorical edge features (a type, and a bond or none): the layers project a table of the
+        # few distinct rows and gather it per edge, instead of projecting every edge.
+        if self.edge_encoder is None:
+            attn_attr, attn_attr_index = self.edge_type.weight, attn_type
+        elif bond_codes is not None:
+            attn_attr = self._edge_table()
+            bond = torch.where(edge_id >= 0, bond_codes[edge_id.clamp(min=0)], NUM_BOND_CODES)
+            attn_attr_index = attn_type * (NUM_BOND_CODES + 1) + bond
+        else:
             # index_select, not [], so backward is an index_add rather than an accumulating index_put.
             bond = edge_features.index_select(0, edge_id.clamp(min=0))
-            attn_attr = attn_attr + torch.where((edge_id >= 0).unsqueeze(-1), bond, torch.zeros_like(bond))
+            attn_attr = self.edge_type(attn_type) + torch.where((edge_id >= 0).unsqueeze(-1), bond, torch.zeros_like(bond))
+            attn_attr_index = None
         pattern = pattern.sorted()
 
         local_edge_index = edge_index
@@ -215,7 +230,8 @@ class GraphTransformer(nn.Module):
                 0, virtual_pos, self.virtual.weight.repeat(num_graphs, 1))
             local_edge_index = real_pos[edge_index]
         for layer in self.layers:
-            h = layer(h, pattern, edge_attr=attn_attr, local_edge_index=local_edge_index, local_edge_attr=edge_features)
+            h = layer(h, pattern, edge_attr=attn_attr, edge_attr_index=attn_attr_index, local_edge_index=local_edge_index,
+                      local_edge_attr=edge_features)
         if num_virtual:
             h = h.index_select(0, real_pos)
         h = self.norm(h)
@@ -223,12 +239,46 @@ class GraphTransformer(nn.Module):
             h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch, num_graphs)
         return self.head(h)
 
+    def _edge_table(self) -> Tensor:
+        """``[T (B + 1), hidden]`` features of every (edge type, bond code or none) pair: row ``t (B + 1) + b``
+        is ``edge_type(t) + BondEncoder(bond b)``, and row ``t (B + 1) + B`` is ``edge_type(t)`` alone."""
+        types = self.edge_type.weight
+        bonds = self.edge_encoder(_ALL_BONDS.to(types.device))
+        bonds = torch.cat([bonds, bonds.new_zeros(1, bonds.size(1))])  # [B + 1, hidden]
+        return (types[:, None] + bonds[None]).reshape(-1, types.size(1))
+
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels!r}, hidden_channels={self.hidden_channels}, out_channels={self.out_channels}, "
             f"depth={self.depth}, heads={self.heads}, task={self.task!r}, attention={self.attention!r}, gps={self.gps}, "
             f"norm={self.layers[0].norm_kind!r}"
         )
+
+
+def _bond_dims() -> Tuple[int, ...]:
+    from ogb.utils.features import get_bond_feature_dims
+
+    return tuple(get_bond_feature_dims())
+
+
+# OGB bond features as one code each, b = Σ_f value_f · stride_f, and the table of all codes.
+_BOND_DIMS = _bond_dims()
+NUM_BOND_CODES = math.prod(_BOND_DIMS)
+_BOND_STRIDES = torch.tensor([math.prod(_BOND_DIMS[f + 1:]) for f in range(len(_BOND_DIMS))])
+_ALL_BONDS = torch.cartesian_prod(*(torch.arange(d) for d in _BOND_DIMS))  # [B, F], row b has code b
+
+
+def _bond_codes(edge_attr: Tensor) -> Tensor:
+    """``[E]`` code of each bond's OGB features ``edge_attr [E, F]`` (long), checked against the feature sizes."""
+    dims = torch.tensor(_BOND_DIMS, device=edge_attr.device)
+    if edge_attr.dim() != 2 or edge_attr.size(1) != len(_BOND_DIMS) or edge_attr.is_floating_point():
+        raise ValueError(f"edge_attr must be OGB bond features: long [E, {len(_BOND_DIMS)}], got {edge_attr.dtype} {list(edge_attr.shape)}")
+    inside = ((edge_attr >= 0) & (edge_attr < dims)).all()
+    if edge_attr.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(inside, "edge_attr holds a bond feature outside OGB's feature sizes")
+    elif not bool(inside):
+        raise ValueError(f"edge_attr holds a bond feature outside OGB's feature sizes {list(_BOND_DIMS)}")
+    return (edge_attr * _BOND_STRIDES.to(edge_attr.device)).sum(-1)
 
 
 def _node_encoder(in_channels: Union[int, str], hidden: int) -> nn.Module:

@@ -45,7 +45,9 @@ class SparseMultiheadAttention(nn.Module):
     ``backend`` picks the kernel as in :func:`~graph_sparse_attn.sparse_attention` (default ``"auto"``).
 
     Shapes: ``forward(x [N, dim], edge_index [2, E] | CSRPattern, edge_attr [E, edge_dim] = None,
-    edge_gate = None, edge_bias = None) -> [N, dim]``.
+    edge_gate = None, edge_bias = None, edge_attr_index [E] = None) -> [N, dim]``; with ``edge_attr_index``,
+    ``edge_attr`` is a table ``[U, edge_dim]`` of distinct features (see
+    :func:`~graph_sparse_attn.ops.edge_features.edge_feature_attention`).
     """
 
     def __init__(self, dim: int, heads: int, *, edge_dim: Optional[int] = None, dropout: float = 0.0, gate_mode: str = "scale",
@@ -70,19 +72,20 @@ class SparseMultiheadAttention(nn.Module):
         return tuple(t.reshape(shape) for t in self.qkv(x).chunk(3, dim=-1))
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
-               edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None) -> Tensor:
+               edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None, edge_attr_index: Optional[Tensor] = None) -> Tensor:
         if not isinstance(edge_index, CSRPattern):
             edge_index = CSRPattern.from_edge_index(edge_index, query.size(0))
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.dim // self.heads, -1)
         out, _ = edge_feature_attention(
             query, key, value, edge_index, edge_attr, edge_weight, edge_gate=edge_gate, edge_bias=edge_bias,
             gate_mode=self.gate_mode, dropout=self.dropout, training=self.training, backend=self.backend,
+            edge_attr_index=edge_attr_index,
         )
         return self.out(out.reshape(query.size(0), self.dim))
 
     def forward(self, x: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
-                edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None) -> Tensor:
-        return self.attend(*self.project(x), edge_index, edge_attr, edge_gate, edge_bias)
+                edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None, edge_attr_index: Optional[Tensor] = None) -> Tensor:
+        return self.attend(*self.project(x), edge_index, edge_attr, edge_gate, edge_bias, edge_attr_index)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, edge_dim={None if self.lin_edge is None else self.lin_edge.in_features}"
@@ -205,6 +208,7 @@ class SparseTransformerLayer(nn.Module):
         batch: Optional[Tensor] = None,
         *,
         edge_attr: Optional[Tensor] = None,
+        edge_attr_index: Optional[Tensor] = None,
         edge_bias: Optional[Tensor] = None,
         edge_gate: Optional[Tensor] = None,
         local_edge_index: Optional[Tensor] = None,
@@ -219,7 +223,7 @@ class SparseTransformerLayer(nn.Module):
         else:
             if edge_index is None:
                 raise ValueError("edge_index is required for a fixed-pattern SparseTransformerLayer")
-            attended = self.attn(h, edge_index, edge_attr, edge_gate=edge_gate, edge_bias=edge_bias)
+            attended = self.attn(h, edge_index, edge_attr, edge_gate=edge_gate, edge_bias=edge_bias, edge_attr_index=edge_attr_index)
         out = x + self.dropout(attended)
         if not pre:
             out = self.norm_attn(out)

@@ -101,6 +101,7 @@ def edge_feature_attention(
     training: bool = True,
     need_weights: bool = False,
     backend: str = "auto",
+    edge_attr_index: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Attention whose keys and values both carry projected edge features.
 
@@ -117,9 +118,14 @@ def edge_feature_attention(
     (memory O(E·F)).
     Without ``edge_weight`` it is plain :func:`~graph_sparse_attn.sparse_attention`.
 
+    Categorical edge features (bond types, edge types) take few distinct values: pass those as
+    ``edge_attr [U, F]`` and each edge's row as ``edge_attr_index [E]``. The projection then runs
+    on the ``U`` rows and is gathered per edge, instead of an ``[E, F] × [F, H·C]`` product (and
+    its backward) per layer.
+
     Args:
         query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C]``; pattern: the edges;
-        edge_attr ``[E, F]``; edge_weight ``W`` as ``[H, C, F]``; edge_gate / edge_bias ``[E]`` or
+        edge_attr ``[E, F]`` (or ``[U, F]`` with ``edge_attr_index``); edge_weight ``W`` as ``[H, C, F]``; edge_gate / edge_bias ``[E]`` or
         ``[E, H]`` (see `sparse_attention`; a ``"scale"`` gate multiplies the edge-feature score too);
         backend: as in `sparse_attention` (the projected form runs ``"compiled"`` when it resolves
         to that, the gathered pass otherwise; see `attention_with_weights`).
@@ -134,18 +140,27 @@ def edge_feature_attention(
             raise ValueError(f"edge_attr [E, {edge_dim}] is required because the layer has edge features (edge_dim={edge_dim})")
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.unsqueeze(-1)
-        if edge_attr.shape != (pattern.num_edges, edge_dim):
-            raise ValueError(f"edge_attr must have shape [E, edge_dim]=[{pattern.num_edges}, {edge_dim}], got {list(edge_attr.shape)}")
+        if edge_attr_index is not None:
+            _check_attr_index(edge_attr_index, pattern.num_edges)
+        rows = pattern.num_edges if edge_attr_index is None else edge_attr.size(0)
+        if edge_attr.dim() != 2 or edge_attr.shape != (rows, edge_dim):
+            expected = "[E, edge_dim]" if edge_attr_index is None else "[U, edge_dim] (U rows indexed by edge_attr_index)"
+            raise ValueError(f"edge_attr must have shape {expected}=[{rows}, {edge_dim}], got {list(edge_attr.shape)}")
         # The reference backend has no per-edge values: it checks the edge-bias form.
         if pattern.num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS and backend != "reference":
             # Small patterns: project once, W a_ij [E, H, C], and attend in a single pass.
-            edge_proj = (edge_attr @ edge_weight.reshape(heads * channels, edge_dim).t()).view(-1, heads, channels)
+            edge_proj = edge_attr @ edge_weight.reshape(heads * channels, edge_dim).t()
+            if edge_attr_index is not None:
+                edge_proj = edge_proj.index_select(0, edge_attr_index)
+            edge_proj = edge_proj.view(-1, heads, channels)
             out, alpha, _ = attention_with_weights(
                 query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
                 dropout=dropout, training=training, need_weights=need_weights, edge_values=edge_proj, backend=backend,
             )
             return out, alpha
         # Large patterns: q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C), no [E, H, C] keys.
+        if edge_attr_index is not None:
+            edge_attr = edge_attr.index_select(0, edge_attr_index)
         edge_attr_sorted, row = pattern.caller_to_sorted(edge_attr), pattern.row.long()
         query_edge = torch.einsum("nhc,hcf->nhf", query, edge_weight) / math.sqrt(channels)
         edge_score = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, row))
@@ -164,6 +179,14 @@ def edge_feature_attention(
         edge_sum = edge_weighted_sum(pattern.caller_to_sorted(weights), edge_attr_sorted, pattern.row.long(), pattern.num_dst)
         out = out + torch.einsum("nhf,hcf->nhc", edge_sum, edge_weight)
     return out, (alpha if need_weights else None)
+
+
+def _check_attr_index(index: Tensor, num_edges: int) -> None:
+    # Values are range-checked by the gather that reads them (index_select raises), without a host sync here.
+    if not isinstance(index, Tensor) or index.dtype not in (torch.int64, torch.int32):
+        raise TypeError("edge_attr_index must be an integer tensor [E]")
+    if index.shape != (num_edges,):
+        raise ValueError(f"edge_attr_index must have shape [E]=[{num_edges}], got {list(index.shape)}")
 
 
 def _per_head(t: Tensor, name: str, num_edges: int, heads: int) -> Tensor:

@@ -243,3 +243,35 @@ def test_models_hand_their_backend_to_every_attention_call(monkeypatch):
                   lambda: SequenceTransformer(11, 3, backend="fast"), lambda: SparseTransformerLayer(16, 2, backend="fast")):
         with pytest.raises(ValueError, match="backend must be one of"):
             build()
+
+
+@pytest.mark.parametrize("options", [{"attention": "graph"}, {"attention": "exphormer", "gps": True}])
+def test_bond_features_through_a_table_equal_bond_features_per_edge(options, monkeypatch):
+    # The model reads OGB bonds as codes into a table of every (edge type, bond) row; without codes
+    # it adds each attention edge's type and bond embeddings per edge. Same outputs and gradients.
+    from graph_sparse_attn.nn import graph
+
+    torch.manual_seed(0)
+    model = GraphTransformer("atom", 16, 2, depth=2, heads=2, edge_dim="bond", expander_seed=0, **options).double()
+    batch = Batch.from_data_list([molecule(n, seed=n) for n in (5, 8, 6)])
+    results = []
+    for per_edge in (False, True):
+        if per_edge:
+            monkeypatch.setattr(graph, "_bond_codes", lambda edge_attr: None)
+        model.generator.manual_seed(0)
+        out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+        results.append((out,) + torch.autograd.grad(out.square().sum(), [p for p in model.parameters()], allow_unused=True))
+    for a, b in zip(*results):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
+def test_bond_features_outside_ogb_sizes_are_refused():
+    model = GraphTransformer("atom", 16, 2, depth=1, heads=2, edge_dim="bond")
+    data = molecule(5, seed=0)
+    bad = data.edge_attr.clone()
+    bad[0, 0] = 99
+    with pytest.raises(ValueError, match="outside OGB's feature sizes"):
+        model(data.x, data.edge_index, bad)

@@ -71,3 +71,27 @@ def test_backend_reaches_the_kernel_and_reference_checks_the_bias_form(monkeypat
     torch.testing.assert_close(ref, expected)
     with pytest.raises(ValueError, match="backend must be one of"):
         edge_feature_attention(q, k, v, pattern, attr, weight, backend="fast")
+
+
+@pytest.mark.parametrize("projected", [True, False])
+def test_a_table_of_distinct_features_equals_the_features_per_edge(monkeypatch, projected):
+    # Categorical features given as a table [U, F] and each edge's row: the same attention, and the
+    # same gradients into the table as into the per-edge features gathered from it.
+    if not projected:
+        monkeypatch.setattr(edge_features, "PROJECTED_MAX_ELEMENTS", 0)
+    gen = torch.Generator().manual_seed(5)
+    edge_index = torch.randint(0, 7, (2, 30), generator=gen)
+    pattern = CSRPattern.from_edge_index(edge_index, 7)
+    q, k, v = (torch.randn(7, 2, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    table = torch.randn(4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen)
+    index = torch.randint(0, 4, (30,), generator=gen)
+    by_table, _ = edge_feature_attention(q, k, v, pattern, table, weight, edge_attr_index=index)
+    per_edge, _ = edge_feature_attention(q, k, v, pattern, table[index], weight)
+    torch.testing.assert_close(by_table, per_edge)
+    grad_out = torch.randn(by_table.shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(*(torch.autograd.grad(out, table, grad_out)[0] for out in (by_table, per_edge)))
+    with pytest.raises(ValueError, match="edge_attr_index must have shape"):
+        edge_feature_attention(q, k, v, pattern, table, weight, edge_attr_index=index[:-1])
+    with pytest.raises(ValueError, match=r"\[U, edge_dim\]"):
+        edge_feature_attention(q, k, v, pattern, table[:, :4], weight, edge_attr_index=index)
