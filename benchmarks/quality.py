@@ -34,6 +34,7 @@ Usage::
     python benchmarks/quality.py --dataset ogbg-molbace --seeds 0 1 2 --epochs 20 --write
     python benchmarks/quality.py --dataset ogbg-molbace --epochs 1 --max-steps 5 --seeds 0   # smoke run
     python benchmarks/quality.py ... --resume                                    # continue a killed sweep
+    python benchmarks/quality.py ... --backend compiled                          # our models in fused CPU kernels
 
 One process trains one run at a time. Sweeps over disjoint ``--models`` may share an ``--out`` and run side by
 side (one per core); a last call with all models and ``--resume`` finds every run finished and only writes the
@@ -78,6 +79,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from common import HERE, update_results
+from graph_sparse_attn.ops.dispatch import KERNEL_BACKENDS
 
 SHARED_OGB = HERE.parent.parent / "shared" / "data" / "ogb"
 CLI_ROOT = HERE.parent / "datasets"
@@ -271,7 +273,7 @@ def run_config(model: str, args: argparse.Namespace, seed: int):
     from graph_sparse_attn.train.table import resolve_config
 
     options = {"root": str(args.root), "run_dir": str(args.out / model / f"seed{seed}"), "seed": seed, "epochs": args.epochs,
-               "max_steps": args.max_steps, "device": args.device, "checkpoint_every": args.checkpoint_every}
+               "max_steps": args.max_steps, "device": args.device, "backend": args.backend, "checkpoint_every": args.checkpoint_every}
     if model in ("ours-gps", "gpsconv"):
         gps, path = gps_options(args)
         options.update(gps, config_file=path if model == "ours-gps" else None)
@@ -458,6 +460,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--out", type=Path, help="sweep folder (default: benchmarks/out/quality/DATASET)")
     parser.add_argument("--resume", action="store_true", help="skip finished runs in --out and continue unfinished ones")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--backend", default="auto", choices=KERNEL_BACKENDS,
+                        help="attention kernel of our models (gsa train --backend); free between a run and its continuation")
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between mid-epoch checkpoints (0: every step)")
     parser.add_argument("--gps-depth", type=int, default=GPS_DEPTH, help="layers of both GPS models")
     parser.add_argument("--gps-lr", type=float, default=GPS_LR, help="learning rate of both GPS models")

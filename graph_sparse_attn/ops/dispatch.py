@@ -18,6 +18,8 @@ from .pattern import CSRPattern
 
 BACKENDS = ("auto", "gather", "csr", "compiled", "triton", "reference")
 _KERNEL_MODULES = {"gather": "gather_kernel", "csr": "csr_kernel", "compiled": "compiled_kernel", "triton": "triton_kernel"}
+# What a training run may choose (`gsa train --backend`): everything but the reference oracle.
+KERNEL_BACKENDS = ("auto", *_KERNEL_MODULES)
 _warned: set = set()
 
 

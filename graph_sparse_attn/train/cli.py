@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..ops.dispatch import BACKENDS
+from ..ops.dispatch import KERNEL_BACKENDS
 from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, load_config_file,
                     parse_fanouts, parse_pattern, parse_pe, shipped_configs)
 
@@ -137,7 +137,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("run", "seed", dict(type=int, help="random seed")),
     ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
-    ("run", "backend", dict(choices=tuple(b for b in BACKENDS if b != "reference"),
+    ("run", "backend", dict(choices=KERNEL_BACKENDS,
                             help="attention kernel (sparse_attention's backend=): 'compiled' runs molecule batches in fused "
                                  "CPU kernels, compiled in the first step")),
     ("run", "deterministic", dict(action="store_true", help="use deterministic algorithms only")),
