@@ -66,17 +66,23 @@ def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, wid
         if pattern.num_edges >= COMPILED_MIN_EDGES and kernel_module("compiled").available():
             return "compiled"
         return "csr"
-    if backend == "compiled" and device.type != "cpu":
-        raise ValueError(f"backend='compiled' is the CPU fused backend, got device {device}: use 'auto' or 'triton' on GPUs")
+    check_backend_runs_on(backend, device)
     if backend == "compiled" and not kernel_module("compiled").available():
         _warn_once("compiled", "backend='compiled' needs a C++ compiler for torch.compile (inductor); none was found, using 'csr'")
         return "csr"
+    return backend
+
+
+def check_backend_runs_on(backend: str, device: torch.device) -> None:
+    """Raise ``ValueError`` if a forced ``backend`` cannot run on ``device`` (``"compiled"`` off CPU;
+    ``"triton"`` without triton, or off CUDA unless ``TRITON_INTERPRET=1``)."""
+    if backend == "compiled" and device.type != "cpu":
+        raise ValueError(f"backend='compiled' is the CPU fused backend, got device {device}: use 'auto' or 'triton' on GPUs")
     if backend == "triton":
         if not kernel_module("triton").available():
             raise ValueError("backend='triton' needs the triton package: pip install 'graph-sparse-attn[gpu]'")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"backend='triton' runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1), got device {device}")
-    return backend
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..ops.dispatch import KERNEL_BACKENDS
+from ..ops.dispatch import KERNEL_BACKENDS, check_backend_runs_on
+from .distributed import local_device
 from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, load_config_file,
                     parse_fanouts, parse_pattern, parse_pe, shipped_configs)
 
@@ -220,6 +221,14 @@ def config_from_args(argv: List[str]):
                      f"({KINDS[spec.kind]}); see 'gsa train {name} --help'")
     if args.resume and args.run_dir is None:
         parser.error("--resume needs the --run-dir of the run to continue")
+    try:
+        device = local_device(args.device)
+    except RuntimeError as error:  # a device string torch does not know
+        parser.error(f"--device {args.device}: {error}")
+    try:
+        check_backend_runs_on(args.backend, device)
+    except ValueError as error:
+        parser.error(f"--backend {args.backend} with --device {args.device}: {error}")
     values = {option: getattr(args, option) for option in spec.options}
     values["run_dir"] = values["run_dir"] or _new_run_dir(f"runs/{name}-seed{args.seed}")
     config = resolve_config(name, values)

@@ -128,6 +128,8 @@ def test_help_lists_pattern_names_including_the_python_spelling(capsys):
         (["ogbg-molhiv", "--pe", "spectral:3"], "KIND:DIM"),
         (["ogbg-molhiv", "--pe", "rwse"], "KIND:DIM"),
         (["listops", "--backend", "fast"], "--backend: invalid choice"),
+        (["listops", "--backend", "compiled", "--device", "cuda"], "backend='compiled' is the CPU fused backend"),
+        (["listops", "--device", "tpu9"], "--device tpu9"),
     ],
 )
 def test_inapplicable_or_bad_options_are_refused_in_one_line_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
