@@ -214,12 +214,15 @@ class GraphTransformer(nn.Module):
             attn_attr, attn_attr_index = self.edge_type.weight, attn_type
         elif bond_codes is not None:
             attn_attr = self._edge_table()
-            bond = torch.where(edge_id >= 0, bond_codes[edge_id.clamp(min=0)], NUM_BOND_CODES)
-            attn_attr_index = attn_type * (NUM_BOND_CODES + 1) + bond
+            # Edges without a bond (edge_id -1) read the appended "none" code, also in a batch without bonds.
+            codes = torch.cat([bond_codes, bond_codes.new_full((1,), NUM_BOND_CODES)])
+            attn_attr_index = attn_type * (NUM_BOND_CODES + 1) + codes[torch.where(edge_id >= 0, edge_id, bond_codes.numel())]
         else:
+            # Edges without a bond (edge_id -1) read an appended zero row, also in a batch without bonds;
             # index_select, not [], so backward is an index_add rather than an accumulating index_put.
-            bond = edge_features.index_select(0, edge_id.clamp(min=0))
-            attn_attr = self.edge_type(attn_type) + torch.where((edge_id >= 0).unsqueeze(-1), bond, torch.zeros_like(bond))
+            padded = torch.cat([edge_features, edge_features.new_zeros(1, edge_features.size(1))])
+            bond = padded.index_select(0, torch.where(edge_id >= 0, edge_id, edge_features.size(0)))
+            attn_attr = self.edge_type(attn_type) + bond
             attn_attr_index = None
         pattern = pattern.sorted()
 

@@ -275,3 +275,15 @@ def test_bond_features_outside_ogb_sizes_are_refused():
     bad[0, 0] = 99
     with pytest.raises(ValueError, match="outside OGB's feature sizes"):
         model(data.x, data.edge_index, bad)
+
+
+@pytest.mark.parametrize("edge_dim", ["bond", 3])
+@pytest.mark.parametrize("attention", ["graph", "exphormer"])
+def test_a_batch_without_bonds_runs(edge_dim, attention):
+    # Single atoms (ions) have no bonds: attention runs over self loops (and virtual nodes) alone.
+    torch.manual_seed(0)
+    model = GraphTransformer("atom", 16, 2, depth=1, heads=2, edge_dim=edge_dim, attention=attention, gps=True)
+    x = torch.zeros(2, 9, dtype=torch.long)
+    edge_attr = torch.empty(0, 3, dtype=torch.long if edge_dim == "bond" else torch.float)
+    out = model(x, torch.empty(2, 0, dtype=torch.long), edge_attr, torch.tensor([0, 1]))
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
