@@ -310,12 +310,33 @@ FREE_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "war
 
 
 def check_same_options(saved: Dict[str, Any], config, where: Path) -> None:
-    """Refuse to continue or reuse a run made with other options than ``config`` (a table would mix budgets)."""
+    """Refuse to continue or reuse a run made with other options than ``config`` (a table would mix budgets).
+
+    An option the saved run does not record (added to the task table after the run was made) counts
+    as the same only at its table default, which is how the run behaved before the option existed.
+    """
+    from graph_sparse_attn.train.table import COMMON_DEFAULTS, find_task
+
     new = json.loads(json.dumps(dataclasses.asdict(config)))
-    changed = sorted(key for key in new if key not in FREE_OPTIONS and saved.get(key) != new[key])
+    defaults = json.loads(json.dumps({**COMMON_DEFAULTS, **find_task(config.task).options}))
+
+    def differs(key: str, old: Dict[str, Any], value: Any) -> bool:
+        if key not in old:
+            return value != defaults.get(key)
+        return old[key] != value
+
+    changed = [key for key in new if key not in FREE_OPTIONS and key not in ("data_options", "model_options")
+               and differs(key, saved, new[key])]
+    for group in ("data_options", "model_options"):
+        old = saved.get(group, {})
+        changed += [f"{group}.{key}" for key in sorted(set(new[group]) | set(old))
+                    if key not in new[group] or differs(key, old, new[group][key])]
     if changed:
+        def was(key: str) -> Any:
+            group, _, name = key.partition(".")
+            return saved.get(group, {}).get(name) if name else saved.get(key)
         raise SystemExit(f"quality.py: error: {where} was run with other {', '.join(changed)} "
-                         f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); pass the same options or another --out")
+                         f"({', '.join(f'{k}={was(k)!r}' for k in changed)}); pass the same options or another --out")
 
 
 def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
