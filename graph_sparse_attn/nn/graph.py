@@ -18,7 +18,7 @@ from ..transforms import (
     pattern_batch,
     virtual_layout,
 )
-from .layers import SparseTransformerLayer
+from .layers import ACTIVATIONS, SparseTransformerLayer, check_activation
 
 
 class GraphTransformer(nn.Module):
@@ -59,6 +59,8 @@ class GraphTransformer(nn.Module):
         norm: ``"layer"`` (pre-norm LayerNorm blocks and a final LayerNorm) or ``"batch"``
             (GraphGPS's post-norm BatchNorm blocks, no final norm); see :class:`SparseTransformerLayer`.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
+        ffn_dim: feed-forward width (default ``4 * hidden_channels``; GraphGPS uses ``2 *``).
+        activation: of the feed-forward blocks and the local branch's MLP, ``"gelu"`` or ``"relu"`` (GraphGPS).
         backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``);
             ``"compiled"`` runs molecule-sized batches in fused CPU kernels (its first step compiles
             them for seconds; `benchmarks/molecules.py --backend compiled`).
@@ -94,6 +96,8 @@ class GraphTransformer(nn.Module):
         attn_dropout: float = 0.0,
         norm: str = "layer",
         backend: str = "auto",
+        ffn_dim: Optional[int] = None,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if task not in ("graph", "node"):
@@ -118,7 +122,8 @@ class GraphTransformer(nn.Module):
         self.layers = nn.ModuleList(
             SparseTransformerLayer(
                 hidden_channels, heads, dropout=dropout, attn_dropout=attn_dropout, edge_dim=hidden_channels,
-                local=_gine(hidden_channels) if gps else None, norm=norm, backend=backend,
+                local=_gine(hidden_channels, activation) if gps else None, norm=norm, backend=backend, ffn_dim=ffn_dim,
+                activation=activation,
             )
             for _ in range(depth)
         )
@@ -306,8 +311,9 @@ def _edge_encoder(edge_dim: Union[int, str, None], hidden: int) -> Optional[nn.M
     return nn.Linear(edge_dim, hidden)
 
 
-def _gine(hidden: int) -> GINEConv:
-    mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+def _gine(hidden: int, activation: str) -> GINEConv:
+    check_activation(activation)
+    mlp = nn.Sequential(nn.Linear(hidden, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, hidden))
     return GINEConv(mlp, edge_dim=hidden)
 
 

@@ -14,14 +14,22 @@ from ..ops.edge_features import edge_feature_attention
 Pattern = Union[Tensor, CSRPattern]
 # Block normalisations: pre-norm LayerNorm, or post-norm BatchNorm over nodes (GraphGPS).
 NORMS = {"layer": nn.LayerNorm, "batch": nn.BatchNorm1d}
+# Feed-forward activations: GELU (Transformers), or ReLU (GraphGPS's layers).
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP ``Linear(dim, hidden) → GELU → Dropout → Linear(hidden, dim)``: ``[N, dim] → [N, dim]``."""
+    """Position-wise MLP ``Linear(dim, hidden) → activation → Dropout → Linear(hidden, dim)``: ``[N, dim] → [N, dim]``."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "gelu") -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        check_activation(activation)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
     def reset_parameters(self) -> None:
         self.net[0].reset_parameters()
@@ -143,6 +151,7 @@ class SparseTransformerLayer(nn.Module):
         dim: model width.
         heads: attention heads (``dim`` divisible by it).
         ffn_dim: hidden width of the feed-forward block (default ``4 * dim``).
+        activation: the feed-forward block's, ``"gelu"`` or ``"relu"`` (GraphGPS).
         dropout: dropout after attention and feed-forward.
         attn_dropout: dropout of the attention weights.
         edge_dim: edge feature size for the fixed-pattern attention.
@@ -171,6 +180,7 @@ class SparseTransformerLayer(nn.Module):
         local: Optional[nn.Module] = None,
         norm: str = "layer",
         backend: str = "auto",
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -189,7 +199,7 @@ class SparseTransformerLayer(nn.Module):
         # feeds both branches the same normalised input.
         self.norm_local = NORMS[norm](dim) if local is not None and norm == "batch" else None
         self.norm_ffn = NORMS[norm](dim)
-        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout)
+        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout, activation)
         self.dropout = nn.Dropout(dropout)
 
     @property

@@ -74,6 +74,7 @@ class SequenceTransformer(nn.Module):
             ``AddPositionalPattern(..., seed=pattern_seed)`` on the same sequences in the same order.
         dropout, attn_dropout: residual/FFN dropout and attention-weight dropout.
         backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``).
+        activation: of the feed-forward blocks, ``"gelu"`` or ``"relu"``.
 
     Shapes: ``forward(tokens [T], batch [T], edge_index [2, E] | CSRPattern = None, pos [T] = None, *,
     num_graphs: int = None) -> [B, num_classes]``. ``edge_index`` is the pattern the batch carries
@@ -101,6 +102,7 @@ class SequenceTransformer(nn.Module):
         dropout: float = 0.1,
         attn_dropout: float = 0.0,
         backend: str = "auto",
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if position not in ("learned", "sinusoidal"):
@@ -121,7 +123,7 @@ class SequenceTransformer(nn.Module):
         gate_mode = "log" if gate else "scale"
         self.layers = nn.ModuleList(
             SparseTransformerLayer(dim, heads, ffn_dim=ffn_dim, dropout=dropout, attn_dropout=attn_dropout, gate_mode=gate_mode, knn=knn,
-                                   backend=backend)
+                                   backend=backend, activation=activation)
             for _ in range(depth)
         )
         self.gates = nn.ModuleList(RelativePositionGate(heads) for _ in range(depth)) if gate else None

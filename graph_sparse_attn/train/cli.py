@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..nn.layers import ACTIVATIONS
 from ..ops.dispatch import KERNEL_BACKENDS, check_backend_runs_on
 from .distributed import local_device
 from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, load_config_file,
@@ -115,6 +116,8 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("model", "dim", dict(type=_positive_int, help="model width (hidden channels)")),
     ("model", "depth", dict(type=_positive_int, help="number of Transformer blocks")),
     ("model", "heads", dict(type=_positive_int, help="attention heads")),
+    ("model", "ffn_dim", dict(type=_positive_int, help="feed-forward hidden width (none given: 4 x --dim; GraphGPS: 2 x)")),
+    ("model", "activation", dict(choices=tuple(ACTIVATIONS), help="feed-forward activation (and the GPS branch's MLP); GraphGPS: relu")),
     ("model", "dropout", dict(type=_probability, help="residual/feed-forward dropout")),
     ("model", "attn_dropout", dict(type=_probability, help="attention-weight dropout")),
     ("model", "pattern", dict(type=_argument_type(parse_pattern), metavar="NAME[:k=v,...]",

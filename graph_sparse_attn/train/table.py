@@ -92,10 +92,12 @@ def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- the table
-_SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None}
+# The feed-forward block of every model: width (None: 4 x dim) and activation.
+_FFN = {"ffn_dim": None, "activation": "gelu"}
+_SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None, **_FFN}
 _GRAPH_MODEL = {"dim": 64, "depth": 3, "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "attention": "exphormer", "gps": True,
-                "norm": "layer"}
-_NODE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.5, "attn_dropout": 0.0, "attention": "graph", "gps": False}
+                "norm": "layer", **_FFN}
+_NODE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.5, "attn_dropout": 0.0, "attention": "graph", "gps": False, **_FFN}
 _GRAPH_BUDGET = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "pe": None}
 # OGB molecules: measured one change at a time against the previous defaults (batch 64, cosine,
 # pre-norm LayerNorm; benchmarks/ablations.py, RESULTS.md). Batches of 32 and post-norm BatchNorm

@@ -237,3 +237,26 @@ def test_backend_is_a_run_option_that_reaches_every_attention_layer(tmp_path, mo
     assert config.backend == "csr" and "backend" not in config.model_options  # the model's definition stays the same
     model = make_task(config).build_model()
     assert [layer.attn.backend for layer in model.layers] == ["csr"] * len(model.layers)
+
+
+@pytest.mark.parametrize("task", ["listops", "ogbg-molhiv", "cora"])
+def test_feed_forward_width_and_activation_are_model_options(task, tmp_path):
+    # GraphGPS's feed-forward block is 2 x dim with ReLU (ReLU in its GINE branch too); ours defaults to 4 x GELU.
+    config, _ = config_from_args([task, "--ffn-dim", "40", "--activation", "relu", "--run-dir", str(tmp_path / "run")])
+    assert config.model_options["ffn_dim"] == 40 and config.model_options["activation"] == "relu"
+    with pytest.raises(SystemExit):
+        config_from_args([task, "--activation", "tanh", "--run-dir", str(tmp_path / "other")])
+
+
+def test_models_build_the_feed_forward_they_are_given():
+    from torch import nn
+
+    from graph_sparse_attn.nn import GraphTransformer, SequenceTransformer
+
+    for model in (GraphTransformer("atom", 16, 2, depth=2, edge_dim="bond", gps=True, ffn_dim=40, activation="relu"),
+                  SequenceTransformer(11, 3, dim=16, depth=2, ffn_dim=40, activation="relu")):
+        for layer in model.layers:
+            assert layer.ffn.net[0].out_features == 40 and isinstance(layer.ffn.net[1], nn.ReLU)
+            assert layer.local is None or isinstance(layer.local.nn[1], nn.ReLU)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        GraphTransformer("atom", 16, 2, activation="tanh")
