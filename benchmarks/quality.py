@@ -309,28 +309,31 @@ def make_run(model: str, config):
 FREE_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "warmup_steps")
 
 
+# Options added to the task table after runs were saved, with the value that reproduces how those
+# runs behaved: a saved run that does not record one matches only that value (not today's default,
+# which may change).
+ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu"}
+
+
 def check_same_options(saved: Dict[str, Any], config, where: Path) -> None:
     """Refuse to continue or reuse a run made with other options than ``config`` (a table would mix budgets).
 
-    An option the saved run does not record (added to the task table after the run was made) counts
-    as the same only at its table default, which is how the run behaved before the option existed.
+    An option the saved run does not record matches only its `ADDED_OPTIONS` value; any other
+    option it lacks, or records with another value, is a difference.
     """
-    from graph_sparse_attn.train.table import COMMON_DEFAULTS, find_task
-
     new = json.loads(json.dumps(dataclasses.asdict(config)))
-    defaults = json.loads(json.dumps({**COMMON_DEFAULTS, **find_task(config.task).options}))
+    missing = object()
 
-    def differs(key: str, old: Dict[str, Any], value: Any) -> bool:
-        if key not in old:
-            return value != defaults.get(key)
-        return old[key] != value
+    def differs(old: Dict[str, Any], key: str, value: Any) -> bool:
+        recorded = old.get(key, ADDED_OPTIONS.get(key, missing))
+        return recorded is missing or recorded != value
 
     changed = [key for key in new if key not in FREE_OPTIONS and key not in ("data_options", "model_options")
-               and differs(key, saved, new[key])]
+               and differs(saved, key, new[key])]
     for group in ("data_options", "model_options"):
         old = saved.get(group, {})
         changed += [f"{group}.{key}" for key in sorted(set(new[group]) | set(old))
-                    if key not in new[group] or differs(key, old, new[group][key])]
+                    if key not in new[group] or differs(old, key, new[group][key])]
     if changed:
         def was(key: str) -> Any:
             group, _, name = key.partition(".")

@@ -144,12 +144,13 @@ def test_set_overrides_the_default_and_ablations_tabulate_variants(tmp_path, cap
 
 
 def test_a_run_continues_only_with_its_own_options(tmp_path):
-    # An option the saved run does not record (added later) matches only at its table default;
-    # any recorded option, top-level or model/data, must match exactly; device and backend are free.
+    # An option added after a run was saved matches only the value that reproduces that run
+    # (ADDED_OPTIONS), whatever today's default; every recorded option, top-level or model/data,
+    # must match exactly; device and backend are free.
     import copy
     from dataclasses import asdict
 
-    from graph_sparse_attn.train.table import find_task, resolve_config
+    from graph_sparse_attn.train.table import resolve_config
 
     def config(**options):
         return resolve_config("ogbg-molhiv", {"run_dir": str(tmp_path / "run"), "root": str(tmp_path), **options})
@@ -157,11 +158,13 @@ def test_a_run_continues_only_with_its_own_options(tmp_path):
     saved = json.loads(json.dumps(asdict(config())))
     quality.check_same_options(saved, config(device="cpu", backend="compiled"), tmp_path)
     older = copy.deepcopy(saved)
-    del older["model_options"]["norm"], older["grad_clip"]
-    assert find_task("ogbg-molhiv").options["norm"] == saved["model_options"]["norm"]
+    del older["model_options"]["ffn_dim"], older["model_options"]["activation"]
     quality.check_same_options(older, config(), tmp_path)
-    for changed, message in (({"dim": 32}, "model_options.dim"), ({"epochs": 3}, r"other epochs \(epochs="), ({"grad_clip": 0.5}, "grad_clip=None")):
+    with pytest.raises(SystemExit, match="model_options.activation"):
+        quality.check_same_options(older, config(activation="relu"), tmp_path)
+    del older["grad_clip"]  # not an added option: a run without it is another run
+    with pytest.raises(SystemExit, match="grad_clip"):
+        quality.check_same_options(older, config(), tmp_path)
+    for changed, message in (({"dim": 32}, "model_options.dim"), ({"epochs": 3}, r"other epochs \(epochs=")):
         with pytest.raises(SystemExit, match=message):
-            quality.check_same_options(older, config(**changed), tmp_path)
-    with pytest.raises(SystemExit, match="model_options.norm"):
-        quality.check_same_options(older, config(norm="layer" if saved["model_options"]["norm"] == "batch" else "batch"), tmp_path)
+            quality.check_same_options(saved, config(**changed), tmp_path)
