@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
+from ogb.utils.features import get_bond_feature_dims
 from torch import Tensor, nn
 from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
 
@@ -263,14 +264,8 @@ class GraphTransformer(nn.Module):
         )
 
 
-def _bond_dims() -> Tuple[int, ...]:
-    from ogb.utils.features import get_bond_feature_dims
-
-    return tuple(get_bond_feature_dims())
-
-
 # OGB bond features as one code each, b = Σ_f value_f · stride_f, and the table of all codes.
-_BOND_DIMS = _bond_dims()
+_BOND_DIMS = tuple(get_bond_feature_dims())
 NUM_BOND_CODES = math.prod(_BOND_DIMS)
 _BOND_STRIDES = torch.tensor([math.prod(_BOND_DIMS[f + 1:]) for f in range(len(_BOND_DIMS))])
 _ALL_BONDS = torch.cartesian_prod(*(torch.arange(d) for d in _BOND_DIMS))  # [B, F], row b has code b
