@@ -143,7 +143,7 @@ def edge_feature_attention(
         if edge_attr_index is not None:
             _check_attr_index(edge_attr_index, pattern.num_edges)
         rows = pattern.num_edges if edge_attr_index is None else edge_attr.size(0)
-        if edge_attr.dim() != 2 or edge_attr.shape != (rows, edge_dim):
+        if edge_attr.shape != (rows, edge_dim):
             expected = "[E, edge_dim]" if edge_attr_index is None else "[U, edge_dim] (U rows indexed by edge_attr_index)"
             raise ValueError(f"edge_attr must have shape {expected}=[{rows}, {edge_dim}], got {list(edge_attr.shape)}")
         # The reference backend has no per-edge values: it checks the edge-bias form.
