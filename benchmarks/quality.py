@@ -9,7 +9,7 @@ Each keeps its own published recipe (optimiser, batch size, schedule):
   (`GraphTransformer`, exphormer attention + GPS local branch, post-norm BatchNorm, width 64, depth 3; AdamW with
   cosine decay, batch 32: the molecule recipe that `ablations.py` picked);
 * ``ours-gps`` our GPS configuration: the shipped GraphGPS molhiv configuration (``gsa train --config
-  ogbg-molhiv-gps``: `GraphTransformer` with ``gps=True``, full attention within each molecule, post-norm BatchNorm, width 64, 4 heads, dropout 0.05,
+  ogbg-molhiv-gps``: `GraphTransformer` with ``gps=True``, full attention within each molecule, post-norm BatchNorm, width 64, 4 heads, GraphGPS's feed-forward block (2× wide, ReLU), dropout 0.05,
   attention dropout 0.5, RWSE 16, batch 32, AdamW with weight decay 1e-5, cosine schedule), applied to
   ``--dataset``, with three equal-budget changes: depth 3 (``--gps-depth``, as ``gpsconv``; GraphGPS's 10
   layers do not fit this CPU), learning rate 1e-3 (``--gps-lr``; GraphGPS's 1e-4 is tuned to 100 epochs, and
