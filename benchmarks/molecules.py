@@ -9,7 +9,9 @@ activity); a step is forward + backward + optimiser step:
   FFN 4×64 → residual) with PyG ``TransformerConv`` (4 heads × 16, ``edge_dim``) as attention,
   then (a)'s LayerNorm, mean pool and MLP head;
 * ``exphormer-gps`` (c) the CLI default, built by the ogbg task itself
-  (``attention="exphormer"``, ``gps=True``, dropout 0.1);
+  (``attention="exphormer"``, ``gps=True``, dropout 0.1) with the attention backend a
+  ``gsa train ogbg-molhiv`` run takes (``--backend``, default ``auto``: fused CPU kernels for a
+  run that long, see ``ops.dispatch.backend_for_steps``);
 * ``gps``           (d) PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, 4 heads,
   dropout 0.1), same head;
 * ``gine``          (e) PyG ``GINEConv`` alone (residual), same head.
@@ -156,24 +158,28 @@ def backend_options(backend: Optional[str]) -> Tuple[dict, Optional[str]]:
                 f"commit, so (a) and (c) ran its default attention path.")
 
 
-def load_task(root: Path, options: dict):
-    """The ``gsa train ogbg-molhiv`` task (data from ``root``), its model built with ``options`` over the CLI defaults."""
+def load_task(root: Path, backend: Optional[str], device: torch.device):
+    """The ``gsa train ogbg-molhiv`` task (data from ``root``) and the attention backend its CLI default run takes
+    (``backend``, or ``gsa train``'s default, resolved as `Trainer` does for a run of the default's length)."""
+    from graph_sparse_attn.ops.dispatch import backend_for_steps
     from graph_sparse_attn.train.table import make_task, resolve_config
 
-    task = make_task(resolve_config(DATASET, {"root": str(root), "run_dir": str(root / "run")}))
-    task.model_options.update(options)
-    return task
+    config = resolve_config(DATASET, {"root": str(root), "run_dir": str(root / "run"), "backend": backend or "auto"})
+    task = make_task(config)
+    steps = config.epochs * len(task.loaders(config.batch_size, seed=0)["train"])
+    return task, backend_for_steps(config.backend, device, steps)
 
 
-def build_model(name: str, task, out_channels: int, options: dict) -> nn.Module:
-    """Model ``name`` (a key of ``MODELS``); (c) comes from the task's own ``build_model``, ``options`` go to (a)."""
+def build_model(name: str, task, out_channels: int, options: dict, cli_backend: str) -> nn.Module:
+    """Model ``name`` (a key of ``MODELS``); (c) comes from the task's own ``build_model`` with the CLI run's backend,
+    ``options`` go to (a)."""
     from graph_sparse_attn.nn import GraphTransformer
 
     if name == "graph":
         return GraphTransformer("atom", DIM, out_channels, depth=DEPTH, heads=HEADS, attention="graph", edge_dim="bond",
                                 **options)
     if name == "exphormer-gps":
-        return task.build_model()
+        return task.build_model(cli_backend)
     if name == "transformer":
         return PygGraphModel([TransformerConvBlock() for _ in range(DEPTH)], out_channels)
     if name == "gps":
@@ -310,14 +316,14 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
     options, note = backend_options(args.backend)
     # OGB reports its processing on stdout: keep stdout for the table (benchmarks/gpu.py captures it).
     with dataset_root(args.root) as root, contextlib.redirect_stdout(sys.stderr):
-        task = load_task(root, options)
+        task, cli_backend = load_task(root, args.backend, device)
         loader = task.loaders(args.batch_size, seed=0)["train"]
         batches = [batch.to(device) for batch, _ in zip(loader, range(args.batches))]
     out_channels = batches[0].y.size(-1)
     steps, rows = {}, []
     for name in sorted(set(args.models), key=list(MODELS).index):
         torch.manual_seed(0)
-        model = build_model(name, task, out_channels, options).to(device)
+        model = build_model(name, task, out_channels, options, cli_backend).to(device)
         steps[name] = training_step(model, task)
         rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters())})
     times = time_round_robin(steps, batches, args.warmup, args.steps, device)
@@ -332,12 +338,12 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
     facts = {
         "graphs": graphs, "nodes": statistics.mean(b.num_nodes for b in batches),
         "edges": statistics.mean(b.num_edges for b in batches), "device": _describe(device),
-        "note": note,
+        "note": note, "cli_backend": cli_backend,
     }
     report = None
     if args.profile:
         torch.manual_seed(0)
-        step = training_step(build_model(args.models[0], task, out_channels, options).to(device), task)
+        step = training_step(build_model(args.models[0], task, out_channels, options, cli_backend).to(device), task)
         for i in range(args.warmup):
             step(batches[i % len(batches)])
         report = profile_step(step, batches, args.profile_steps, device)
@@ -370,7 +376,8 @@ def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, com
         f"{facts['nodes']:,.0f} nodes, {facts['edges']:,.0f} edges); width {DIM}, {DEPTH} blocks, {HEADS} heads, "
         f"AtomEncoder/BondEncoder, AdamW; one step = forward + backward + optimiser step. Median of {args.steps} "
         f"steps per model after {args.warmup} warm-up steps, models interleaved step by step. Device: "
-        f"{facts['device']}.\n\n" + "\n".join(lines)
+        f"{facts['device']}. (c) runs the attention backend its `gsa train` run takes: `{facts['cli_backend']}`."
+        f"\n\n" + "\n".join(lines)
     )
     return text + (f"\n\n{facts['note']}" if facts["note"] else "")
 

@@ -38,6 +38,24 @@ GATHER_MAX_ELEMENTS = 1 << 16
 COMPILED_MIN_EDGES = 1 << 20
 
 
+# A model that runs many steps repays the compiled kernels' first-call compile at any size: on
+# ogbg-molhiv batches (E ~ 10k) they take about 0.75x the gathered pass's step, ~20 ms less a step
+# (benchmarks/molecules.py), so 2,000 steps cover even a cold compile (45 s).
+COMPILED_MIN_STEPS = 2000
+
+
+def backend_for_steps(backend: str, device: torch.device, steps: int) -> str:
+    """The backend a model should take for a run of ``steps`` training steps: ``"auto"`` becomes
+    ``"compiled"`` on CPU when ``steps >= COMPILED_MIN_STEPS`` and a C++ compiler is found (the
+    per-call rule of `resolve_backend` cannot know that many calls will follow); any other
+    ``backend``, or a shorter run, is returned as is."""
+    check_backend(backend)
+    if (backend == "auto" and device.type == "cpu" and steps >= COMPILED_MIN_STEPS
+            and kernel_module("compiled").available()):
+        return "compiled"
+    return backend
+
+
 def check_backend(backend: str) -> None:
     """Raise ``ValueError`` unless ``backend`` is one of `BACKENDS`."""
     if backend not in BACKENDS:

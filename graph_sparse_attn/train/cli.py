@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..nn.layers import ACTIVATIONS
-from ..ops.dispatch import KERNEL_BACKENDS, check_backend_runs_on
+from ..ops.dispatch import COMPILED_MIN_STEPS, KERNEL_BACKENDS, check_backend_runs_on
 from .distributed import local_device
 from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, load_config_file,
                     parse_fanouts, parse_pattern, parse_pe, shipped_configs)
@@ -142,8 +142,8 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
     ("run", "backend", dict(choices=KERNEL_BACKENDS,
-                            help="attention kernel (sparse_attention's backend=): 'compiled' runs molecule batches in fused "
-                                 "CPU kernels, compiled in the first step")),
+                            help="attention kernel (sparse_attention's backend=); 'auto' takes 'compiled' (fused CPU kernels, "
+                                 f"compiled in the first step) for CPU runs of {COMPILED_MIN_STEPS:,} steps or more")),
     ("run", "deterministic", dict(action="store_true", help="use deterministic algorithms only")),
     ("run", "config_file", dict(metavar="NAME|PATH", flags=("--config",),
                                 help="start from a configuration file: a shipped one (" + ", ".join(shipped_configs())
@@ -296,6 +296,9 @@ def _train(argv: List[str]) -> int:
     if task is None:
         return 1
     trainer = Trainer(config, task)
+    if trainer.backend != config.backend:
+        print(f"attention backend: {trainer.backend} (--backend {config.backend} for a run this long; "
+              "its kernels compile in the first step)", file=sys.stderr)
     if resume and trainer.resume():
         print(f"resumed {config.run_dir} at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}", file=sys.stderr)
     summary = trainer.fit()

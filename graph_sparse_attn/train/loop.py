@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from . import distributed as dist_utils
 from ..io import atomic_save, atomic_write_text
+from ..ops.dispatch import backend_for_steps
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .tasks import Task
 
@@ -24,7 +25,8 @@ class TrainConfig:
 
     ``checkpoint_every``: minutes between checkpoints inside an epoch (``0``: after every step);
     ``config_file``: the configuration file the options started from (``gsa train --config``), if any;
-    ``backend``: the attention kernel (`sparse_attention`'s ``backend``), which changes speed, not the model;
+    ``backend``: the attention kernel (`sparse_attention`'s ``backend``), which changes speed, not the model
+    (``"auto"`` takes the fused CPU kernels for runs of many steps: `ops.dispatch.backend_for_steps`);
     ``data_options`` go to the task's data builder, ``model_options`` to its model builder.
     """
 
@@ -111,7 +113,10 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         self.loaders = task.loaders(config.batch_size // dist_utils.world_size(), seed=config.seed)
-        self.model = task.build_model().to(self.device)
+        steps = config.epochs * len(self.loaders["train"])
+        # The attention kernel is a run option (like the device), not part of the model's definition.
+        self.backend = backend_for_steps(config.backend, self.device, min(steps, config.max_steps or steps))
+        self.model = task.build_model(self.backend).to(self.device)
         self.train_model: nn.Module = self.model
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -267,6 +272,7 @@ class Trainer:
         return {
             "task": self.config.task,
             "metric": metric,
+            "backend": self.backend,
             "epochs": self.epoch,
             "best_epoch": best["epoch"],
             "val": best["val_" + metric],

@@ -256,8 +256,7 @@ def make_task(config):
     num_neighbors: Optional[list] = data_options.pop("num_neighbors", None)
     data = spec.load(config.task, Path(config.root), seed=config.seed, **data_options)
     metric = spec.metric(config.task)
-    # The attention kernel is a run option (like the device), not part of the model's definition.
-    model_options = {**config.model_options, "backend": config.backend}
+    model_options = config.model_options
     if spec.kind == "sequence":
         return SequenceClassificationTask(config.task, data, metric, spec.model, model_options)
     if spec.kind == "graph":

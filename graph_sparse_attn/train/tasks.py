@@ -44,8 +44,9 @@ class Task:
     def score(self, prediction: Tensor, target: Tensor) -> float:
         return self.metric_spec.score(prediction, target)
 
-    def build_model(self) -> nn.Module:
-        return self._build_model(self.data, self.model_options)
+    def build_model(self, backend: str = "auto") -> nn.Module:
+        """The task's model with ``model_options``; ``backend`` is its attention kernel, a run option."""
+        return self._build_model(self.data, {**self.model_options, "backend": backend})
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
         raise NotImplementedError

@@ -23,6 +23,18 @@ def test_auto_rule_on_cpu(monkeypatch):
     assert dispatch.resolve_backend("auto", cpu, middle, width) == expected
 
 
+@pytest.mark.parametrize("available", [True, False])
+def test_backend_for_steps_takes_compiled_only_for_long_cpu_runs_with_a_compiler(monkeypatch, available):
+    monkeypatch.setattr(compiled_kernel, "available", lambda: available)
+    cpu, cuda, long = torch.device("cpu"), torch.device("cuda"), dispatch.COMPILED_MIN_STEPS
+    assert dispatch.backend_for_steps("auto", cpu, long) == ("compiled" if available else "auto")
+    assert dispatch.backend_for_steps("auto", cpu, long - 1) == "auto"
+    assert dispatch.backend_for_steps("auto", cuda, long) == "auto"
+    assert dispatch.backend_for_steps("csr", cpu, long) == "csr"  # a forced backend stays
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dispatch.backend_for_steps("fast", cpu, long)
+
+
 def test_forced_compiled_without_a_compiler_falls_back_to_csr_and_warns_once(monkeypatch):
     monkeypatch.setattr(compiled_kernel, "available", lambda: False)
     monkeypatch.setattr(dispatch, "_warned", set())

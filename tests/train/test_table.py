@@ -7,7 +7,7 @@ import pytest
 
 from graph_sparse_attn.data import benchmarks
 from graph_sparse_attn.train.cli import build_train_parser, config_from_args, main
-from graph_sparse_attn.train.loop import TrainConfig
+from graph_sparse_attn.train.loop import TrainConfig, Trainer
 from graph_sparse_attn.train.table import (
     COMMON_DEFAULTS,
     DATA_OPTIONS,
@@ -235,8 +235,24 @@ def test_backend_is_a_run_option_that_reaches_every_attention_layer(tmp_path, mo
     config, _ = config_from_args(["listops", "--backend", "csr", "--num-train", "8", "--num-val", "4", "--num-test", "4",
                                   "--min-length", "5", "--max-length", "20", "--run-dir", "run"])
     assert config.backend == "csr" and "backend" not in config.model_options  # the model's definition stays the same
-    model = make_task(config).build_model()
+    model = Trainer(config, make_task(config)).model
     assert [layer.attn.backend for layer in model.layers] == ["csr"] * len(model.layers)
+
+
+@pytest.mark.parametrize("max_steps, expected", [(0, "compiled"), (3, "auto")])
+def test_auto_backend_takes_the_compiled_kernels_for_long_cpu_runs(tmp_path, monkeypatch, max_steps, expected):
+    from graph_sparse_attn.ops import dispatch
+    from graph_sparse_attn.train.table import make_task
+
+    monkeypatch.setattr(dispatch, "COMPILED_MIN_STEPS", 10)
+    monkeypatch.setattr(dispatch.kernel_module("compiled"), "available", lambda: True)
+    config, _ = config_from_args(["listops", "--epochs", "3", "--batch-size", "4", "--max-steps", str(max_steps),
+                                  "--num-train", "16", "--num-val", "4", "--num-test", "4", "--min-length", "5",
+                                  "--max-length", "20", "--run-dir", str(tmp_path / "run")])
+    trainer = Trainer(config, make_task(config))  # 3 epochs x 4 batches = 12 steps, or --max-steps 3
+    assert trainer.backend == expected
+    assert [layer.attn.backend for layer in trainer.model.layers] == [expected] * len(trainer.model.layers)
+    assert config.backend == "auto"  # the run option stays as given; the model holds what it resolved to
 
 
 @pytest.mark.parametrize("task", ["listops", "ogbg-molhiv", "cora"])
