@@ -54,6 +54,9 @@ VARIANTS: Dict[str, Dict[str, object]] = {
     "batch-32+batch-norm+width-128": {"batch_size": 32, "norm": "batch", "dim": 128},
     # GraphGPS's feed-forward block (2 x dim, ReLU, also in the GINE branch) instead of 4 x GELU: cheaper per step.
     "batch-32+batch-norm+ffn-2x-relu": {"batch_size": 32, "norm": "batch", "ffn_dim": 128, "activation": "relu"},
+    # Both: width 128's capacity with the cheaper block (its hidden width, 256, is the 4 x GELU block's at width 64).
+    "batch-32+batch-norm+width-128+ffn-2x-relu": {"batch_size": 32, "norm": "batch", "dim": 128, "ffn_dim": 256,
+                                                  "activation": "relu"},
 }
 
 
