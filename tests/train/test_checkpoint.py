@@ -1,4 +1,5 @@
 """Checkpoints inside an epoch and exact resume: a run stopped mid-epoch ends where an uninterrupted one does."""
+import copy
 import json
 
 import pytest
@@ -160,3 +161,21 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["file.json"]
     atomic_save({"a": torch.arange(3)}, path)
     assert torch.equal(torch.load(path)["a"], torch.arange(3))
+
+
+def test_adamw_runs_fused_and_steps_like_the_per_parameter_adamw():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    twin = copy.deepcopy(model)
+    config = TrainConfig(task="t", lr=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(config, model.parameters())
+    assert optimizer.defaults["fused"] is True
+    reference = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    x = torch.randn(16, 4)
+    for _ in range(5):
+        for net, opt in ((model, optimizer), (twin, reference)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
