@@ -304,42 +304,16 @@ def make_run(model: str, config):
     return config, task
 
 
-# Options that may differ between a run and its continuation (warm-up steps follow from the others;
-# the kernel backend changes speed, not results beyond float rounding).
-FREE_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "warmup_steps")
-
-
-# Options added to the task table after runs were saved, with the value that reproduces how those
-# runs behaved: a saved run that does not record one matches only that value (not today's default,
-# which may change).
-ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu"}
-
-
 def check_same_options(saved: Dict[str, Any], config, where: Path) -> None:
-    """Refuse to continue or reuse a run made with other options than ``config`` (a table would mix budgets).
+    """Refuse to continue or reuse a run made with other options than ``config`` (a table would mix budgets);
+    the warm-up steps may differ too, as they follow from the others (`Trainer`'s rule otherwise:
+    `graph_sparse_attn.train.loop.config_differences`)."""
+    from graph_sparse_attn.train.loop import RUN_OPTIONS, config_differences
 
-    An option the saved run does not record matches only its `ADDED_OPTIONS` value; any other
-    option it lacks, or records with another value, is a difference.
-    """
-    new = json.loads(json.dumps(dataclasses.asdict(config)))
-    missing = object()
-
-    def differs(old: Dict[str, Any], key: str, value: Any) -> bool:
-        recorded = old.get(key, ADDED_OPTIONS.get(key, missing))
-        return recorded is missing or recorded != value
-
-    changed = [key for key in new if key not in FREE_OPTIONS and key not in ("data_options", "model_options")
-               and differs(saved, key, new[key])]
-    for group in ("data_options", "model_options"):
-        old = saved.get(group, {})
-        changed += [f"{group}.{key}" for key in sorted(set(new[group]) | set(old))
-                    if key not in new[group] or differs(old, key, new[group][key])]
+    changed = config_differences(saved, config, free=(*RUN_OPTIONS, "warmup_steps"))
     if changed:
-        def was(key: str) -> Any:
-            group, _, name = key.partition(".")
-            return saved.get(group, {}).get(name) if name else saved.get(key)
-        raise SystemExit(f"quality.py: error: {where} was run with other {', '.join(changed)} "
-                         f"({', '.join(f'{k}={was(k)!r}' for k in changed)}); pass the same options or another --out")
+        raise SystemExit(f"quality.py: error: {where} was run with other {'; '.join(changed)}; "
+                         "pass the same options or another --out")
 
 
 def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:

@@ -237,6 +237,13 @@ def config_from_args(argv: List[str]):
     config = resolve_config(name, values)
     if Path(config.run_dir, "last.pt").exists() and not args.resume:
         parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    from .loop import config_differences
+
+    saved = Path(config.run_dir, "config.json")
+    changed = config_differences(json.loads(saved.read_text()), config) if args.resume and saved.exists() else []
+    if changed:
+        parser.error(f"--resume: {config.run_dir} was run with other options: {'; '.join(changed)}; "
+                     "pass the options it was run with")
     return config, args.resume
 
 

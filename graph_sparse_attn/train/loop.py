@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -57,6 +57,35 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         return cls(**json.loads(text))
+
+
+# Options a run may change when it continues: where and how fast it runs, not what it computes
+# (the configuration file is provenance; its options are compared one by one).
+RUN_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "config_file")
+# Options added after runs were saved, with the value that reproduces how those runs behaved: a
+# saved configuration that lacks one matches only that value (not today's default, which may change).
+ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu"}
+
+
+def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequence[str] = RUN_OPTIONS) -> List[str]:
+    """What ``config`` changes against a run's saved ``config.json`` (``saved``), as ``"name (saved: X, now: Y)"``
+    entries; options in ``free`` may differ, and ``data_options``/``model_options`` are compared key by key."""
+    new = json.loads(json.dumps(asdict(config)))  # tuples become lists, as in the saved file
+    missing = object()
+
+    def recorded(old: Dict[str, Any], key: str) -> Any:
+        return old.get(key, ADDED_OPTIONS.get(key, missing))
+
+    changes = [(key, recorded(saved, key), new[key]) for key in new
+               if key not in free and key not in ("data_options", "model_options") and recorded(saved, key) != new[key]]
+    for group in ("data_options", "model_options"):
+        old = saved.get(group, {})
+        changes += [(f"{group}.{key}", recorded(old, key), new[group].get(key, missing)) for key in sorted(set(new[group]) | set(old))
+                    if key not in new[group] or recorded(old, key) != new[group][key]]
+    def show(value: Any) -> str:
+        return "unset" if value is missing else repr(value)
+
+    return [f"{name} (saved: {show(before)}, now: {show(after)})" for name, before, after in changes]
 
 
 def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:

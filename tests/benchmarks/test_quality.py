@@ -165,6 +165,6 @@ def test_a_run_continues_only_with_its_own_options(tmp_path):
     del older["grad_clip"]  # not an added option: a run without it is another run
     with pytest.raises(SystemExit, match="grad_clip"):
         quality.check_same_options(older, config(), tmp_path)
-    for changed, message in (({"dim": 32}, "model_options.dim"), ({"epochs": 3}, r"other epochs \(epochs=")):
+    for changed, message in (({"dim": 32}, "model_options.dim"), ({"epochs": 3}, r"epochs \(saved: 30, now: 3\)")):
         with pytest.raises(SystemExit, match=message):
             quality.check_same_options(saved, config(**changed), tmp_path)

@@ -112,6 +112,12 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "KILL_STEP": "9"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 1
+    # Continuing with other options would mix two runs in one: refused in one line, the run untouched.
+    before = (interrupted / "last.pt").read_bytes()
+    other = gsa(*args, "--dropout", "0.2", "--run-dir", str(interrupted), "--resume", cwd=tmp_path, check=False)
+    assert other.returncode == 2 and "model_options.dropout (saved: 0.1, now: 0.2)" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    assert (interrupted / "last.pt").read_bytes() == before
     resumed = gsa(*args, "--run-dir", str(interrupted), "--resume", cwd=tmp_path)
     assert "at epoch 2, batch 3" in resumed.stderr
 
