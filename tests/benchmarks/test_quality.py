@@ -159,12 +159,15 @@ def test_a_run_continues_only_with_its_own_options(tmp_path):
     quality.check_same_options(saved, config(device="cpu", backend="compiled"), tmp_path)
     older = copy.deepcopy(saved)
     del older["model_options"]["ffn_dim"], older["model_options"]["activation"]
-    quality.check_same_options(older, config(), tmp_path)
+    as_before = {"ffn_dim": None, "activation": "gelu"}  # how runs behaved before the options existed
+    quality.check_same_options(older, config(**as_before), tmp_path)
     with pytest.raises(SystemExit, match="model_options.activation"):
-        quality.check_same_options(older, config(activation="relu"), tmp_path)
+        quality.check_same_options(older, config(ffn_dim=None, activation="relu"), tmp_path)
+    with pytest.raises(SystemExit, match="model_options.ffn_dim"):  # today's molecule default is another model
+        quality.check_same_options(older, config(), tmp_path)
     del older["grad_clip"]  # not an added option: a run without it is another run
     with pytest.raises(SystemExit, match="grad_clip"):
-        quality.check_same_options(older, config(), tmp_path)
+        quality.check_same_options(older, config(**as_before), tmp_path)
     for changed, message in (({"dim": 32}, "model_options.dim"), ({"epochs": 3}, r"epochs \(saved: 30, now: 3\)")):
         with pytest.raises(SystemExit, match=message):
             quality.check_same_options(saved, config(**changed), tmp_path)
