@@ -5,7 +5,7 @@ LRA Text (IMDB bytes) and LRGB Peptides-func, then writes the table with the com
 times, hardware and the reference numbers into RESULTS.md.
 
 ``--budget small`` is what fits on a 2-core CPU in minutes per run; ``--budget cpu`` is the largest
-budget run on that CPU (100 epochs of ogbg-molhiv, about an hour per seed: start it in the
+budget run on that CPU (100 epochs of ogbg-molhiv, about 80 minutes per seed: start it in the
 background and rerun the same command to continue, as each run resumes from its ``last.pt``);
 ``--budget full`` is the published-scale configuration, the same command a GPU user runs.
 
@@ -44,7 +44,7 @@ BUDGETS = {
         "peptides-func": ["--epochs", "3", "--dim", "64", "--depth", "3", "--batch-size", "64", "--lr", "2e-3"],
     },
     # OGB's 100 epochs with the CLI default's model (3 seeds, as OGB's table): batches of 128 make an epoch
-    # 257 steps, about 35 s on 2 CPU cores, so a run fits in about an hour.
+    # 257 steps, about 33 s of training on 2 CPU cores plus ~15 s of evaluation: about 80 minutes a run.
     "cpu": {
         "ogbg-molhiv": ["--epochs", "100", "--batch-size", "128"],
     },
