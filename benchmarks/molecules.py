@@ -11,7 +11,7 @@ activity); a step is forward + backward + optimiser step:
 * ``exphormer-gps`` (c) the CLI default, built by the ogbg task itself
   (``attention="exphormer"``, ``gps=True``, dropout 0.1) with the attention backend a
   ``gsa train ogbg-molhiv`` run takes (``--backend``, default ``auto``: fused CPU kernels for a
-  run that long, see ``ops.dispatch.backend_for_steps``);
+  run that long, see ``train.loop.run_backend``);
 * ``gps``           (d) PyG ``GPSConv`` (``GINEConv`` local + dense multi-head attention, 4 heads,
   dropout 0.1), same head;
 * ``gine``          (e) PyG ``GINEConv`` alone (residual), same head.
@@ -161,13 +161,12 @@ def backend_options(backend: Optional[str]) -> Tuple[dict, Optional[str]]:
 def load_task(root: Path, backend: Optional[str], device: torch.device):
     """The ``gsa train ogbg-molhiv`` task (data from ``root``) and the attention backend its CLI default run takes
     (``backend``, or ``gsa train``'s default, resolved as `Trainer` does for a run of the default's length)."""
-    from graph_sparse_attn.ops.dispatch import backend_for_steps
+    from graph_sparse_attn.train.loop import run_backend
     from graph_sparse_attn.train.table import make_task, resolve_config
 
     config = resolve_config(DATASET, {"root": str(root), "run_dir": str(root / "run"), "backend": backend or "auto"})
     task = make_task(config)
-    steps = config.epochs * len(task.loaders(config.batch_size, seed=0)["train"])
-    return task, backend_for_steps(config.backend, device, steps)
+    return task, run_backend(config, device, len(task.loaders(config.batch_size, seed=0)["train"]))
 
 
 def build_model(name: str, task, out_channels: int, options: dict, cli_backend: str) -> nn.Module:

@@ -64,7 +64,7 @@ class GraphTransformer(nn.Module):
         activation: of the feed-forward blocks and the local branch's MLP, ``"gelu"`` or ``"relu"`` (GraphGPS).
         backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``);
             ``"compiled"`` runs molecule-sized batches in fused CPU kernels (its first step compiles
-            them for seconds; `benchmarks/molecules.py --backend compiled`).
+            them for seconds; ``gsa train`` takes it for long CPU runs).
 
     Shapes: ``forward(x [N, F] (long [N, 9] for atoms), edge_index [2, E], edge_attr [E, F_e] = None,
     batch [N] = None, pe [N, pe_dim] = None, *, attn_index [2, E'] | CSRPattern = None, attn_type [E'] = None,

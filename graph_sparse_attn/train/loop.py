@@ -82,10 +82,18 @@ def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequenc
         old = saved.get(group, {})
         changes += [(f"{group}.{key}", recorded(old, key), new[group].get(key, missing)) for key in sorted(set(new[group]) | set(old))
                     if key not in new[group] or recorded(old, key) != new[group][key]]
+
     def show(value: Any) -> str:
         return "unset" if value is missing else repr(value)
 
     return [f"{name} (saved: {show(before)}, now: {show(after)})" for name, before, after in changes]
+
+
+def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int) -> str:
+    """The attention backend a run of ``config`` takes: `backend_for_steps` over the steps it will train
+    (``epochs`` x ``steps_per_epoch``, at most ``max_steps``)."""
+    steps = config.epochs * steps_per_epoch
+    return backend_for_steps(config.backend, device, min(steps, config.max_steps or steps))
 
 
 def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -148,9 +156,8 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         self.loaders = task.loaders(config.batch_size // dist_utils.world_size(), seed=config.seed)
-        steps = config.epochs * len(self.loaders["train"])
         # The attention kernel is a run option (like the device), not part of the model's definition.
-        self.backend = backend_for_steps(config.backend, self.device, min(steps, config.max_steps or steps))
+        self.backend = run_backend(config, self.device, len(self.loaders["train"]))
         self.model = task.build_model(self.backend).to(self.device)
         self.train_model: nn.Module = self.model
         if self.distributed:

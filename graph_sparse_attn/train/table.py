@@ -258,9 +258,8 @@ def make_task(config):
     num_neighbors: Optional[list] = data_options.pop("num_neighbors", None)
     data = spec.load(config.task, Path(config.root), seed=config.seed, **data_options)
     metric = spec.metric(config.task)
-    model_options = config.model_options
     if spec.kind == "sequence":
-        return SequenceClassificationTask(config.task, data, metric, spec.model, model_options)
+        return SequenceClassificationTask(config.task, data, metric, spec.model, config.model_options)
     if spec.kind == "graph":
-        return GraphPropertyTask(config.task, data, metric, spec.model, model_options)
-    return NodeClassificationTask(config.task, data, metric, spec.model, model_options, num_neighbors=num_neighbors)
+        return GraphPropertyTask(config.task, data, metric, spec.model, config.model_options)
+    return NodeClassificationTask(config.task, data, metric, spec.model, config.model_options, num_neighbors=num_neighbors)

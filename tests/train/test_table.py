@@ -257,7 +257,7 @@ def test_auto_backend_takes_the_compiled_kernels_for_long_cpu_runs(tmp_path, mon
 
 @pytest.mark.parametrize("task", ["listops", "ogbg-molhiv", "cora"])
 def test_feed_forward_width_and_activation_are_model_options(task, tmp_path):
-    # GraphGPS's feed-forward block is 2 x dim with ReLU (ReLU in its GINE branch too); ours defaults to 4 x GELU.
+    # GraphGPS's feed-forward block is 2 x dim with ReLU (ReLU in its GINE branch too); other tasks default to 4 x GELU.
     config, _ = config_from_args([task, "--ffn-dim", "40", "--activation", "relu", "--run-dir", str(tmp_path / "run")])
     assert config.model_options["ffn_dim"] == 40 and config.model_options["activation"] == "relu"
     with pytest.raises(SystemExit):
