@@ -144,7 +144,8 @@ class Trainer:
     Run directory: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` (written at
     every epoch end and every ``config.checkpoint_every`` minutes inside an epoch), ``best.pt`` (by
     validation metric), ``curves.png``, ``summary.json``. `resume` continues from ``last.pt``
-    exactly: same epoch and batch, optimiser, scheduler, loader positions and every random state.
+    exactly: same epoch and batch, optimiser, scheduler, loader positions and every random state
+    (bitwise at the same CPU thread count: kernels split their sums by thread).
     """
 
     def __init__(self, config: TrainConfig, task: Task) -> None:

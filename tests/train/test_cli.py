@@ -105,20 +105,24 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     # 96 samples / 16 per batch = 6 batches per epoch; checkpoints after every step; killed at step 9 (epoch 2, batch 3).
     args = ["train", "listops", *TINY_LISTOPS, "--epochs", "3", "--root", str(tmp_path / "data"), "--dropout", "0.1",
             "--checkpoint-every", "0"]
-    gsa(*args, "--run-dir", str(tmp_path / "straight"), cwd=tmp_path)
+    # Bitwise equality holds for one thread count: CPU kernels split work by thread (AdamW's fused step takes a
+    # vector or a scalar path by chunk), and two thread counts differed by 1e-4 after these 18 steps. CI saw its
+    # processes differ, so every process here runs one thread.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    gsa(*args, "--run-dir", str(tmp_path / "straight"), cwd=tmp_path, env=env)
 
     interrupted = tmp_path / "interrupted"
     proc = subprocess.run([sys.executable, "-c", KILLING_RUNNER, *args, "--run-dir", str(interrupted)], cwd=tmp_path,
-                          capture_output=True, text=True, env={**os.environ, "KILL_STEP": "9"})
+                          capture_output=True, text=True, env={**env, "KILL_STEP": "9"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 1
     # Continuing with other options would mix two runs in one: refused in one line, the run untouched.
     before = (interrupted / "last.pt").read_bytes()
-    other = gsa(*args, "--dropout", "0.2", "--run-dir", str(interrupted), "--resume", cwd=tmp_path, check=False)
+    other = gsa(*args, "--dropout", "0.2", "--run-dir", str(interrupted), "--resume", cwd=tmp_path, check=False, env=env)
     assert other.returncode == 2 and "model_options.dropout (saved: 0.1, now: 0.2)" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
     assert (interrupted / "last.pt").read_bytes() == before
-    resumed = gsa(*args, "--run-dir", str(interrupted), "--resume", cwd=tmp_path)
+    resumed = gsa(*args, "--run-dir", str(interrupted), "--resume", cwd=tmp_path, env=env)
     assert "at epoch 2, batch 3" in resumed.stderr
 
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
