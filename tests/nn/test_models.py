@@ -173,6 +173,24 @@ def test_graph_transformer_exphormer_with_expander_and_node_task():
     assert "attention='exphormer'" in repr(model)
 
 
+def test_graph_transformer_embeddings_start_as_ogb_encoders_start_them():
+    # OGB's AtomEncoder/BondEncoder draw Xavier-uniform embeddings; reset_parameters must keep that scale
+    # (nn.Embedding's own N(0, 1) made the summed atom embedding ~5x larger than in OGB's models).
+    from ogb.graphproppred.mol_encoder import AtomEncoder
+
+    torch.manual_seed(0)
+    model = GraphTransformer("atom", 64, 1, attention="exphormer", gps=True, edge_dim="bond")
+    model.reset_parameters()
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(embeddings) == len(get_atom_feature_dims()) + len(get_bond_feature_dims()) + 2  # + edge types, virtual
+    for embedding in embeddings:
+        rows, cols = embedding.weight.shape
+        assert embedding.weight.abs().max() <= (6 / (rows + cols)) ** 0.5
+    x = torch.stack([torch.randint(0, d, (2000,)) for d in get_atom_feature_dims()], dim=1)
+    ours, ogb = model.node_encoder(x).std(), AtomEncoder(64)(x).std()
+    assert 0.8 < float(ours / ogb) < 1.25
+
+
 def test_graph_transformer_takes_pyg_positional_encodings():
     import torch_geometric.transforms as T
 
