@@ -4,6 +4,7 @@
 (`SparseTransformerLayer`, `KNNAttention`) and models (`SequenceTransformer`, `GraphTransformer`).
 """
 from .conv import SparseAttnConv
+from .dropout import Dropout, dropout
 from .gates import EdgeGate, MLPGate, RelativePositionGate, hard_concrete, l0_penalty, l1_penalty
 from .graph import GraphTransformer
 from .layers import FeedForward, KNNAttention, SparseMultiheadAttention, SparseTransformerLayer
@@ -11,6 +12,8 @@ from .sequence import SequenceTransformer, SinusoidalPositions
 
 __all__ = [
     "SparseAttnConv",
+    "Dropout",
+    "dropout",
     "EdgeGate",
     "MLPGate",
     "RelativePositionGate",

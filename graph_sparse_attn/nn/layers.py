@@ -10,6 +10,7 @@ from ..ops import CSRPattern
 from ..ops.dispatch import check_backend
 from ..patterns.dynamic import knn
 from ..ops.edge_features import edge_feature_attention
+from .dropout import Dropout
 
 Pattern = Union[Tensor, CSRPattern]
 # Block normalisations: pre-norm LayerNorm, or post-norm BatchNorm over nodes (GraphGPS).
@@ -29,7 +30,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "gelu") -> None:
         super().__init__()
         check_activation(activation)
-        self.net = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), Dropout(dropout), nn.Linear(hidden, dim))
 
     def reset_parameters(self) -> None:
         self.net[0].reset_parameters()
@@ -200,7 +201,7 @@ class SparseTransformerLayer(nn.Module):
         self.norm_local = NORMS[norm](dim) if local is not None and norm == "batch" else None
         self.norm_ffn = NORMS[norm](dim)
         self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout, activation)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @property
     def is_dynamic(self) -> bool:

@@ -10,6 +10,7 @@ from torch_geometric.nn import global_mean_pool
 
 from ..ops import CSRPattern
 from ..transforms import positional_pattern
+from .dropout import Dropout
 from .gates import RelativePositionGate
 from .layers import SparseTransformerLayer
 
@@ -119,7 +120,7 @@ class SequenceTransformer(nn.Module):
 
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(max_length, dim) if position == "learned" else SinusoidalPositions(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         gate_mode = "log" if gate else "scale"
         self.layers = nn.ModuleList(
             SparseTransformerLayer(dim, heads, ffn_dim=ffn_dim, dropout=dropout, attn_dropout=attn_dropout, gate_mode=gate_mode, knn=knn,
