@@ -43,3 +43,12 @@ def test_sparse_transformer_layer_with_sorted_edge_features(graph):
     layer = SparseTransformerLayer(16, 2, edge_dim=4).eval()
     pattern = CSRPattern.from_edge_index(edge_index, 40)
     _assert_compiles_like_eager(layer, x, pattern.sorted(), edge_attr=pattern.caller_to_sorted(edge_attr))
+
+
+def test_training_layer_with_dropout_has_no_graph_breaks(graph):
+    # Our CPU dropout hands over to F.dropout under torch.compile, whose random numbers inductor generates.
+    x, edge_index, _ = graph
+    layer = SparseTransformerLayer(16, 2, dropout=0.3).train()
+    pattern = CSRPattern.from_edge_index(edge_index, 40).sorted()
+    explanation = torch._dynamo.explain(layer)(x, pattern)
+    assert explanation.graph_break_count == 0, [b.reason.splitlines()[0] for b in explanation.break_reasons]
