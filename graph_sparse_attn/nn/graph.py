@@ -55,6 +55,8 @@ class GraphTransformer(nn.Module):
         pe_dim: size of a positional/structural encoding passed as ``pe`` (e.g. PyG's
             ``AddLaplacianEigenvectorPE`` or ``AddRandomWalkPE`` output), 0 for none.
         lap_pe: the encoding is Laplacian eigenvectors: flip their signs at random in training.
+            It enters through ``Linear(pe)``; any other encoding (e.g. RWSE) through
+            ``Linear(BatchNorm(pe))``, as GraphGPS's encoders take them.
         gps: add the local message-passing branch.
         pooling: ``"mean"`` or ``"sum"`` for graph tasks.
         norm: ``"layer"`` (pre-norm LayerNorm blocks and a final LayerNorm) or ``"batch"``
@@ -118,7 +120,11 @@ class GraphTransformer(nn.Module):
         self.node_encoder = _node_encoder(in_channels, hidden_channels)
         self.edge_encoder = _edge_encoder(edge_dim, hidden_channels)
         self.edge_type = nn.Embedding(NUM_EDGE_TYPES, hidden_channels)
-        self.pe_encoder = nn.Linear(pe_dim, hidden_channels) if pe_dim else None
+        # GraphGPS normalises raw structural encodings (RWSE: return probabilities, std ~0.1) with
+        # BatchNorm before projecting them; Laplacian eigenvectors enter raw (its LapPE setting).
+        self.pe_encoder = nn.Sequential(
+            nn.Identity() if lap_pe else nn.BatchNorm1d(pe_dim), nn.Linear(pe_dim, hidden_channels)
+        ) if pe_dim else None
         self.virtual = nn.Embedding(num_virtual, hidden_channels) if attention == "exphormer" and num_virtual else None
         self.layers = nn.ModuleList(
             SparseTransformerLayer(
@@ -320,5 +326,5 @@ def _reset(module: nn.Module) -> None:
     for child in module.modules():
         if isinstance(child, nn.Embedding):
             nn.init.xavier_uniform_(child.weight)
-        elif isinstance(child, (nn.Linear, nn.LayerNorm)):
+        elif isinstance(child, (nn.Linear, nn.LayerNorm, nn.BatchNorm1d)):
             child.reset_parameters()

@@ -173,7 +173,9 @@ def test_positional_encodings_reach_the_model(tmp_path, pe):
     kind, dim = pe.split(":")
     assert json.loads((run / "config.json").read_text())["data_options"]["pe"] == [kind, int(dim)]
     weights = torch.load(run / "last.pt", weights_only=False)["model"]
-    assert weights["pe_encoder.weight"].shape[1] == int(dim)
+    assert weights["pe_encoder.1.weight"].shape[1] == int(dim)
+    # Random-walk encodings are batch-normalised before the projection (GraphGPS), eigenvectors are not.
+    assert ("pe_encoder.0.running_mean" in weights) == (kind == "rwse")
 
 
 def test_missing_dataset_offline_fails_fast_with_instructions(tmp_path):
