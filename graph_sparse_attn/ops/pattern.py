@@ -167,10 +167,11 @@ class CSRPattern:
         """Reorder per-edge ``values [E, ...]`` from sorted order back to the caller's order."""
         if self.perm is None:
             return values
-        out = torch.empty_like(values)
-        out[self.perm] = values
-        return out
+        # index_copy / index_select rather than advanced indexing: their adjoints are a gather and an
+        # index_add, where `values[perm]`'s is an accumulating index_put that sorts on CPU
+        # (1.4 ms of a 12 ms `SparseAttnConv` step on a molecule batch).
+        return torch.index_copy(torch.empty_like(values), 0, self.perm, values)
 
     def caller_to_sorted(self, values: Optional[Tensor]) -> Optional[Tensor]:
         """Reorder per-edge ``values [E, ...]`` from the caller's order to sorted order."""
-        return values if values is None or self.perm is None else values[self.perm]
+        return values if values is None or self.perm is None else values.index_select(0, self.perm)
