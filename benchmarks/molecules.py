@@ -248,6 +248,35 @@ def time_round_robin(steps: Dict[str, Step], batches: list, warmup: int, repeats
     return times
 
 
+def time_layers(batches: list, warmup: int, repeats: int, device: torch.device) -> List[dict]:
+    """One attention layer alone on each batch's bonds: `SparseAttnConv` (the drop-in) against PyG
+    ``TransformerConv`` (64 → 4 heads × 16, forward + backward of a squared-output loss), without and
+    with edge features (random ``[E, 64]``); steps interleaved as for the models. Milliseconds per step."""
+    from torch_geometric.nn import TransformerConv
+
+    from graph_sparse_attn import SparseAttnConv
+
+    rows = []
+    for edge_dim in (None, DIM):
+        torch.manual_seed(0)
+        inputs = [(torch.randn(b.num_nodes, DIM, device=device, requires_grad=True), b.edge_index,
+                   None if edge_dim is None else torch.randn(b.num_edges, DIM, device=device)) for b in batches]
+        layers = {"ours": SparseAttnConv(DIM, DIM // HEADS, heads=HEADS, edge_dim=edge_dim),
+                  "pyg": TransformerConv(DIM, DIM // HEADS, heads=HEADS, edge_dim=edge_dim)}
+
+        def layer_step(layer: nn.Module) -> Step:
+            def step(batch) -> Tensor:
+                x, edge_index, edge_attr = batch
+                loss = layer(x, edge_index, edge_attr).square().mean()
+                loss.backward()
+                return loss.detach()
+            return step
+
+        times = time_round_robin({name: layer_step(layer.to(device)) for name, layer in layers.items()}, inputs, warmup, repeats, device)
+        rows.append({"edge_dim": edge_dim, **{name: (statistics.median(t) * 1e3 if isinstance(t, list) else t) for name, t in times.items()}})
+    return rows
+
+
 _SOURCE = re.compile(r"((?:graph_sparse_attn|torch_geometric|ogb)/\S*\(\d+\): \S+)")
 
 
@@ -326,6 +355,7 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
         steps[name] = training_step(model, task)
         rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters())})
     times = time_round_robin(steps, batches, args.warmup, args.steps, device)
+    layer_rows = time_layers(batches, args.warmup, args.steps, device)
     graphs = statistics.mean(int(b.num_graphs) for b in batches)
     for row in rows:
         measured = times[row["model"]]
@@ -337,7 +367,7 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
     facts = {
         "graphs": graphs, "nodes": statistics.mean(b.num_nodes for b in batches),
         "edges": statistics.mean(b.num_edges for b in batches), "device": _describe(device),
-        "note": note, "cli_backend": cli_backend,
+        "note": note, "cli_backend": cli_backend, "layers": layer_rows,
     }
     report = None
     if args.profile:
@@ -369,6 +399,13 @@ def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, com
             ratios.append(f"| {label} time | {a['ms_per_step'] / b['ms_per_step']:.2f} | ≤ {target} |")
     if ratios:
         lines += ["", "| ratio | measured | target (issue 8) |", "|---|---|---|", *ratios]
+    layer_lines = ["| one layer, forward + backward | ours: `SparseAttnConv` (ms) | PyG `TransformerConv` (ms) | ours / PyG |",
+                   "|---|---|---|---|"]
+    for r in facts["layers"]:
+        label = "no edge features" if r["edge_dim"] is None else f"edge features `[E, {r['edge_dim']}]`"
+        ok = all(isinstance(r[k], float) for k in ("ours", "pyg"))
+        cells = [f"{r[k]:.2f}" if isinstance(r[k], float) else r[k] for k in ("ours", "pyg")]
+        layer_lines.append(f"| {label} | {cells[0]} | {cells[1]} | " + (f"{r['ours'] / r['pyg']:.2f}" if ok else "—") + " |")
     text = (
         f"## Molecule batches (`{command}`)\n\n"
         f"{DATASET} training split, {args.batches} fixed batches of {facts['graphs']:.0f} molecules (mean "
@@ -377,6 +414,8 @@ def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, com
         f"steps per model after {args.warmup} warm-up steps, models interleaved step by step. Device: "
         f"{facts['device']}. (c) runs the attention backend its `gsa train` run takes: `{facts['cli_backend']}`."
         f"\n\n" + "\n".join(lines)
+        + f"\n\nThe drop-in alone on the same batches ({DIM} → {HEADS} heads × {DIM // HEADS}, median of {args.steps} interleaved "
+        f"steps):\n\n" + "\n".join(layer_lines)
     )
     return text + (f"\n\n{facts['note']}" if facts["note"] else "")
 
