@@ -40,7 +40,11 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full range: all 64 bits uniform
     lanes = words.view(torch.int16)[:n].view(x.shape)  # signed lanes: the unsigned value u is lane + 2**15
     keep = lanes >= threshold - _LEVELS // 2
-    return x * keep.to(x.dtype).mul_(_LEVELS / (_LEVELS - threshold))
+    scale = _LEVELS / (_LEVELS - threshold)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # A half-precision scale would be off by ~1e-3: scale after masking, in float, as F.dropout.
+        return (x * keep).mul_(scale)
+    return x * keep.to(x.dtype).mul_(scale)  # one [x]-sized multiply in backward
 
 
 class Dropout(nn.Module):

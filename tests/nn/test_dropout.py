@@ -60,7 +60,15 @@ def test_keeps_shape_and_dtype_of_non_contiguous_input(dtype):
     y = dropout(x, 0.5)
     assert y.shape == x.shape and y.dtype == dtype
     kept = y != 0
-    torch.testing.assert_close(y[kept], x[kept] * 2)
+    assert torch.equal(y[kept], x[kept] * 2)
+
+
+def test_low_precision_rounds_once_like_torch_dropout():
+    torch.manual_seed(4)
+    x = torch.randn(5000, dtype=torch.bfloat16)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert torch.equal(y[kept], (x[kept].float() * (2**16 / (2**16 - round(0.1 * 2**16)))).bfloat16())
 
 
 def test_module_follows_train_and_eval():
