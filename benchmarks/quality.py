@@ -7,7 +7,7 @@ Each keeps its own published recipe (optimiser, batch size, schedule):
 
 * ``default``  our CLI default, built through the task table exactly as ``gsa train DATASET`` builds it
   (`GraphTransformer`, exphormer attention + GPS local branch, post-norm BatchNorm, width 64, depth 3; AdamW with
-  cosine decay, batch 32: the molecule recipe that `ablations.py` picked);
+  cosine decay, batch 32, RWSE 16 through ``Linear(BatchNorm(pe))``: the molecule recipe the ablations picked);
 * ``ours-gps`` our GPS configuration: the shipped GraphGPS molhiv configuration (``gsa train --config
   ogbg-molhiv-gps``: `GraphTransformer` with ``gps=True``, full attention within each molecule, post-norm BatchNorm, width 64, 4 heads, GraphGPS's feed-forward block (2× wide, ReLU), dropout 0.05,
   attention dropout 0.5, RWSE 16, batch 32, AdamW with weight decay 1e-5, cosine schedule), applied to
@@ -97,9 +97,10 @@ GPS_CONFIG = "ogbg-molhiv-gps"
 GPS_DEPTH, GPS_LR = 3, 1e-3
 GPS_WARMUP_FRACTION = 0.05  # GraphGPS: 5 warm-up epochs of 100
 BUDGET_OPTIONS = ("epochs", "max_steps", "warmup_steps")
-# OGB's main_pyg.py recipe (task-table options): Adam (AdamW without weight decay), constant rate, no clipping.
+# OGB's main_pyg.py recipe (task-table options): Adam (AdamW without weight decay), constant rate, no clipping;
+# no positional encoding (the molecule tasks' default RWSE is ours, not OGB's).
 GIN_VN_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "constant",
-                 "warmup_steps": 0, "grad_clip": 0.0}
+                 "warmup_steps": 0, "grad_clip": 0.0, "pe": None}
 
 # ---------------------------------------------------------------------------- reference models
 class GINVirtualNode(nn.Module):

@@ -112,7 +112,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                                         "per hop (-1: all); none given: the full graph")),
     ("model", "pe", dict(type=_argument_type(parse_pe), metavar="KIND:DIM",
                          help="positional encoding computed once per graph (cached beside the processed dataset) and "
-                              "fed to the model: rwse:DIM (random-walk landing probabilities) or lap:DIM (Laplacian eigenvectors), e.g. rwse:20 (none given: none)")),
+                              "fed to the model: rwse:DIM (random-walk landing probabilities) or lap:DIM (Laplacian eigenvectors), e.g. rwse:20, or none")),
     ("model", "dim", dict(type=_positive_int, help="model width (hidden channels)")),
     ("model", "depth", dict(type=_positive_int, help="number of Transformer blocks")),
     ("model", "heads", dict(type=_positive_int, help="attention heads")),

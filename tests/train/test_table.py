@@ -69,6 +69,13 @@ def test_pattern_and_fanout_spellings():
             parse_fanouts(bad)
 
 
+def test_molecules_default_to_rwse_and_none_turns_it_off(tmp_path):
+    assert parse_pe("none") is None and parse_pe("lap:3") == ["lap", 3]
+    default, _ = config_from_args(["ogbg-molbbbp", "--run-dir", str(tmp_path / "a")])
+    off, _ = config_from_args(["ogbg-molbbbp", "--pe", "none", "--run-dir", str(tmp_path / "b")])
+    assert default.data_options["pe"] == ["rwse", 16] and off.data_options["pe"] is None
+
+
 def test_resolved_config_holds_every_default_with_absolute_paths_and_round_trips(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = resolve_config("ogbn-products", {"run_dir": "runs/x", "root": "data", "epochs": 2})
