@@ -45,7 +45,7 @@ def measure(num_nodes: int, repeats: int) -> dict:
     for _ in range(repeats):
         for backend in BACKENDS:
             times[backend].append(run(backend))
-    auto = resolve_backend("auto", q.device, pattern, HEADS * HEAD_DIM)
+    auto = resolve_backend("auto", q.device, pattern.num_edges, pattern.num_dst, HEADS * HEAD_DIM)
     return {"edges": pattern.num_edges, "auto": auto, **{b: statistics.median(t) for b, t in times.items()}}
 
 

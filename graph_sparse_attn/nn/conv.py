@@ -9,7 +9,7 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Adj, NoneType, PairTensor, SparseTensor
 
 from ..ops import CSRPattern
-from ..ops.adjacency import is_sparse_adjacency, pattern_from_adjacency, with_edge_values
+from ..ops.adjacency import edges_from_adjacency, is_sparse_adjacency, with_edge_values
 from ..ops.attention import GATE_MODES
 from ..ops.dispatch import check_backend
 from ..ops.edge_features import edge_feature_attention
@@ -174,7 +174,7 @@ class SparseAttnConv(MessagePassing):
         """Run the layer.
 
         ``edge_index`` takes every form ``TransformerConv`` takes (see
-        :func:`~graph_sparse_attn.ops.adjacency.pattern_from_adjacency`): ``[2, E]``, an
+        :func:`~graph_sparse_attn.ops.adjacency.edges_from_adjacency`): ``[2, E]``, an
         ``EdgeIndex``, a ``torch.sparse`` or ``SparseTensor`` ``adj_t [N_dst, N_src]``, or a
         prebuilt ``CSRPattern``. Per-edge tensors (``edge_attr``, ``edge_gate``, ``edge_bias`` and
         the returned ``alpha``) follow its edge order; a sparse ``adj_t`` whose values are
@@ -234,12 +234,12 @@ class SparseAttnConv(MessagePassing):
         need_weights: bool,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         """``(out [N_dst, H, C], alpha [E, H] or None)`` over any adjacency (run as Python when scripted)."""
-        pattern, adj_values = pattern_from_adjacency(edge_index, (key.size(0), query.size(0)))
+        edges, adj_values = edges_from_adjacency(edge_index, (key.size(0), query.size(0)))
         if edge_attr is None and adj_values is not None and adj_values.dim() > 1:
             edge_attr = adj_values
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         return edge_feature_attention(
-            query, key, value, pattern, edge_attr, edge_weight,
+            query, key, value, edges, edge_attr, edge_weight,
             edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
             dropout=self.dropout, training=self.training, need_weights=need_weights, backend=self.backend,
         )

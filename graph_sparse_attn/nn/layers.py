@@ -82,8 +82,6 @@ class SparseMultiheadAttention(nn.Module):
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
                edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None, edge_attr_index: Optional[Tensor] = None) -> Tensor:
-        if not isinstance(edge_index, CSRPattern):
-            edge_index = CSRPattern.from_edge_index(edge_index, query.size(0))
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.dim // self.heads, -1)
         out, _ = edge_feature_attention(
             query, key, value, edge_index, edge_attr, edge_weight, edge_gate=edge_gate, edge_bias=edge_bias,

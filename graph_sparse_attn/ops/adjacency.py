@@ -1,4 +1,4 @@
-"""Every adjacency form a PyG layer accepts, turned into a `CSRPattern` (and back).
+"""Every adjacency form a PyG layer accepts, turned into the edges attention takes (and back).
 
 PyG layers take the graph as
 
@@ -10,8 +10,9 @@ PyG layers take the graph as
   CSC, as stored for COO), and values with a feature dimension (``[E, F]``) are edge features;
 * or, here, a prebuilt :class:`CSRPattern`.
 
-:func:`pattern_from_adjacency` gives the pattern whose caller order is that per-edge order, so
-edge features, gates and attention weights line up with the input exactly as in PyG.
+:func:`edges_from_adjacency` gives an ``edge_index`` (or a pattern) whose caller order is that
+per-edge order, so edge features, gates and attention weights line up with the input exactly as
+in PyG.
 """
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ def is_sparse_adjacency(adj: object) -> bool:
     return isinstance(adj, SparseTensor) or (isinstance(adj, Tensor) and adj.layout in _SPARSE_LAYOUTS)
 
 
-def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[CSRPattern, Optional[Tensor]]:
-    """Sort any PyG adjacency into a :class:`CSRPattern`.
+def edges_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[Union[Tensor, CSRPattern], Optional[Tensor]]:
+    """The edges of any PyG adjacency, as `sparse_attention` takes them.
+
+    A plain ``edge_index`` passes through, and a sparse ``adj_t`` becomes one: `sparse_attention`
+    sorts it only if its kernel needs a sorted layout (small patterns on CPU need none). An
+    ``EdgeIndex`` becomes a :class:`CSRPattern` built from its cached sort.
 
     Args:
         adj: ``edge_index [2, E]``, :class:`~torch_geometric.EdgeIndex`, ``torch.sparse``
@@ -42,8 +47,8 @@ def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[
         num_nodes: ``(N_src, N_dst)``, the sizes of the node features the pattern is used with.
 
     Returns:
-        ``(pattern, values)``: the pattern (caller order = ``adj``'s per-edge order) and the
-        adjacency's stored values ``[E]`` or ``[E, F]`` in that order (``None`` when it has none).
+        ``(edges, values)``: ``edge_index [2, E]`` or a :class:`CSRPattern` (caller order =
+        ``adj``'s per-edge order) and the adjacency's stored values ``[E]`` or ``[E, F]`` in that order (``None`` when it has none).
 
     Raises:
         ValueError: when ``adj``'s node counts disagree with ``num_nodes``.
@@ -56,19 +61,19 @@ def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[
     if isinstance(adj, SparseTensor):
         _check_sizes((adj.size(1), adj.size(0)), num_nodes, "the SparseTensor adj_t [N_dst, N_src]")
         row, col, value = adj.coo()  # row-major: (target, source) order
-        return CSRPattern.from_edge_index(torch.stack([col, row]), num_nodes), value
+        return torch.stack([col, row]), value
     if isinstance(adj, Tensor) and adj.layout in _SPARSE_LAYOUTS:
         if adj.sparse_dim() != 2:
             raise ValueError(f"edge_index as a torch.sparse adjacency must have 2 sparse dims [N_dst, N_src], got {adj.sparse_dim()}")
         _check_sizes((adj.size(1), adj.size(0)), num_nodes, "the sparse adj_t [N_dst, N_src]")
         dst, src, values = _sparse_entries(adj)
-        return CSRPattern.from_edge_index(torch.stack([src.long(), dst.long()]), num_nodes), values
+        return torch.stack([src.long(), dst.long()]), values
     if isinstance(adj, EdgeIndex):
         sizes = adj.sparse_size()
         _check_sizes(tuple(s if s is not None else n for s, n in zip(sizes, num_nodes)), num_nodes, "the EdgeIndex")
         return _from_edge_index_cache(adj, num_src, num_dst), None
     if isinstance(adj, Tensor):
-        return CSRPattern.from_edge_index(adj, num_nodes), None
+        return adj, None
     raise TypeError(
         "edge_index must be a LongTensor [2, E], a torch_geometric.EdgeIndex, a torch.sparse or "
         f"torch_sparse.SparseTensor adjacency adj_t [N_dst, N_src], or a CSRPattern; got {type(adj).__name__}"
@@ -78,7 +83,7 @@ def pattern_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[
 def with_edge_values(adj: Tensor, values: Tensor) -> Tensor:
     """The ``torch.sparse`` adjacency ``adj`` with its stored values replaced by ``values [E, ...]``.
 
-    ``values`` are in ``adj``'s per-edge order (as from :func:`pattern_from_adjacency`); the result
+    ``values`` are in ``adj``'s per-edge order (as from :func:`edges_from_adjacency`); the result
     keeps ``adj``'s layout and indices and has size ``[N_dst, N_src, *values.shape[1:]]`` (a
     ``SparseTensor`` does this itself: ``adj.set_value(values, layout="coo")``).
     """

@@ -1,6 +1,8 @@
 """Which kernel runs `sparse_attention`: the backend names, their modules and the ``"auto"`` rule.
 
-A kernel backend is a module of this package with two plain functions (no autograd),
+``"gather"`` is one gathered pass differentiated by autograd (`gather_kernel.attention`, called
+by `ops.attention` directly); ``"reference"`` is the test oracle. Every other backend is a
+fused kernel: a module of this package with two plain functions (no autograd),
 ``forward(q, k, v, pattern, bias, gate, keep) -> (out, lse)`` and
 ``backward(grad_out, q, k, v, out, lse, pattern, bias, gate, keep, need_dlogits) -> (dq, dk, dv, dlogits)``,
 and an ``available()`` check; `ops.fused` gives them autograd and a `torch.library` custom op.
@@ -14,12 +16,11 @@ from types import ModuleType
 
 import torch
 
-from .pattern import CSRPattern
 
 BACKENDS = ("auto", "gather", "csr", "compiled", "triton", "reference")
-_KERNEL_MODULES = {"gather": "gather_kernel", "csr": "csr_kernel", "compiled": "compiled_kernel", "triton": "triton_kernel"}
+_KERNEL_MODULES = {"csr": "csr_kernel", "compiled": "compiled_kernel", "triton": "triton_kernel"}
 # What a training run may choose (`gsa train --backend`): everything but the reference oracle.
-KERNEL_BACKENDS = ("auto", *_KERNEL_MODULES)
+KERNEL_BACKENDS = ("auto", "gather", *_KERNEL_MODULES)
 _warned: set = set()
 
 
@@ -28,13 +29,19 @@ def kernel_module(name: str) -> ModuleType:
     return importlib.import_module(f".{_KERNEL_MODULES[name]}", __package__)
 
 
-# The "auto" rule's thresholds, measured on a 2-core CPU (forward+backward, H=4, D=16, random
-# graphs; benchmarks/RESULTS.md, "Backends"). `gather` wins only while launch overhead dominates
-# (E up to ~1k edges: 1.1 ms vs csr's 1.9 ms at E=256, but 2.4x slower than csr at E=4k, where its
-# [E, H, D] gathers are memory-bound). `compiled` beats `csr` from ~2k edges (0.75x csr's time at
-# E=8.4M) but its first call per dtype/shape compiles for seconds, so auto uses it only where a
-# step takes long enough (from ~1M edges, ≥0.3 s a step) to repay that at once.
+# The "auto" rule's thresholds, measured on a 2-core CPU (forward+backward, H=4, D=16;
+# benchmarks/RESULTS.md, "Backends"). `gather` keeps [E, H, D] gathers alive for backward, so it
+# wins while call count dominates (E·W <= 2^16: 0.7 ms vs csr's 1.9 ms at E=256) and, on sparse
+# graphs, somewhat beyond: on ogbg-molhiv batches (mean in-degree 2.1, E·W = 4.7e5 at 128
+# molecules, 1.8e6 at 512) the gathered pass over the caller's unsorted edges beats csr on a raw
+# edge_index (4.6 vs 6.4 ms; 19.8 vs 24.4 ms), as it needs no sort. On denser graphs its
+# memory-bound gathers lose (random graphs of in-degree 16: 1.9x csr's time at E=16k).
+# `compiled` beats `csr` from ~2k edges (0.75x csr's time at E=8.4M) but its first call per
+# dtype/shape compiles for seconds, so auto uses it only where a step takes long enough (from
+# ~1M edges, ≥0.3 s a step) to repay that at once.
 GATHER_MAX_ELEMENTS = 1 << 16
+GATHER_SPARSE_MAX_ELEMENTS = 1 << 21
+GATHER_SPARSE_MAX_DEGREE = 3
 COMPILED_MIN_EDGES = 1 << 20
 
 
@@ -62,15 +69,18 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, width: int) -> str:
-    """The kernel backend that runs a call (``backend`` is one of `BACKENDS` but ``"reference"``).
+def resolve_backend(backend: str, device: torch.device, num_edges: int, num_dst: int, width: int) -> str:
+    """The kernel backend that runs a call of ``num_edges`` edges into ``num_dst`` targets
+    (``backend`` is one of `BACKENDS` but ``"reference"``).
 
     ``width`` is ``H · max(D, Dv)``, the size of one edge's gathered row. ``"auto"`` picks:
 
     * on CUDA, ``"triton"`` when triton is installed, else ``"csr"``;
-    * on CPU, ``"gather"`` when ``E · width <= GATHER_MAX_ELEMENTS`` (tiny patterns, where launch
-      count dominates); else ``"compiled"`` when ``E >= COMPILED_MIN_EDGES`` and a C++ compiler
-      is found; else ``"csr"``.
+    * on CPU, ``"gather"`` when ``E · width <= GATHER_MAX_ELEMENTS`` (tiny patterns, where call
+      count dominates) or when ``E · width <= GATHER_SPARSE_MAX_ELEMENTS`` and the mean in-degree
+      ``E / num_dst`` is at most ``GATHER_SPARSE_MAX_DEGREE`` (small sparse graphs: molecule
+      batches); else ``"compiled"`` when ``E >= COMPILED_MIN_EDGES`` and a C++ compiler is found;
+      else ``"csr"``.
 
     A forced ``"compiled"`` outside CPU is refused, and without a compiler falls back to ``"csr"``
     with a one-time warning;
@@ -79,9 +89,10 @@ def resolve_backend(backend: str, device: torch.device, pattern: CSRPattern, wid
     if backend == "auto":
         if device.type == "cuda":
             return "triton" if kernel_module("triton").available() else "csr"
-        if pattern.num_edges * width <= GATHER_MAX_ELEMENTS:
+        size = num_edges * width
+        if size <= GATHER_MAX_ELEMENTS or (size <= GATHER_SPARSE_MAX_ELEMENTS and num_edges <= GATHER_SPARSE_MAX_DEGREE * num_dst):
             return "gather"
-        if pattern.num_edges >= COMPILED_MIN_EDGES and kernel_module("compiled").available():
+        if num_edges >= COMPILED_MIN_EDGES and kernel_module("compiled").available():
             return "compiled"
         return "csr"
     check_backend_runs_on(backend, device)

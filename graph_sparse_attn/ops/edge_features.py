@@ -12,13 +12,13 @@ per-edge beyond the inputs is saved for backward.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .attention import attention_with_weights
-from .pattern import CSRPattern
+from .pattern import CSRPattern, check_edge_index
 
 
 def _edge_dot(x: Tensor, a: Tensor, index: Tensor) -> Tensor:
@@ -90,7 +90,7 @@ def edge_feature_attention(
     query: Tensor,
     key: Tensor,
     value: Tensor,
-    pattern: CSRPattern,
+    edges: Union[Tensor, CSRPattern],
     edge_attr: Optional[Tensor],
     edge_weight: Optional[Tensor],
     *,
@@ -124,7 +124,8 @@ def edge_feature_attention(
     its backward) per layer.
 
     Args:
-        query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C]``; pattern: the edges;
+        query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C]``; edges: ``edge_index [2, E]``
+        or a :class:`CSRPattern` (as in `sparse_attention`);
         edge_attr ``[E, F]`` (or ``[U, F]`` with ``edge_attr_index``); edge_weight ``W`` as ``[H, C, F]``; edge_gate / edge_bias ``[E]`` or
         ``[E, H]`` (see `sparse_attention`; a ``"scale"`` gate multiplies the edge-feature score too);
         backend: as in `sparse_attention` (the projected form runs ``"compiled"`` when it resolves
@@ -140,25 +141,28 @@ def edge_feature_attention(
             raise ValueError(f"edge_attr [E, {edge_dim}] is required because the layer has edge features (edge_dim={edge_dim})")
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.unsqueeze(-1)
+        num_edges = edges.num_edges if isinstance(edges, CSRPattern) else _edge_count(edges)
         if edge_attr_index is not None:
-            _check_attr_index(edge_attr_index, pattern.num_edges)
-        rows = pattern.num_edges if edge_attr_index is None else edge_attr.size(0)
+            _check_attr_index(edge_attr_index, num_edges)
+        rows = num_edges if edge_attr_index is None else edge_attr.size(0)
         if edge_attr.shape != (rows, edge_dim):
             expected = "[E, edge_dim]" if edge_attr_index is None else "[U, edge_dim] (U rows indexed by edge_attr_index)"
             raise ValueError(f"edge_attr must have shape {expected}=[{rows}, {edge_dim}], got {list(edge_attr.shape)}")
         # The reference backend has no per-edge values: it checks the edge-bias form.
-        if pattern.num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS and backend != "reference":
+        if num_edges * heads * channels <= PROJECTED_MAX_ELEMENTS and backend != "reference":
             # Small patterns: project once, W a_ij [E, H, C], and attend in a single pass.
             edge_proj = edge_attr @ edge_weight.reshape(heads * channels, edge_dim).t()
             if edge_attr_index is not None:
                 edge_proj = edge_proj.index_select(0, edge_attr_index)
             edge_proj = edge_proj.view(-1, heads, channels)
             out, alpha, _ = attention_with_weights(
-                query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
+                query, key, value, edges, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
                 dropout=dropout, training=training, need_weights=need_weights, edge_values=edge_proj, backend=backend,
             )
             return out, alpha
         # Large patterns: q_i · (W a_ij) / sqrt(C) == (Wᵀ q_i) · a_ij / sqrt(C), no [E, H, C] keys.
+        # Sorted once here; attention below reuses the sort.
+        edges = pattern = edges if isinstance(edges, CSRPattern) else CSRPattern.from_edge_index(edges, (key.size(0), query.size(0)))
         if edge_attr_index is not None:
             edge_attr = edge_attr.index_select(0, edge_attr_index)
         edge_attr_sorted, row = pattern.caller_to_sorted(edge_attr), pattern.row.long()
@@ -171,7 +175,7 @@ def edge_feature_attention(
         edge_bias = edge_score
 
     out, alpha, weights = attention_with_weights(
-        query, key, value, pattern, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
+        query, key, value, edges, edge_bias=edge_bias, edge_gate=edge_gate, gate_mode=gate_mode,
         dropout=dropout, training=training, need_weights=need_weights or edge_attr_sorted is not None, backend=backend,
     )
     if edge_attr_sorted is not None:
@@ -179,6 +183,13 @@ def edge_feature_attention(
         edge_sum = edge_weighted_sum(pattern.caller_to_sorted(weights), edge_attr_sorted, pattern.row.long(), pattern.num_dst)
         out = out + torch.einsum("nhf,hcf->nhc", edge_sum, edge_weight)
     return out, (alpha if need_weights else None)
+
+
+def _edge_count(edge_index: Tensor) -> int:
+    """``E`` of an ``edge_index [2, E]``; its values are checked where attention reads them."""
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        check_edge_index(edge_index, 0, 0)  # raises the TypeError/ValueError naming what was expected
+    return edge_index.size(1)
 
 
 def _check_attr_index(index: Tensor, num_edges: int) -> None:

@@ -13,7 +13,6 @@ weights) regenerate exactly the mask the forward pass used without storing it.
 from __future__ import annotations
 
 import weakref
-from types import ModuleType
 from typing import Optional, Tuple
 
 import torch
@@ -94,7 +93,7 @@ def _attention_backward_op(
     )
     # d logit / d gate = the unscaled-by-gate score q·k, recomputed only when a gate is learned.
     with csr_kernel._quiet_sparse():
-        dgate = dlogits * _score_kernel(backend).sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
+        dgate = dlogits * csr_kernel.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
     # Custom-op outputs must have the strides their fake kernels promise: contiguous.
     grads = (dq, dk, dv, dlogits if need_dlogits else q.new_empty(0), dgate)
     return tuple(g.contiguous() for g in grads)
@@ -135,32 +134,25 @@ def _reduce_heads(grad: Tensor, like: Tensor) -> Tensor:
 torch.library.register_autograd("graph_sparse_attn::attention", _backward, setup_context=_setup_context)
 
 
-def _score_kernel(backend: str) -> ModuleType:
-    """The module whose ``sddmm``/``sddmm_backward`` compute per-edge scores in ``backend``'s style
-    (vectorised gathers for ``gather``, sparse-matrix products otherwise)."""
-    module = kernel_module(backend)
-    return module if hasattr(module, "sddmm_backward") else csr_kernel
-
-
 @torch.library.custom_op("graph_sparse_attn::edge_softmax", mutates_args=())
 def _edge_softmax_op(
-    backend: str, q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
+    q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
     num_src: int, has_duplicates: bool, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor,
 ) -> Tensor:
     pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
     with csr_kernel._quiet_sparse():
-        scores = _score_kernel(backend).sddmm(pattern, q, k)
+        scores = csr_kernel.sddmm(pattern, q, k)
     return csr_kernel.logits(scores, bias, gate).sub(csr_kernel.per_edge(lse, pattern)).exp_().contiguous()
 
 
 @_edge_softmax_op.register_fake
-def _(backend, q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, lse):
+def _(q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, lse):
     return q.new_empty(q.size(1), col.numel())
 
 
 @torch.library.custom_op("graph_sparse_attn::edge_softmax_backward", mutates_args=())
 def _edge_softmax_backward_op(
-    backend: str, grad_probs: Tensor, probs: Tensor, q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor,
+    grad_probs: Tensor, probs: Tensor, q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor,
     row_t: Tensor, perm_t: Tensor, num_src: int, has_duplicates: bool, gate: Optional[Tensor], need_dgate: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     pattern = _pattern(rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates)
@@ -170,43 +162,42 @@ def _edge_softmax_backward_op(
         row_dot = csr_kernel.segment_sum(probs * grad_probs, pattern)
         grad_logits = (grad_probs - csr_kernel.per_edge(row_dot, pattern)).mul_(probs)
         grad_scores = grad_logits * gate if gate is not None else grad_logits
-        scores = _score_kernel(backend)
-        grad_q, grad_k = scores.sddmm_backward(pattern, grad_scores, q, k)
-        grad_gate = grad_logits * scores.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
+        grad_q, grad_k = csr_kernel.sddmm_backward(pattern, grad_scores, q, k)
+        grad_gate = grad_logits * csr_kernel.sddmm(pattern, q, k) if need_dgate else q.new_empty(0)
     return grad_q.contiguous(), grad_k.contiguous(), grad_logits.contiguous(), grad_gate.contiguous()
 
 
 @_edge_softmax_backward_op.register_fake
-def _(backend, grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, gate, need_dgate):
+def _(grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, gate, need_dgate):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(probs), torch.empty_like(probs) if need_dgate else q.new_empty(0)
 
 
 def _setup_edge_softmax(ctx, inputs, output) -> None:
-    backend, q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, lse = inputs
+    q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate, lse = inputs
     ctx.save_for_backward(output, q, k, rowptr, col, row, colptr, row_t, perm_t, bias, gate)
-    ctx.backend, ctx.num_src, ctx.has_duplicates = backend, num_src, has_duplicates
+    ctx.num_src, ctx.has_duplicates = num_src, has_duplicates
 
 
 def _edge_softmax_backward(ctx, grad_probs: Tensor):
     probs, q, k, rowptr, col, row, colptr, row_t, perm_t, bias, gate = ctx.saved_tensors
-    need_gate = gate is not None and ctx.needs_input_grad[12]
+    need_gate = gate is not None and ctx.needs_input_grad[11]
     grad_q, grad_k, grad_logits, grad_gate = torch.ops.graph_sparse_attn.edge_softmax_backward(
-        ctx.backend, grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, ctx.num_src, ctx.has_duplicates, gate, need_gate
+        grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, ctx.num_src, ctx.has_duplicates, gate, need_gate
     )
-    grad_bias = _reduce_heads(grad_logits, bias) if bias is not None and ctx.needs_input_grad[11] else None
-    return (None, grad_q, grad_k) + (None,) * 8 + (grad_bias, _reduce_heads(grad_gate, gate) if need_gate else None, None)
+    grad_bias = _reduce_heads(grad_logits, bias) if bias is not None and ctx.needs_input_grad[10] else None
+    return (grad_q, grad_k) + (None,) * 8 + (grad_bias, _reduce_heads(grad_gate, gate) if need_gate else None, None)
 
 
 torch.library.register_autograd("graph_sparse_attn::edge_softmax", _edge_softmax_backward, setup_context=_setup_edge_softmax)
 
 
 def edge_softmax(
-    backend: str, q: Tensor, k: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor
+    q: Tensor, k: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor
 ) -> Tensor:
     """``softmax`` of ``q·k ⊙ gate + bias`` over each target's edges, ``[H, E]`` in sorted order, from ``lse``.
 
     Differentiable in ``q``, ``k``, ``bias`` and ``gate`` with the softmax's own Jacobian (``lse`` is a constant).
     """
     return torch.ops.graph_sparse_attn.edge_softmax(
-        backend, q, k, *_pattern_tensors(pattern), pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()
+        q, k, *_pattern_tensors(pattern), pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()
     )

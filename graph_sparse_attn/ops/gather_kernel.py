@@ -1,17 +1,21 @@
-"""The ``gather`` backend: all heads at once from per-edge gathers and segment reductions.
+"""The ``gather`` backend: one gathered pass over the edges, differentiated by autograd.
 
-For small patterns the cost of attention is the number of kernel launches, not arithmetic: the
-``csr`` backend's sparse-matrix calls run head by head, the ``compiled`` backend's per bucket.
-This backend issues a fixed, small number of vectorised calls per pass by gathering the
-endpoints of every edge (``[E, H, D]`` temporaries, which is why `ops.dispatch` only picks it
-below ``GATHER_MAX_ELEMENTS``) and reducing over each target's edges with ``segment_reduce``
-on the sorted layout. Backward recomputes the probabilities from ``lse``; dK/dV are reduced
-over the by-source layout (``perm_t``, ``colptr``), so every reduction runs in a fixed order
-and results are bitwise deterministic.
+For small patterns the cost of attention is the number of calls, not arithmetic: the ``csr``
+backend's sparse-matrix calls run head by head, the ``compiled`` backend's per degree bucket, and
+both recompute the probabilities in backward. This backend gathers the endpoints of every edge,
+all heads at once, and lets autograd keep what backward needs. Its ``[E, H, D]`` temporaries live
+until backward, which is why `ops.dispatch` picks it only below ``GATHER_MAX_ELEMENTS``:
 
-    forward:   l_e = (q_i · k_j) g_e + b_e,  lse_i = logsumexp_{e→i} l_e,  o_i = Σ_{e→i} exp(l_e − lse_i) m_e v_j
-    backward:  p = exp(l − lse),  dS = p ⊙ (m (dO_i · v_j) − dO_i · O_i),
-               dQ_i = Σ_{e→i} dS g k_j,  dK_j = Σ_{e: j→} dS g q_i,  dV_j = Σ_{e: j→} p m dO_i
+    l_e = (q_i · (k_j + ev_e)) g_e + b_e,   p_e = exp(l_e − max_i) / Σ_{e'→i} exp(l_e' − max_i),
+    o_i = Σ_{e→i} p_e m_e (v_j + ev_e)
+
+for every edge ``e = j → i``, with optional edge values ``ev``, gate ``g``, bias ``b`` and dropout
+multipliers ``m``. Edges may come in any order, so on CPU no `CSRPattern` is needed: sums over a
+target's edges are an ``index_add_`` in edge order, serial per target and hence bitwise
+deterministic (and about 2x faster than ``segment_reduce`` there). On GPUs, where ``index_add_``
+accumulates with atomics, the forward sums run ``segment_reduce`` over edges sorted by target
+(``rowptr``); the adjoints of the gathers are still ``index_add_`` there, so use ``triton`` or
+``csr`` on CUDA where bitwise reproducible gradients matter.
 """
 from __future__ import annotations
 
@@ -20,98 +24,58 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import csr_kernel
-from .pattern import CSRPattern
-
 
 def available() -> bool:
     """Always: plain tensor operations."""
     return True
 
 
-def _segment_sum(values: Tensor, ptr: Tensor) -> Tensor:
-    """``[E, ...]`` → ``[N, ...]`` sums over the runs ``[ptr[n], ptr[n+1])`` (empty runs give 0)."""
-    return torch.segment_reduce(values, "sum", offsets=ptr, axis=0)
+def _sum_by_target(values: Tensor, dst: Tensor, num_dst: int, rowptr: Optional[Tensor]) -> Tensor:
+    """``[E, ...]`` → ``[N_dst, ...]`` sums over each target's edges (0 for a target without any)."""
+    if values.device.type == "cpu":
+        return torch.index_add(values.new_zeros(num_dst, *values.shape[1:]), 0, dst, values)
+    if rowptr is None:
+        raise ValueError("the gather backend needs edges sorted by target (rowptr) off CPU")
+    return torch.segment_reduce(values, "sum", offsets=rowptr, axis=0)
 
 
-def sddmm(pattern: CSRPattern, a: Tensor, b: Tensor) -> Tensor:
-    """Edge scores ``s[h, e] = a[row[e], h] · b[col[e], h]``: ``[H, E]`` in sorted edge order."""
-    return torch.linalg.vecdot(a.index_select(0, pattern.row.long()), b.index_select(0, pattern.col.long())).t()
-
-
-def sddmm_backward(pattern: CSRPattern, grad_scores: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
-    """Adjoint of :func:`sddmm`: ``(da [N_dst, H, D], db [N_src, H, D])`` for ``grad_scores [H, E]``."""
-    row, col, grad = pattern.row.long(), pattern.col.long(), grad_scores.t().unsqueeze(-1)
-    grad_a = _segment_sum(grad * b.index_select(0, col), pattern.rowptr)
-    grad_b = _segment_sum((grad * a.index_select(0, row)).index_select(0, pattern.perm_t.long()), pattern.colptr)
-    return grad_a, grad_b
-
-
-def forward(
-    q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern, bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor]
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int, *,
+    edge_values: Optional[Tensor] = None, bias: Optional[Tensor] = None, gate: Optional[Tensor] = None,
+    keep: Optional[Tensor] = None, rowptr: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Backend contract (see `ops.dispatch`): ``(out [N_dst, H, Dv], lse [H, N_dst])`` for scaled ``q``."""
-    row, col = pattern.row.long(), pattern.col.long()
-    logits = csr_kernel.logits(sddmm(pattern, q, k), bias, gate).t()  # [E, H]
-    row_max = torch.segment_reduce(logits, "max", offsets=pattern.rowptr, axis=0)  # -inf for empty rows
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(logits - row_max.index_select(0, row))
-    row_sum = _segment_sum(exp, pattern.rowptr)
-    lse = torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_sum, float("inf")))
-    weights = exp * keep.t() if keep is not None else exp
-    out = _segment_sum(weights.unsqueeze(-1) * v.index_select(0, col), pattern.rowptr)
-    # Normalising the [N, H, Dv] output instead of the [E, H] weights saves a pass over edges.
-    out = out / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny).unsqueeze(-1)
-    return out, lse.t()
+    """Attention of each target over its edges in one gathered pass (formula in the module docstring).
 
+    Args:
+        q: ``[N_dst, H, D]``, already scaled; k: ``[N_src, H, D]``; v: ``[N_src, H, Dv]``.
+        src, dst: ``[E]`` int64 source ``j`` and target ``i`` of each edge, in any order (sorted
+            by target off CPU, see ``rowptr``). Every per-edge tensor below follows this order.
+        num_dst: ``N_dst``.
+        edge_values: ``[E, H, D]`` added to each edge's key and value (needs ``Dv == D``).
+        bias: ``[E, 1|H]`` added to the logits; gate: ``[E, 1|H]`` multiplying the scores.
+        keep: ``[E, H]`` dropout multipliers of the probabilities.
+        rowptr: ``[N_dst + 1]`` offsets of each target's edges when they are sorted by target;
+            required off CPU.
 
-def backward(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pattern: CSRPattern,
-    bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor], need_dlogits: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """Backend contract: ``(dq, dk, dv, dlogits [H, E] or None)``, probabilities recomputed from ``lse``."""
-    row, col = pattern.row.long(), pattern.col.long()
-    # lse = +inf on targets without a finite logit: exp gives exact zeros there.
-    probs = torch.exp(csr_kernel.logits(sddmm(pattern, q, k), bias, gate).t() - lse.t().index_select(0, row))
-    grad_out_edges = grad_out.index_select(0, row)  # [E, H, Dv]
-    grad_probs = torch.linalg.vecdot(grad_out_edges, v.index_select(0, col))
-    kept = probs
-    if keep is not None:
-        grad_probs, kept = grad_probs * keep.t(), probs * keep.t()
-    # rowsum(P ⊙ dP) over a target's edges equals dO_i · O_i, so no segment reduction is needed.
-    row_dot = torch.linalg.vecdot(grad_out, out)  # [N_dst, H]
-    grad_logits = probs * (grad_probs - row_dot.index_select(0, row))
-    grad_scores = grad_logits * gate.t() if gate is not None else grad_logits
-    grad_query, grad_key = sddmm_backward(pattern, grad_scores.t(), q, k)
-    # Values: reduced in by-source order, like the keys.
-    grad_value = _segment_sum((kept.unsqueeze(-1) * grad_out_edges).index_select(0, pattern.perm_t.long()), pattern.colptr)
-    return grad_query, grad_key, grad_value, (grad_logits.t() if need_dlogits else None)
-
-
-def attention_with_edge_values(
-    q: Tensor, k: Tensor, v: Tensor, pattern: CSRPattern, edge_values: Tensor,
-    bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor],
-) -> Tuple[Tensor, Tensor]:
-    """Attention whose keys and values carry per-edge additions, differentiated by autograd.
-
-    ``logit_e = (q_i · (k_j + ev_e)) g_e + b_e``, ``out_i = Σ_{e→i} softmax_e m_e (v_j + ev_e)`` for
-    scaled ``q [N_dst, H, D]``, ``edge_values [E, H, D]`` in sorted order and the contract's
-    ``bias``/``gate``/``keep``. Returns ``(out [N_dst, H, D], probs [H, E])``. One pass serves
-    both the output and the probabilities, which is what small patterns with edge features
-    need (their per-edge terms are materialised anyway).
+    Returns:
+        ``(out [N_dst, H, Dv], probs [E, H])``, ``probs`` before dropout; both differentiable.
     """
-    row, col = pattern.row.long(), pattern.col.long()
-    logits = torch.linalg.vecdot(q.index_select(0, row), k.index_select(0, col) + edge_values)  # [E, H]
+    keys, values = k.index_select(0, src), v.index_select(0, src)
+    if edge_values is not None:
+        keys, values = keys + edge_values, values + edge_values
+    logits = torch.linalg.vecdot(q.index_select(0, dst), keys)  # [E, H]
     if gate is not None:
-        logits = logits * gate.t()
+        logits = logits * gate
     if bias is not None:
-        logits = logits + bias.t()
-    # The shift cancels in the softmax, so it needs no gradient.
-    row_max = torch.segment_reduce(logits.detach(), "max", offsets=pattern.rowptr, axis=0)
+        logits = logits + bias
+    # The shift cancels in the softmax, so it needs no gradient; amax does not depend on the order.
+    row_max = logits.new_full((num_dst, logits.size(1)), float("-inf")).scatter_reduce_(
+        0, dst.unsqueeze(-1).expand_as(logits), logits.detach(), "amax")
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(logits - row_max.index_select(0, row))
-    row_sum = _segment_sum(exp, pattern.rowptr).clamp_min(torch.finfo(exp.dtype).tiny)
-    probs = exp / row_sum.index_select(0, row)
-    weights = probs * keep.t() if keep is not None else probs
-    out = _segment_sum(weights.unsqueeze(-1) * (v.index_select(0, col) + edge_values), pattern.rowptr)
-    return out, probs.t()
+    exp = torch.exp(logits - row_max.index_select(0, dst))
+    # Targets without a finite logit have a zero sum: the clamp turns their 0/0 into 0.
+    row_sum = _sum_by_target(exp, dst, num_dst, rowptr).clamp_min(torch.finfo(exp.dtype).tiny)
+    probs = exp / row_sum.index_select(0, dst)
+    weights = probs * keep if keep is not None else probs
+    out = _sum_by_target(weights.unsqueeze(-1) * values, dst, num_dst, rowptr)
+    return out, probs

@@ -97,7 +97,11 @@ class CSRPattern:
             num_src, num_dst = (int(n) for n in num_nodes)
         if num_src < 0 or num_dst < 0:
             raise ValueError(f"num_nodes must be non-negative, got ({num_src}, {num_dst})")
-        edge_index = check_edge_index(edge_index, num_src, num_dst)
+        return cls._from_valid_edge_index(check_edge_index(edge_index, num_src, num_dst), num_src, num_dst)
+
+    @classmethod
+    def _from_valid_edge_index(cls, edge_index: Tensor, num_src: int, num_dst: int) -> "CSRPattern":
+        """:meth:`from_edge_index` for an int64 ``edge_index`` already checked by `check_edge_index`."""
         src, dst = edge_index
         num_edges = src.numel()
         index_dtype = _index_dtype(num_edges, num_src, num_dst)

@@ -17,7 +17,7 @@ from torch_geometric.typing import Adj, SparseTensor
 from torch_geometric.utils import sort_edge_index, to_edge_index
 
 from graph_sparse_attn import CSRPattern, SparseAttnConv
-from graph_sparse_attn.ops.adjacency import pattern_from_adjacency
+from graph_sparse_attn.ops.adjacency import edges_from_adjacency
 
 HEADS, OUT = 2, 3
 
@@ -155,7 +155,7 @@ def test_edge_index_pattern_reuses_its_sort(monkeypatch, sort_order, sparse_size
     sorts = []
     real_sort = torch.sort
     monkeypatch.setattr(torch, "sort", lambda *a, **k: sorts.append(1) or real_sort(*a, **k))
-    pattern, values = pattern_from_adjacency(ei, num_nodes)
+    pattern, values = edges_from_adjacency(ei, num_nodes)
     monkeypatch.undo()
     assert values is None and len(sorts) == 1  # one direction is the EdgeIndex's own order
     for field in dataclasses.fields(CSRPattern):

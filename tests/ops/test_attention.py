@@ -266,15 +266,16 @@ def test_prebuilt_pattern_matches_edge_index(backend, attend):
     torch.testing.assert_close(pattern.sorted_to_caller(c[1]), a[1])
 
 
+@pytest.mark.parametrize("kernel", ["auto", "gather"])
 @pytest.mark.parametrize("unique", [True, False])
-def test_deterministic_bitwise_on_cpu(unique):
+def test_deterministic_bitwise_on_cpu(unique, kernel):
     gen = torch.Generator().manual_seed(11)
     edge_index = random_graph(3000, 3000, 60000, generator=gen, unique=unique)
     q, k, v = qkv(3000, 3000, 4, 16, 16, dtype=torch.float32, generator=gen)
     bias = torch.randn(edge_index.size(1), generator=gen).requires_grad_()
 
     def run():
-        out = sparse_attention(q, k, v, edge_index, edge_bias=bias)
+        out = sparse_attention(q, k, v, edge_index, edge_bias=bias, backend=kernel)
         return (out, *torch.autograd.grad(out.square().sum(), (q, k, v, bias)))
 
     first, second = run(), run()

@@ -4,23 +4,25 @@ import warnings
 import pytest
 import torch
 
-from graph_sparse_attn import CSRPattern, patterns, sparse_attention
+from graph_sparse_attn import patterns, sparse_attention
 from graph_sparse_attn.ops import compiled_kernel, dispatch
-
-
-def _pattern(num_nodes: int, degree: int = 16) -> CSRPattern:
-    return CSRPattern.from_edge_index(patterns.random(num_nodes, degree, generator=torch.Generator().manual_seed(0)), num_nodes)
 
 
 def test_auto_rule_on_cpu(monkeypatch):
     cpu, width = torch.device("cpu"), 64
-    tiny, middle = _pattern(16), _pattern(4096)
-    assert tiny.num_edges * width <= dispatch.GATHER_MAX_ELEMENTS < middle.num_edges * width
-    assert dispatch.resolve_backend("auto", cpu, tiny, width) == "gather"
-    assert dispatch.resolve_backend("auto", cpu, middle, width) == "csr"
-    monkeypatch.setattr(dispatch, "COMPILED_MIN_EDGES", middle.num_edges)
+    tiny, middle = dispatch.GATHER_MAX_ELEMENTS // width, dispatch.GATHER_MAX_ELEMENTS // width + 1
+    dense = 4 * dispatch.GATHER_SPARSE_MAX_DEGREE  # mean in-degree of `middle` over `middle // dense` targets
+    assert dispatch.resolve_backend("auto", cpu, tiny, 1, width) == "gather"
+    assert dispatch.resolve_backend("auto", cpu, middle, middle // dense, width) == "csr"
+    # Sparse graphs (molecule batches) keep the gathered pass up to GATHER_SPARSE_MAX_ELEMENTS.
+    sparse_max = dispatch.GATHER_SPARSE_MAX_ELEMENTS // width
+    num_dst = -(-sparse_max // dispatch.GATHER_SPARSE_MAX_DEGREE)  # the fewest targets at that mean degree
+    assert dispatch.resolve_backend("auto", cpu, sparse_max, num_dst, width) == "gather"
+    assert dispatch.resolve_backend("auto", cpu, sparse_max, num_dst - 1, width) == "csr"
+    assert dispatch.resolve_backend("auto", cpu, sparse_max + 1, 10 * sparse_max, width) == "csr"
+    monkeypatch.setattr(dispatch, "COMPILED_MIN_EDGES", middle)
     expected = "compiled" if compiled_kernel.available() else "csr"
-    assert dispatch.resolve_backend("auto", cpu, middle, width) == expected
+    assert dispatch.resolve_backend("auto", cpu, middle, middle // dense, width) == expected
 
 
 @pytest.mark.parametrize("available", [True, False])
@@ -59,4 +61,4 @@ def test_forced_triton_outside_cuda_and_its_interpreter_is_refused(monkeypatch):
 
 def test_forced_compiled_off_cpu_is_refused():
     with pytest.raises(ValueError, match="compiled.*CPU"):
-        dispatch.resolve_backend("compiled", torch.device("cuda"), _pattern(16), 64)
+        dispatch.resolve_backend("compiled", torch.device("cuda"), 256, 16, 64)
