@@ -160,8 +160,6 @@ def attention_with_weights(
             return out.to(query.dtype), None, None
         return out.to(query.dtype), alpha.to(query.dtype), weights.to(query.dtype)
 
-    # The scale is folded into the queries: [N, H, D] work instead of [H, E].
-    q = q * scale
     # A tensor seed keeps dropout free of host syncs under torch.compile; kernels regenerate the mask from it.
     seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0 else _NO_SEED
     kernel = resolve_backend(backend, query.device, num_edges, num_dst, heads * max(head_dim, value.size(-1)))
@@ -181,7 +179,7 @@ def attention_with_weights(
             src, dst, rowptr = pattern.col.long(), pattern.row.long(), pattern.rowptr
             to_edges, from_edges = pattern.caller_to_sorted, pattern.sorted_to_caller
         keep = None if keep is None else keep.t()
-        out, probs = gather_kernel.attention(q, k, v, src, dst, num_dst, edge_values=to_edges(edge_values),
+        out, probs = gather_kernel.attention(q, k, v, src, dst, num_dst, float(scale), edge_values=to_edges(edge_values),
                                              bias=to_edges(bias), gate=to_edges(gate), keep=keep, rowptr=rowptr)
         if not need_weights:
             return out.to(query.dtype), None, None
@@ -190,6 +188,8 @@ def attention_with_weights(
 
     if pattern is None:
         pattern = CSRPattern._from_valid_edge_index(edge_index, num_src, num_dst)
+    # The fused kernels take the scale folded into the queries: [N, H, D] work instead of [H, E] per pass.
+    q = q * scale
     if compiled_edge_values:
         edge_values = pattern.caller_to_sorted(edge_values)
         return compiled_kernel.attention_with_edge_values(q, k, v, pattern, edge_values, keep).to(query.dtype), None, None

@@ -6,10 +6,10 @@ both recompute the probabilities in backward. This backend gathers the endpoints
 all heads at once, and lets autograd keep what backward needs. Its ``[E, H, D]`` temporaries live
 until backward, which is why `ops.dispatch` picks it only below ``GATHER_MAX_ELEMENTS``:
 
-    l_e = (q_i · (k_j + ev_e)) g_e + b_e,   p_e = exp(l_e − max_i) / Σ_{e'→i} exp(l_e' − max_i),
+    l_e = s (q_i · (k_j + ev_e)) g_e + b_e,   p_e = exp(l_e − max_i) / Σ_{e'→i} exp(l_e' − max_i),
     o_i = Σ_{e→i} p_e m_e (v_j + ev_e)
 
-for every edge ``e = j → i``, with optional edge values ``ev``, gate ``g``, bias ``b`` and dropout
+for every edge ``e = j → i``, with scale ``s`` and optional edge values ``ev``, gate ``g``, bias ``b`` and dropout
 multipliers ``m``. Edges may come in any order, so on CPU no `CSRPattern` is needed: sums over a
 target's edges are an ``index_add_`` in edge order, serial per target and hence bitwise
 deterministic (and about 2x faster than ``segment_reduce`` there). On GPUs, where ``index_add_``
@@ -40,17 +40,18 @@ def _sum_by_target(values: Tensor, dst: Tensor, num_dst: int, rowptr: Optional[T
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int, *,
+    q: Tensor, k: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int, scale: float = 1.0, *,
     edge_values: Optional[Tensor] = None, bias: Optional[Tensor] = None, gate: Optional[Tensor] = None,
     keep: Optional[Tensor] = None, rowptr: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Attention of each target over its edges in one gathered pass (formula in the module docstring).
 
     Args:
-        q: ``[N_dst, H, D]``, already scaled; k: ``[N_src, H, D]``; v: ``[N_src, H, Dv]``.
+        q: ``[N_dst, H, D]``; k: ``[N_src, H, D]``; v: ``[N_src, H, Dv]``.
         src, dst: ``[E]`` int64 source ``j`` and target ``i`` of each edge, in any order (sorted
             by target off CPU, see ``rowptr``). Every per-edge tensor below follows this order.
         num_dst: ``N_dst``.
+        scale: ``s``, applied to the ``[E, H]`` scores (fewer elements than ``q`` on sparse graphs).
         edge_values: ``[E, H, D]`` added to each edge's key and value (needs ``Dv == D``).
         bias: ``[E, 1|H]`` added to the logits; gate: ``[E, 1|H]`` multiplying the scores.
         keep: ``[E, H]`` dropout multipliers of the probabilities.
@@ -63,7 +64,7 @@ def attention(
     keys, values = k.index_select(0, src), v.index_select(0, src)
     if edge_values is not None:
         keys, values = keys + edge_values, values + edge_values
-    logits = torch.linalg.vecdot(q.index_select(0, dst), keys)  # [E, H]
+    logits = torch.linalg.vecdot(q.index_select(0, dst), keys) * scale  # [E, H]
     if gate is not None:
         logits = logits * gate
     if bias is not None:

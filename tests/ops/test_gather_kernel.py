@@ -70,16 +70,16 @@ def test_matches_brute_force_with_bias_gate_dropout_in_float64(num_src, num_dst,
 
 
 def test_without_edge_values_against_dense_masked_softmax():
-    # Plain attention (no per-edge tensors at all): dense softmax with the pattern's mask, gradients too.
+    # Plain scaled attention (no per-edge tensors at all): dense softmax with the pattern's mask, gradients too.
     gen = torch.Generator().manual_seed(5)
     keys = torch.randperm(36, generator=gen)[:20]
     edge_index = torch.stack([keys % 6, keys // 6])
     rand = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_()  # noqa: E731
     q, k, v = rand(6, H, D), rand(6, H, D), rand(6, H, 4)
-    out, _ = gather_kernel.attention(q, k, v, edge_index[0], edge_index[1], 6)
+    out, _ = gather_kernel.attention(q, k, v, edge_index[0], edge_index[1], 6, 0.5)
     mask = torch.zeros(6, 6, dtype=torch.bool)
     mask[edge_index[1], edge_index[0]] = True
-    scores = torch.einsum("ihd,jhd->hij", q, k).masked_fill(~mask, float("-inf"))
+    scores = (0.5 * torch.einsum("ihd,jhd->hij", q, k)).masked_fill(~mask, float("-inf"))
     ref = torch.einsum("hij,jhd->ihd", torch.softmax(scores, -1).nan_to_num(0.0), v)
     torch.testing.assert_close(out, ref)
     for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), torch.autograd.grad(ref.square().sum(), (q, k, v))):
