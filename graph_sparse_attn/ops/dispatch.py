@@ -31,16 +31,17 @@ def kernel_module(name: str) -> ModuleType:
 
 # The "auto" rule's thresholds, measured on a 2-core CPU (forward+backward, H=4, D=16;
 # benchmarks/RESULTS.md, "Backends"). `gather` keeps [E, H, D] gathers alive for backward, so it
-# wins while call count dominates (E·W <= 2^16: 0.7 ms vs csr's 1.9 ms at E=256) and, on sparse
-# graphs, somewhat beyond: on ogbg-molhiv batches (mean in-degree 2.1, E·W = 4.7e5 at 128
-# molecules, 1.8e6 at 512) the gathered pass over the caller's unsorted edges beats csr on a raw
-# edge_index (4.6 vs 6.4 ms; 19.8 vs 24.4 ms), as it needs no sort. On denser graphs its
-# memory-bound gathers lose (random graphs of in-degree 16: 1.9x csr's time at E=16k).
+# wins while call count dominates (E·W <= 2^16: 0.9 ms vs csr's 2.0 ms at E=256) and, on sparse
+# graphs, somewhat beyond: on ogbg-molhiv batches of 128 molecules (mean in-degree 2.1,
+# E·W = 4.7e5) it took 5.2 ms against csr's 6.0 (prebuilt pattern) and 4.6 ms against 6.4 on a raw
+# edge_index, which it needs no sort for; at 512 molecules (E·W = 1.8e6) csr is ahead on a prebuilt
+# pattern (22 vs 24 ms). On denser graphs its memory-bound gathers lose (random graphs of in-degree
+# 16: 2x csr's time at E=16k).
 # `compiled` beats `csr` from ~2k edges (0.75x csr's time at E=8.4M) but its first call per
 # dtype/shape compiles for seconds, so auto uses it only where a step takes long enough (from
 # ~1M edges, ≥0.3 s a step) to repay that at once.
 GATHER_MAX_ELEMENTS = 1 << 16
-GATHER_SPARSE_MAX_ELEMENTS = 1 << 21
+GATHER_SPARSE_MAX_ELEMENTS = 1 << 19
 GATHER_SPARSE_MAX_DEGREE = 3
 COMPILED_MIN_EDGES = 1 << 20
 
