@@ -170,21 +170,9 @@ def attention_with_weights(
     # Dropout multipliers [H, E] drawn from the seed, for the kernel's edge order (fused kernels draw their own).
     keep = _dropout_keep(seed, q.new_empty(()).expand(heads, num_edges), dropout_p) if edge_values is not None or kernel == "gather" else None
     if kernel == "gather" or (edge_values is not None and not compiled_edge_values):
-        if pattern is None and query.device.type == "cpu":
-            # Sums over targets need no sorted layout on CPU: attend in the caller's edge order.
-            src, dst, rowptr, to_edges, from_edges = edge_index[0], edge_index[1], None, _same, _same
-        else:
-            if pattern is None:
-                pattern = CSRPattern._from_valid_edge_index(edge_index, num_src, num_dst)
-            src, dst, rowptr = pattern.col.long(), pattern.row.long(), pattern.rowptr
-            to_edges, from_edges = pattern.caller_to_sorted, pattern.sorted_to_caller
-        keep = None if keep is None else keep.t()
-        out, probs = gather_kernel.attention(q, k, v, src, dst, num_dst, float(scale), edge_values=to_edges(edge_values),
-                                             bias=to_edges(bias), gate=to_edges(gate), keep=keep, rowptr=rowptr)
-        if not need_weights:
-            return out.to(query.dtype), None, None
-        weights = probs * keep if keep is not None else probs
-        return out.to(query.dtype), from_edges(probs).to(query.dtype), from_edges(weights).to(query.dtype)
+        out, alpha, weights = _gathered_pass(q, k, v, pattern if pattern is not None else edge_index, float(scale),
+                                             edge_values, bias, gate, keep, need_weights)
+        return out.to(query.dtype), *(None if t is None else t.to(query.dtype) for t in (alpha, weights))
 
     if pattern is None:
         pattern = CSRPattern._from_valid_edge_index(edge_index, num_src, num_dst)
@@ -204,8 +192,30 @@ def attention_with_weights(
     return out.to(query.dtype), alpha, weights
 
 
-def _same(t: Optional[Tensor]) -> Optional[Tensor]:
-    return t
+def _gathered_pass(
+    q: Tensor, k: Tensor, v: Tensor, edges: Union[Tensor, CSRPattern], scale: float, edge_values: Optional[Tensor],
+    bias: Optional[Tensor], gate: Optional[Tensor], keep: Optional[Tensor], need_weights: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """`gather_kernel.attention` for `attention_with_weights`: ``(out, alpha, weights)`` in the caller's edge order.
+
+    ``edges`` is a checked ``edge_index`` or a pattern; per-edge tensors are ``[E, ...]`` in the
+    caller's order and ``keep`` is ``[H, E]``, taken in the order the pass runs in.
+    """
+    if isinstance(edges, Tensor) and edges.device.type == "cpu":
+        # Sums over targets need no sorted layout on CPU: attend in the caller's edge order.
+        src, dst, rowptr = edges[0], edges[1], None
+        to_run, to_caller = (lambda t: t), (lambda t: t)  # noqa: E731
+    else:
+        pattern = edges if isinstance(edges, CSRPattern) else CSRPattern._from_valid_edge_index(edges, k.size(0), q.size(0))
+        src, dst, rowptr = pattern.col.long(), pattern.row.long(), pattern.rowptr
+        to_run, to_caller = pattern.caller_to_sorted, pattern.sorted_to_caller
+    keep = None if keep is None else keep.t()
+    out, probs = gather_kernel.attention(q, k, v, src, dst, q.size(0), scale, edge_values=to_run(edge_values),
+                                         bias=to_run(bias), gate=to_run(gate), keep=keep, rowptr=rowptr)
+    if not need_weights:
+        return out, None, None
+    weights = probs * keep if keep is not None else probs
+    return out, to_caller(probs), to_caller(weights)
 
 
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
