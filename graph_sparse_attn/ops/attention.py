@@ -160,15 +160,14 @@ def attention_with_weights(
             return out.to(query.dtype), None, None
         return out.to(query.dtype), alpha.to(query.dtype), weights.to(query.dtype)
 
-    # A tensor seed keeps dropout free of host syncs under torch.compile; kernels regenerate the mask from it.
-    seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0 else _NO_SEED
     kernel = resolve_backend(backend, query.device, num_edges, num_dst, heads * max(head_dim, value.size(-1)))
     # Edge values run the compiled kernels when asked for and nothing else is (inside a user's
     # torch.compile the gathered pass is traced and fused by that compile instead).
     compiled_edge_values = (kernel == "compiled" and bias is None and gate is None and not need_weights
                             and not torch.compiler.is_compiling())
-    # Dropout multipliers [H, E] drawn from the seed, for the kernel's edge order (fused kernels draw their own).
-    keep = _dropout_keep(seed, q.new_empty(()).expand(heads, num_edges), dropout_p) if edge_values is not None or kernel == "gather" else None
+    # The gathered pass and the compiled edge-value kernels take their dropout multipliers [H, E] (in the
+    # order they run edges in) as a tensor that autograd keeps; the fused kernels regenerate theirs from a seed.
+    keep = _draw_keep(heads, num_edges, dropout_p, q) if edge_values is not None or kernel == "gather" else None
     if kernel == "gather" or (edge_values is not None and not compiled_edge_values):
         out, alpha, weights = _gathered_pass(q, k, v, pattern if pattern is not None else edge_index, float(scale),
                                              edge_values, bias, gate, keep, need_weights)
@@ -183,6 +182,8 @@ def attention_with_weights(
         return compiled_kernel.attention_with_edge_values(q, k, v, pattern, edge_values, keep).to(query.dtype), None, None
     # Per-edge tensors enter the fused kernels head-major, [1|H, E], in sorted edge order.
     bias, gate = (None if t is None else pattern.caller_to_sorted(t).t().contiguous() for t in (bias, gate))
+    # A tensor seed keeps dropout free of host syncs under torch.compile; the kernels regenerate the mask from it.
+    seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0 else _NO_SEED
     out, lse = fused_attention(kernel, q, k, v, pattern, bias, gate, dropout_p, seed)
     if not need_weights:
         return out.to(query.dtype), None, None
@@ -190,6 +191,14 @@ def attention_with_weights(
     weights = alpha * _dropout_keep(seed, alpha, dropout_p) if dropout_p > 0 else alpha
     alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
     return out.to(query.dtype), alpha, weights
+
+
+def _draw_keep(heads: int, num_edges: int, p: float, like: Tensor) -> Optional[Tensor]:
+    """Inverted-dropout multipliers ``[H, E]`` (0 or ``1/(1-p)``) from the global RNG, or ``None`` when ``p == 0``."""
+    if p == 0:
+        return None
+    keep = torch.rand(heads, num_edges, dtype=like.dtype, device=like.device) >= p
+    return keep.to(like.dtype) / (1.0 - p)
 
 
 def _gathered_pass(

@@ -54,3 +54,15 @@ def test_compiled_function_calling_sparse_attention_has_no_graph_breaks():
     torch.testing.assert_close(compiled_loss, eager_loss)
     for g, r in zip(torch.autograd.grad(compiled_loss, args), torch.autograd.grad(eager_loss, args)):
         torch.testing.assert_close(g, r)
+
+
+def test_gathered_pass_with_dropout_compiles_without_graph_breaks():
+    # Small patterns run the gather backend (plain tensor operations, traced by the compiler). Its
+    # dropout mask comes from the global RNG, not from a seed read on the host.
+    pattern, q, k, v, _, _ = _case()
+
+    def f(q, k, v):
+        return sparse_attention(q, k, v, pattern, dropout=0.3, training=True).square().sum()
+
+    explanation = torch._dynamo.explain(f)(q, k, v)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
