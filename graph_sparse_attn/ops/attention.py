@@ -7,7 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import compiled_kernel, gather_kernel
+from . import compiled_kernel, csr_kernel, gather_kernel
 from .dispatch import check_backend, resolve_backend
 from .fused import _NO_SEED, _dropout_keep, edge_softmax, fused_attention
 from .pattern import CSRPattern, check_edge_index
@@ -167,7 +167,8 @@ def attention_with_weights(
                             and not torch.compiler.is_compiling())
     # The gathered pass and the compiled edge-value kernels take their dropout multipliers [H, E] (in the
     # order they run edges in) as a tensor that autograd keeps; the fused kernels regenerate theirs from a seed.
-    keep = _draw_keep(heads, num_edges, dropout_p, q) if edge_values is not None or kernel == "gather" else None
+    takes_keep = dropout_p > 0 and (edge_values is not None or kernel == "gather")
+    keep = csr_kernel.dropout_scale((heads, num_edges), dropout_p, q) if takes_keep else None
     if kernel == "gather" or (edge_values is not None and not compiled_edge_values):
         out, alpha, weights = _gathered_pass(q, k, v, pattern if pattern is not None else edge_index, float(scale),
                                              edge_values, bias, gate, keep, need_weights)
@@ -191,14 +192,6 @@ def attention_with_weights(
     weights = alpha * _dropout_keep(seed, alpha, dropout_p) if dropout_p > 0 else alpha
     alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
     return out.to(query.dtype), alpha, weights
-
-
-def _draw_keep(heads: int, num_edges: int, p: float, like: Tensor) -> Optional[Tensor]:
-    """Inverted-dropout multipliers ``[H, E]`` (0 or ``1/(1-p)``) from the global RNG, or ``None`` when ``p == 0``."""
-    if p == 0:
-        return None
-    keep = torch.rand(heads, num_edges, dtype=like.dtype, device=like.device) >= p
-    return keep.to(like.dtype) / (1.0 - p)
 
 
 def _gathered_pass(

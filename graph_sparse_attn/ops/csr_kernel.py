@@ -111,10 +111,13 @@ def sddmm_backward(pattern: CSRPattern, grad_scores: Tensor, a: Tensor, b: Tenso
     return spmm(pattern, grad_scores, b), spmm(pattern, grad_scores, a, transpose=True)
 
 
-def dropout_scale(seed: int, shape: Tuple[int, ...], p: float, like: Tensor) -> Tensor:
-    """Inverted-dropout multipliers (0 or ``1/(1-p)``) drawn from ``seed``, so backward can regenerate them."""
-    generator = torch.Generator(device=like.device)
-    generator.manual_seed(seed)
+def dropout_scale(shape: Tuple[int, ...], p: float, like: Tensor, seed: Optional[int] = None) -> Tensor:
+    """Inverted-dropout multipliers (0 or ``1/(1-p)``) of ``like``'s dtype and device: drawn from
+    ``seed``, so a backward pass can regenerate them, or from the global RNG when it is ``None``."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=like.device)
+        generator.manual_seed(seed)
     keep = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype) >= p
     return keep.to(like.dtype) / (1.0 - p)
 

@@ -59,7 +59,7 @@ def _dropout_keep(seed: Optional[Tensor], like: Tensor, dropout_p: float) -> Opt
     """The ``[H, E]`` dropout multipliers drawn from ``seed`` (``None`` without dropout)."""
     if dropout_p == 0 or seed is None:
         return None
-    return csr_kernel.dropout_scale(int(seed), tuple(like.shape), dropout_p, like)
+    return csr_kernel.dropout_scale(tuple(like.shape), dropout_p, like, seed=int(seed))
 
 
 @torch.library.custom_op("graph_sparse_attn::attention", mutates_args=())
