@@ -171,12 +171,12 @@ def load_task(root: Path, backend: Optional[str], device: torch.device):
 
 def build_model(name: str, task, out_channels: int, options: dict, cli_backend: str) -> nn.Module:
     """Model ``name`` (a key of ``MODELS``); (c) comes from the task's own ``build_model`` with the CLI run's backend,
-    ``options`` go to (a)."""
+    (a) takes ``options`` (``--backend``) or else that same backend, as a `gsa train` run of it would."""
     from graph_sparse_attn.nn import GraphTransformer
 
     if name == "graph":
         return GraphTransformer("atom", DIM, out_channels, depth=DEPTH, heads=HEADS, attention="graph", edge_dim="bond",
-                                **options)
+                                **(options or backend_options(cli_backend)[0]))
     if name == "exphormer-gps":
         return task.build_model(cli_backend)
     if name == "transformer":
@@ -355,7 +355,7 @@ def benchmark(args: argparse.Namespace) -> Tuple[List[dict], dict, Optional[str]
         steps[name] = training_step(model, task)
         rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters())})
     times = time_round_robin(steps, batches, args.warmup, args.steps, device)
-    layer_rows = time_layers(batches, args.warmup, args.steps, device)
+    layer_rows = time_layers(batches, args.warmup, args.layer_steps, device)
     graphs = statistics.mean(int(b.num_graphs) for b in batches)
     for row in rows:
         measured = times[row["model"]]
@@ -412,9 +412,9 @@ def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, com
         f"{facts['nodes']:,.0f} nodes, {facts['edges']:,.0f} edges); width {DIM}, {DEPTH} blocks, {HEADS} heads, "
         f"AtomEncoder/BondEncoder, AdamW; one step = forward + backward + optimiser step. Median of {args.steps} "
         f"steps per model after {args.warmup} warm-up steps, models interleaved step by step. Device: "
-        f"{facts['device']}. (c) runs the attention backend its `gsa train` run takes: `{facts['cli_backend']}`."
+        f"{facts['device']}. (a) and (c) run the attention backend a `gsa train` run of theirs takes: `{facts['cli_backend']}`."
         f"\n\n" + "\n".join(lines)
-        + f"\n\nThe drop-in alone on the same batches ({DIM} → {HEADS} heads × {DIM // HEADS}, median of {args.steps} interleaved "
+        + f"\n\nThe drop-in alone on the same batches ({DIM} → {HEADS} heads × {DIM // HEADS}, median of {args.layer_steps} interleaved "
         f"steps):\n\n" + "\n".join(layer_lines)
     )
     return text + (f"\n\n{facts['note']}" if facts["note"] else "")
@@ -425,6 +425,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="molecules per batch")
     parser.add_argument("--batches", type=int, default=4, help="fixed batches, cycled through")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    parser.add_argument("--layer-steps", type=int, default=200,
+                        help="timed steps per layer in the drop-in table (a layer step takes ~8 ms, so more steps steady its median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -435,8 +437,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--profile-steps", type=int, default=5, help="steps recorded by --profile")
     parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.batches, args.steps, args.profile_steps) <= 0 or args.warmup < 0:
-        parser.error("--batch-size, --batches, --steps and --profile-steps must be positive, --warmup non-negative")
+    if min(args.batch_size, args.batches, args.steps, args.layer_steps, args.profile_steps) <= 0 or args.warmup < 0:
+        parser.error("--batch-size, --batches, --steps, --layer-steps and --profile-steps must be positive, --warmup non-negative")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -106,13 +106,16 @@ def main() -> None:
 
     roots = {"ogbg-molhiv": ["--root", args.ogb_root], "peptides-func": ["--root", args.lrgb_root],
              "imdb": ["--imdb-path", args.imdb_path, "--root", args.data_root], "listops": ["--root", args.data_root]}
+    # The table covers every task of the budget (finished runs of tasks not named are read back), so a
+    # sweep split over several invocations does not drop the rows of the others.
     rows = []
-    for task in args.tasks:
+    for task in BUDGETS[args.budget]:
         seeds = range(args.seeds) if task == "ogbg-molhiv" else range(1)
+        train = task in args.tasks and not args.report_only
         results = []
         for seed in seeds:
             run_dir = Path(args.out) / args.budget / f"{task}-seed{seed}"
-            result = run(task, [*roots[task], *BUDGETS[args.budget][task]], seed, run_dir, train=not args.report_only)
+            result = run(task, [*roots[task], *BUDGETS[args.budget][task]], seed, run_dir, train=train)
             print(task, seed, result, flush=True)
             results.append(result)
         rows.append((task, results))

@@ -33,7 +33,8 @@ def available() -> bool:
 def _sum_by_target(values: Tensor, dst: Tensor, num_dst: int, rowptr: Optional[Tensor]) -> Tensor:
     """``[E, ...]`` → ``[N_dst, ...]`` sums over each target's edges (0 for a target without any)."""
     if values.device.type == "cpu":
-        return torch.index_add(values.new_zeros(num_dst, *values.shape[1:]), 0, dst, values)
+        # In place on fresh zeros: the out-of-place form would copy them first.
+        return values.new_zeros(num_dst, *values.shape[1:]).index_add_(0, dst, values)
     if rowptr is None:
         raise ValueError("the gather backend needs edges sorted by target (rowptr) off CPU")
     return torch.segment_reduce(values, "sum", offsets=rowptr, axis=0)
@@ -70,9 +71,10 @@ def attention(
     if bias is not None:
         logits = logits + bias
     # The shift cancels in the softmax, so it needs no gradient; amax does not depend on the order.
+    # Clamping a -inf maximum (a target whose logits are all -inf) to the lowest finite value
+    # makes those logits' exp 0 rather than exp(nan).
     row_max = logits.new_full((num_dst, logits.size(1)), float("-inf")).scatter_reduce_(
-        0, dst.unsqueeze(-1).expand_as(logits), logits.detach(), "amax")
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        0, dst.unsqueeze(-1).expand_as(logits), logits.detach(), "amax").clamp_min_(torch.finfo(logits.dtype).min)
     exp = torch.exp(logits - row_max.index_select(0, dst))
     # Targets without a finite logit have a zero sum: the clamp turns their 0/0 into 0.
     row_sum = _sum_by_target(exp, dst, num_dst, rowptr).clamp_min(torch.finfo(exp.dtype).tiny)
