@@ -1,7 +1,9 @@
 """Which kernel runs `sparse_attention`: the backend names, their modules and the ``"auto"`` rule.
 
 ``"gather"`` is one gathered pass differentiated by autograd (`gather_kernel.attention`, called
-by `ops.attention` directly); ``"reference"`` is the test oracle. Every other backend is a
+by `ops.attention` directly), ``"band"`` dense masked attention over query blocks for patterns
+inside a band ``|i - j| <= w`` (`band_kernel`, also called directly; ``"auto"`` takes it where
+`band_candidate` allows and the pattern qualifies); ``"reference"`` is the test oracle. Every other backend is a
 fused kernel: a module of this package with two plain functions (no autograd),
 ``forward(q, k, v, pattern, bias, gate, keep) -> (out, lse)`` and
 ``backward(grad_out, q, k, v, out, lse, pattern, bias, gate, keep, need_dlogits) -> (dq, dk, dv, dlogits)``,
@@ -17,7 +19,7 @@ from types import ModuleType
 import torch
 
 
-BACKENDS = ("auto", "gather", "csr", "compiled", "triton", "reference")
+BACKENDS = ("auto", "gather", "band", "csr", "compiled", "triton", "reference")
 _KERNEL_MODULES = {"csr": "csr_kernel", "compiled": "compiled_kernel", "triton": "triton_kernel"}
 # What a training run may choose (`gsa train --backend`): everything but the reference oracle.
 KERNEL_BACKENDS = ("auto", "gather", *_KERNEL_MODULES)
@@ -52,6 +54,22 @@ COMPILED_MIN_EDGES = 1 << 20
 COMPILED_MIN_STEPS = 2000
 
 
+# `band` (dense masked attention over query blocks) computes N (B + 2w) scores where the others
+# compute E, but as matrix products: on a ±64 window at N = 65,536 (E = 8.4M) it took 0.30 s
+# forward+backward against `compiled`'s 0.76 s, and it needs no transposed pattern. Below this
+# many edges the blocks' fixed costs are not repaid (benchmarks/RESULTS.md, "Backends").
+BAND_MIN_EDGES = 1 << 17
+
+
+def band_candidate(device: torch.device, num_edges: int, num_src: int, num_dst: int) -> bool:
+    """Whether ``"auto"`` checks a call's pattern for the ``band`` backend: on CPU, outside
+    ``torch.compile`` (the check reads the pattern on the host), for square patterns of at least
+    ``BAND_MIN_EDGES`` edges. It takes ``band`` when `band_kernel.band_mask` accepts the pattern
+    and the call has no per-edge bias, gate, values, dropout or returned weights."""
+    return (device.type == "cpu" and num_edges >= BAND_MIN_EDGES and num_src == num_dst
+            and not torch.compiler.is_compiling())
+
+
 def backend_for_steps(backend: str, device: torch.device, steps: int) -> str:
     """The backend a model should take for a run of ``steps`` training steps: ``"auto"`` becomes
     ``"compiled"`` on CPU when ``steps >= COMPILED_MIN_STEPS`` and a C++ compiler is found (the
@@ -72,7 +90,8 @@ def check_backend(backend: str) -> None:
 
 def resolve_backend(backend: str, device: torch.device, num_edges: int, num_dst: int, width: int) -> str:
     """The kernel backend that runs a call of ``num_edges`` edges into ``num_dst`` targets
-    (``backend`` is one of `BACKENDS` but ``"reference"``).
+    (``backend`` is one of `BACKENDS` but ``"reference"`` and ``"band"``; ``"auto"`` has already
+    declined ``band``, see `band_candidate`).
 
     ``width`` is ``H · max(D, Dv)``, the size of one edge's gathered row. ``"auto"`` picks:
 
