@@ -55,10 +55,12 @@ COMPILED_MIN_STEPS = 2000
 
 
 # `band` (dense masked attention over query blocks) computes N (B + 2w) scores where the others
-# compute E, but as matrix products: on a ±64 window at N = 65,536 (E = 8.4M) it took 0.30 s
-# forward+backward against `compiled`'s 0.76 s, and it needs no transposed pattern. Below this
-# many edges the blocks' fixed costs are not repaid (benchmarks/RESULTS.md, "Backends").
-BAND_MIN_EDGES = 1 << 17
+# compute E, but as matrix products, and needs no transposed pattern: on windows of ±16 and ±64
+# it was the fastest backend at every size measured (benchmarks/RESULTS.md, "Backends"), from
+# E = 28,864 (±64 at N = 256: 2.1 ms against compiled's 4.4 and csr's 5.1) to E = 8.4M (0.42 s
+# against 0.87 and 1.42). Smaller patterns stay with the per-edge backends, which `gather` runs
+# in a handful of calls.
+BAND_MIN_EDGES = 1 << 14
 
 
 def band_candidate(device: torch.device, num_edges: int, num_src: int, num_dst: int) -> bool:
