@@ -4,7 +4,8 @@
 pattern; `CSRPattern` (`pattern`) holds a pattern sorted once for reuse across layers, and
 `adjacency` turns PyG's adjacency types into the edges attention takes. Kernel backends of one
 semantics (``*_kernel``) sit behind `dispatch` (names and the ``"auto"`` rule): ``gather``, one
-pass under autograd for small patterns, and the fused ``csr``, ``compiled`` and ``triton``,
+pass under autograd for small patterns, ``band``, dense masked attention over query blocks for
+windows, and the fused ``csr``, ``compiled`` and ``triton``,
 whose autograd `fused` registers as `torch.library` custom ops; ``reference`` is the
 gather/scatter oracle. `edge_features` lets edge features enter attention.
 """
