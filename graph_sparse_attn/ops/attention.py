@@ -10,7 +10,7 @@ from torch import Tensor
 from . import band_kernel, compiled_kernel, csr_kernel, gather_kernel
 from .dispatch import band_candidate, check_backend, resolve_backend
 from .fused import _NO_SEED, _dropout_keep, edge_softmax, fused_attention
-from .pattern import CSRPattern, check_edge_index
+from .pattern import CSRPattern, check_edge_index, derived_layout
 from .reference import reference_attention
 
 GATE_MODES = ("scale", "log")
@@ -165,8 +165,7 @@ def attention_with_weights(
     plain = bias is None and gate is None and edge_values is None and dropout_p == 0 and not need_weights
     band = _band_layout(backend, plain, pattern if pattern is not None else edge_index, num_src, num_dst, num_edges, q.device)
     if band is not None:
-        mask, half_width = band
-        return band_kernel.attention(q, k, v, mask, half_width, float(scale)).to(query.dtype), None, None
+        return band_kernel.attention(q, k, v, band, float(scale)).to(query.dtype), None, None
 
     kernel = resolve_backend(backend, query.device, num_edges, num_dst, heads * max(head_dim, value.size(-1)))
     # Edge values run the compiled kernels when asked for and nothing else is (inside a user's
@@ -205,20 +204,26 @@ def attention_with_weights(
 def _band_layout(
     backend: str, plain: bool, edges: Union[Tensor, CSRPattern], num_src: int, num_dst: int, num_edges: int,
     device: torch.device,
-) -> Optional[Tuple[Tensor, int]]:
-    """`band_kernel.band_mask` when ``backend`` is ``"band"`` (raising if it cannot run) or when ``"auto"``
-    may take it (`ops.dispatch.band_candidate`) and the pattern is a well-filled band; else ``None``."""
+) -> Optional[band_kernel.BandLayout]:
+    """`band_kernel.band_layout` when ``backend`` is ``"band"`` (raising if it cannot run) or when ``"auto"``
+    may take it (`ops.dispatch.band_candidate`) and the pattern is a well-filled window; else ``None``."""
     if backend not in ("auto", "band") or (backend == "auto" and not (plain and band_candidate(device, num_edges, num_src, num_dst))):
         return None
     if not plain:
         raise ValueError("backend='band' takes no edge_bias, edge_gate, edge values, dropout or returned attention weights")
-    src, dst = (edges.col.long(), edges.row.long()) if isinstance(edges, CSRPattern) else (edges[0], edges[1])
     # A forced band runs however sparse the band is; "auto" takes it only where it pays.
     min_fill = band_kernel.MIN_FILL if backend == "auto" else 0.0
-    band = band_kernel.band_mask(src, dst, num_dst, min_fill) if num_src == num_dst else None
+    band = None
+    if num_src == num_dst and isinstance(edges, CSRPattern):
+        # Layers sharing a pattern share its layout (or the finding that it has none).
+        band = derived_layout(edges, f"band:{min_fill}",
+                              lambda p: band_kernel.band_layout(p.col.long(), p.row.long(), num_dst, min_fill))
+    elif num_src == num_dst:
+        band = band_kernel.band_layout(edges[0], edges[1], num_dst, min_fill)
     if band is None and backend == "band":
-        raise ValueError(f"backend='band' needs a square pattern of distinct pairs (no repeated pair) inside a band "
-                         f"|i - j| <= w with w <= {(band_kernel.MAX_BAND - 1) // 2}")
+        raise ValueError(f"backend='band' needs a square window pattern: distinct pairs (no repeated pair) inside a band "
+                         f"|i - j| <= w with w <= {(band_kernel.MAX_BAND - 1) // 2}, plus at most "
+                         f"{band_kernel.MAX_EXTRA} far sources per block of queries and few rows with many far edges")
     return band
 
 

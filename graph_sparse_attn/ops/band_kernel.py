@@ -1,24 +1,32 @@
-"""The ``band`` backend: patterns inside a band ``|i - j| <= w`` as dense masked attention over query blocks.
+"""The ``band`` backend: windows as dense masked attention over query blocks.
 
-Sliding windows (one sequence, a batch of sequences, causal or not) put every edge near the
-diagonal. There, per-edge kernels pay a gather per edge, while dense attention over a block of
-``B`` queries and the ``B + 2w`` keys around it runs as matrix products: this backend cuts the
-queries into blocks, takes each block's keys and values as a strided view, masks the slots that
-are not edges, and calls PyTorch's fused ``scaled_dot_product_attention`` (FlashAttention-style on
-CPU: forward and backward keep only ``[N, H]`` softmax statistics, never the ``[N, H, B + 2w]``
-probabilities). It computes ``N (B + 2w)`` scores per head instead of ``E``, so it pays only where
-the band is well filled: `band_mask` says whether it is.
+Sliding windows (one sequence or a batch of them, causal, dilated, with Longformer's global
+tokens) put most edges near the diagonal. There, per-edge kernels pay a gather per edge, while
+dense attention over a block of ``B`` queries and the ``B + 2w`` keys around it runs as matrix
+products. This backend splits a pattern three ways:
 
-Exact for patterns that are sets of pairs (a repeated pair counts twice in the other backends, so
-such patterns are refused). Per-edge bias, gates, dropout and returned weights are not supported.
+* **the band**, edges with ``|i - j| <= w``: each block of queries attends to a strided view of the
+  keys ``[cB - w, cB + B + w)``, with the slots that are not edges masked;
+* **a few far sources per block** (a global token's column): appended to the block's keys as
+  extra slots, again masked per query;
+* **heavy rows**, queries with many far edges (a global token's own row): attended alone by the
+  gathered pass (`gather_kernel`) over all their edges, and written over the block result.
+
+The blocks go to PyTorch's fused ``scaled_dot_product_attention`` (FlashAttention-style on CPU:
+forward and backward keep only ``[N, H]`` softmax statistics). It computes ``N (B + 2w + G)``
+scores per head instead of ``E``, so it pays only where the band is well filled: `band_layout`
+says whether it is. Repeated pairs outside heavy rows are refused (a mask slot holds one edge);
+per-edge bias, gates, dropout and returned weights are not supported.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import gather_kernel
 
 # Queries per block: 128 took 0.30 s forward+backward on a ±64 window at N = 65,536 (4 heads × 16,
 # 2-core CPU) against 0.43 s at 64 and 0.35 s at 256; narrower bands take smaller blocks so that
@@ -27,8 +35,34 @@ MAX_BLOCK = 128
 MIN_BLOCK = 32
 # The widest band taken (2w + 1 key slots per query); wider bands are not windows.
 MAX_BAND = 1025
-# The share of the block layout's N (B + 2w) slots that must be edges.
+# An offset j - i belongs to the band when at least this share of the queries has an edge at it.
+DENSE_OFFSET_SHARE = 0.25
+# Edges sampled to find the dense offsets (all of them below this many).
+OFFSET_SAMPLE = 1 << 18
+# A query with more far edges (|i - j| > w) than this is a heavy row; a block takes at most
+# MAX_EXTRA far sources of its light rows as extra key slots.
+MAX_FAR_PER_ROW = 4
+MAX_EXTRA = 16
+# The share of the layout's N (B + 2w + G) slots that must be edges ("auto"), and the most of E
+# that heavy rows may hold.
 MIN_FILL = 0.4
+MAX_HEAVY_SHARE = 0.25
+
+
+class BandLayout(NamedTuple):
+    """What `attention` needs: the additive ``mask [nb, 1, B, B + 2w + G]`` (0 on edges, -inf off them),
+    the half-width ``w``, the far sources ``extra [nb, G]`` appended to each block's keys (``None``
+    when ``G = 0``), and the heavy rows' edges: ``heavy_rows [R]`` and, for each of their edges,
+    ``heavy_src [E_h]`` and ``heavy_dst [E_h]`` (an index into ``heavy_rows``, sorted), with
+    ``heavy_rowptr [R + 1]``."""
+
+    mask: Tensor
+    half_width: int
+    extra: Optional[Tensor]
+    heavy_rows: Tensor
+    heavy_src: Tensor
+    heavy_dst: Tensor
+    heavy_rowptr: Tensor
 
 
 def available() -> bool:
@@ -41,55 +75,124 @@ def block_size(half_width: int) -> int:
     return min(MAX_BLOCK, max(MIN_BLOCK, 2 * half_width))
 
 
-def band_mask(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_FILL) -> Optional[Tuple[Tensor, int]]:
-    """The block layout's additive mask for edges ``src[e] → dst[e]`` among ``num_nodes`` nodes, or
-    ``None`` when the pattern is not a band of distinct pairs (``2w + 1 <= MAX_BAND``) whose edges
-    fill at least ``min_fill`` of the layout's ``N (B + 2w)`` slots.
+def _dense_half_width(offset: Tensor, num_nodes: int) -> Tuple[int, float]:
+    """``(w, in_band)``: the largest ``|j - i|`` among the offsets that at least ``DENSE_OFFSET_SHARE``
+    of the queries have an edge at (0 when none is), and the estimated number of edges with
+    ``|j - i| <= w``; both from a fixed random sample of the edges."""
+    limit = (MAX_BAND - 1) // 2
+    sample = offset
+    if offset.numel() > OFFSET_SAMPLE:
+        picks = torch.randint(offset.numel(), (OFFSET_SAMPLE,), generator=torch.Generator().manual_seed(0))
+        sample = offset[picks.to(offset.device)]
+    counts = torch.bincount(sample.clamp(-limit - 1, limit + 1) + limit + 1, minlength=2 * limit + 3)[1:-1]
+    counts = counts * (offset.numel() / sample.numel())
+    dense = (counts >= DENSE_OFFSET_SHARE * num_nodes).nonzero().flatten() - limit
+    half_width = int(dense.abs().max()) if dense.numel() else 0
+    return half_width, float(counts[limit - half_width: limit + half_width + 1].sum())
 
-    Returns ``(mask [nb, 1, B, B + 2w], w)`` where row ``r`` of block ``c`` is query ``i = cB + r`` and
-    key slot ``s`` is source ``j = cB - w + s``: ``0`` for an edge, ``-inf`` otherwise. A query without
-    edges keeps every slot at ``-inf`` (the fused kernel outputs zeros and gradient 0 there).
+
+def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_FILL) -> Optional[BandLayout]:
+    """The layout of edges ``src[e] → dst[e]`` among ``num_nodes`` nodes, or ``None`` when the
+    pattern is not a window: its dense offsets span more than ``MAX_BAND`` slots, a block would need
+    more than ``MAX_EXTRA`` far sources, heavy rows hold more than ``MAX_HEAVY_SHARE`` of the edges,
+    a pair repeats outside heavy rows, or edges fill less than ``min_fill`` of the layout's slots.
+
+    Row ``r`` of block ``c`` is query ``i = cB + r``; its key slot ``s < B + 2w`` is source
+    ``j = cB - w + s`` and slot ``B + 2w + g`` is source ``extra[c, g]``.
     """
     num_edges = src.numel()
     if num_edges == 0 or num_nodes == 0:
         return None
     offset = src - dst
-    low, high = offset.aminmax()
-    half_width = max(-int(low), int(high))
-    band = 2 * half_width + 1
-    block = block_size(half_width)
+    half_width, in_band = _dense_half_width(offset, num_nodes)
+    band, block = 2 * half_width + 1, block_size(half_width)
     num_blocks = -(-num_nodes // block)
-    slots = block + 2 * half_width
-    if band > MAX_BAND or num_edges < min_fill * num_nodes * slots:
+    width = block + 2 * half_width
+    # Leave early (after the sample alone) when the band clearly holds too few edges, e.g. on random graphs.
+    if in_band < 0.5 * min_fill * num_nodes * width:
         return None
-    # One flag per (query, offset), at dst (2w + 1) + offset + w: repeated pairs would set one flag twice.
-    flags = torch.zeros(num_blocks * block * band, dtype=torch.bool, device=src.device)
-    flags.index_fill_(0, offset.add_(dst, alpha=band).add_(half_width), True)
-    if int(torch.count_nonzero(flags)) != num_edges:
+
+    # Passes over all E edges are the cost here: far edges (usually few) are picked out once.
+    far = offset.abs() > half_width
+    far_idx = far.nonzero().flatten()
+    far_src, far_dst = src[far_idx], dst[far_idx]
+    heavy_row = torch.bincount(far_dst, minlength=num_nodes) > MAX_FAR_PER_ROW
+    heavy_edge = heavy_row[dst] if bool(heavy_row.any()) else None
+    num_heavy = 0 if heavy_edge is None else int(heavy_edge.sum())
+    if num_heavy > MAX_HEAVY_SHARE * num_edges:
         return None
+    if heavy_edge is not None:
+        light = ~heavy_edge[far_idx]
+        far_src, far_dst = far_src[light], far_dst[light]
+
+    # Far sources of each block's light rows, as (block, source) pairs: their rank within the block is the slot.
+    pairs, slot_of_edge = torch.unique((far_dst // block) * num_nodes + far_src, return_inverse=True)
+    pair_block = pairs // num_nodes
+    per_block = torch.bincount(pair_block, minlength=num_blocks)
+    num_extra = int(per_block.max()) if pairs.numel() else 0
+    slots = width + num_extra
+    if num_extra > MAX_EXTRA or (num_edges - num_heavy) < min_fill * num_nodes * slots:
+        return None
+    # One flag per (query, offset) of the band, at dst (2w + 1) + offset + w, and one far pair per (query,
+    # source): a repeated pair would collide. Edges that are not light band edges go to a spare last flag.
+    excluded = far if heavy_edge is None else far | heavy_edge
+    num_band = num_edges - (far_idx.numel() if heavy_edge is None else int(torch.count_nonzero(excluded)))
+    band_key = offset.add_(half_width).add_(dst, alpha=band)
+    spare = num_blocks * block * band
+    if num_band < num_edges:
+        band_key.masked_fill_(excluded, spare)
+    flags = torch.zeros(spare + 1, dtype=torch.bool, device=src.device).index_fill_(0, band_key, True)[:spare]
+    if int(torch.count_nonzero(flags)) != num_band or \
+            torch.unique(far_dst * num_nodes + far_src).numel() != far_src.numel():
+        return None
+
     mask = torch.full((num_blocks, block, slots), float("-inf"), device=src.device)
-    # Slot s of row r holds offset t = s - r: row r's 2w + 1 offsets start at slot r.
+    # Band slot s of row r holds offset t = s - r: row r's 2w + 1 offsets start at slot r.
     mask.as_strided((num_blocks, block, band), (block * slots, slots + 1, 1)).masked_fill_(
         flags.view(num_blocks, block, band), 0.0)
-    return mask.unsqueeze(1), half_width
+    extra = None
+    if num_extra:
+        rank = torch.arange(pairs.numel(), device=src.device) - (torch.cumsum(per_block, 0) - per_block)[pair_block]
+        extra = torch.zeros(num_blocks, num_extra, dtype=torch.long, device=src.device)
+        extra[pair_block, rank] = pairs % num_nodes
+        mask.view(-1, slots)[far_dst, width + rank[slot_of_edge]] = 0.0
+
+    heavy_rows = heavy_row.nonzero().flatten()
+    heavy_src = heavy_dst = src.new_zeros(0)
+    if heavy_edge is not None:
+        local = torch.full((num_nodes,), -1, dtype=torch.long, device=src.device)
+        local[heavy_rows] = torch.arange(heavy_rows.numel(), device=src.device)
+        heavy_dst, order = local[dst[heavy_edge]].sort(stable=True)
+        heavy_src = src[heavy_edge][order]
+    rowptr = torch.zeros(heavy_rows.numel() + 1, dtype=torch.long, device=src.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(heavy_dst, minlength=heavy_rows.numel()), 0)
+    return BandLayout(mask.unsqueeze(1), half_width, extra, heavy_rows, heavy_src, heavy_dst, rowptr)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, half_width: int, scale: float) -> Tensor:
-    """``softmax_j(s q_i · k_j) v_j`` over the edges encoded in ``mask`` (from `band_mask`).
+def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
+    """``softmax_j(s q_i · k_j) v_j`` over the edges of ``layout`` (from `band_layout`).
 
     Args:
-        q ``[N, H, D]``, k ``[N, H, D]``, v ``[N, H, Dv]``; mask ``[nb, 1, B, B + 2w]`` in ``q``'s dtype
-        or float32; half_width ``w``; scale ``s``.
+        q ``[N, H, D]``, k ``[N, H, D]``, v ``[N, H, Dv]``; scale ``s``.
 
     Returns:
-        ``[N, H, Dv]``, differentiable in ``q``, ``k`` and ``v``.
+        ``[N, H, Dv]``, differentiable in ``q``, ``k`` and ``v``; zeros for a query without edges.
     """
     num_nodes, heads, _ = q.shape
-    num_blocks, _, block, slots = mask.shape
-    padded = num_blocks * block
+    num_blocks, _, block, _ = layout.mask.shape
+    w, padded = layout.half_width, num_blocks * block
     # Keys and values padded by w before and enough after that block c's window starts at row cB.
-    k_pad, v_pad = (F.pad(t, (0, 0, 0, 0, half_width, padded - num_nodes + half_width)) for t in (k, v))
-    k_blocks, v_blocks = (t.unfold(0, slots, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))  # [nb, H, L, D]
+    k_pad, v_pad = (F.pad(t, (0, 0, 0, 0, w, padded - num_nodes + w)) for t in (k, v))
+    k_blocks, v_blocks = (t.unfold(0, block + 2 * w, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))  # [nb, H, B + 2w, D]
+    if layout.extra is not None:
+        k_blocks, v_blocks = (torch.cat([blocks, t[layout.extra].transpose(1, 2)], dim=2)
+                              for blocks, t in ((k_blocks, k), (v_blocks, v)))
     q_blocks = F.pad(q, (0, 0, 0, 0, 0, padded - num_nodes)).view(num_blocks, block, heads, -1).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask.to(q.dtype), scale=scale)
-    return out.transpose(1, 2).reshape(padded, heads, -1)[:num_nodes]
+    out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=layout.mask.to(q.dtype), scale=scale)
+    out = out.transpose(1, 2).reshape(padded, heads, -1)[:num_nodes]
+    if layout.heavy_rows.numel():
+        # Heavy rows have no slot in the blocks (their outputs there are zeros): attend them alone.
+        heavy, _ = gather_kernel.attention(q[layout.heavy_rows], k, v, layout.heavy_src, layout.heavy_dst,
+                                           layout.heavy_rows.numel(), scale, rowptr=layout.heavy_rowptr)
+        out = out.index_copy(0, layout.heavy_rows, heavy)
+    return out

@@ -32,16 +32,15 @@ from __future__ import annotations
 import functools
 import itertools
 import types
-import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Callable, Hashable, List, Optional, Tuple
 
 import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
 from . import csr_kernel
-from .pattern import CSRPattern
+from .pattern import CSRPattern, derived_layout
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,27 +144,10 @@ class _Layout:
     by_source: List[_Block]  # rows are sources; runs of the CSC arrays (row_t: targets; perm_t: edges)
 
 
-# id(rowptr) -> (weak reference to rowptr, id(col), layout); an entry leaves with its rowptr.
-_LAYOUTS: Dict[int, Tuple[weakref.ref, int, _Layout]] = {}
-
-
 def layout(pattern: CSRPattern) -> _Layout:
-    """The bucketed layout of ``pattern``, cached for as long as its ``rowptr`` lives.
-
-    Keyed on the ``rowptr`` tensor (shared by :meth:`CSRPattern.sorted` views) and checked
-    against ``col``, so a different pattern reusing the tensor is never served a stale layout.
-    Costs ``O(N)`` memory: blocks index the pattern's own arrays.
-    """
-    key = id(pattern.rowptr)
-    cached = _LAYOUTS.get(key)
-    if cached is not None and cached[0]() is pattern.rowptr and cached[1] == id(pattern.col):
-        return cached[2]
-    built = _Layout(
-        by_target=_blocks(pattern.rowptr),
-        by_source=_blocks(pattern.colptr),
-    )
-    _LAYOUTS[key] = (weakref.ref(pattern.rowptr, lambda _: _LAYOUTS.pop(key, None)), id(pattern.col), built)
-    return built
+    """The bucketed layout of ``pattern``, cached with it (`pattern.derived_layout`). Costs ``O(N)``
+    memory: blocks index the pattern's own arrays."""
+    return derived_layout(pattern, "compiled", lambda p: _Layout(by_target=_blocks(p.rowptr), by_source=_blocks(p.colptr)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ BAND_MIN_EDGES = 1 << 14
 def band_candidate(device: torch.device, num_edges: int, num_src: int, num_dst: int) -> bool:
     """Whether ``"auto"`` checks a call's pattern for the ``band`` backend: on CPU, outside
     ``torch.compile`` (the check reads the pattern on the host), for square patterns of at least
-    ``BAND_MIN_EDGES`` edges. It takes ``band`` when `band_kernel.band_mask` accepts the pattern
+    ``BAND_MIN_EDGES`` edges. It takes ``band`` when `band_kernel.band_layout` accepts the pattern
     and the call has no per-edge bias, gate, values, dropout or returned weights."""
     return (device.type == "cpu" and num_edges >= BAND_MIN_EDGES and num_src == num_dst
             and not torch.compiler.is_compiling())

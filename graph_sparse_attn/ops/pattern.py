@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
 
 NumNodes = Union[int, Tuple[int, int], None]
 _TENSOR_FIELDS = ("rowptr", "col", "row", "perm", "colptr", "row_t", "perm_t")
+T = TypeVar("T")
+# id(rowptr) -> (weak reference to rowptr, id(col), {name: layout}); an entry leaves with its rowptr.
+_DERIVED: Dict[int, Tuple[weakref.ref, int, Dict[str, object]]] = {}
 
 
 def _index_dtype(num_edges: int, num_src: int, num_dst: int) -> torch.dtype:
@@ -179,3 +183,21 @@ class CSRPattern:
     def caller_to_sorted(self, values: Optional[Tensor]) -> Optional[Tensor]:
         """Reorder per-edge ``values [E, ...]`` from the caller's order to sorted order."""
         return values if values is None or self.perm is None else values.index_select(0, self.perm)
+
+
+def derived_layout(pattern: CSRPattern, name: str, build: Callable[[CSRPattern], T]) -> T:
+    """``build(pattern)``, computed once per pattern and ``name`` (a kernel's own layout of it) and
+    cached for as long as the pattern's ``rowptr`` lives, so layers that share a pattern share it.
+
+    Keyed on the ``rowptr`` tensor (shared by :meth:`CSRPattern.sorted` views) and checked against
+    ``col``, so a different pattern reusing the tensor is never served a stale layout.
+    """
+    key = id(pattern.rowptr)
+    entry = _DERIVED.get(key)
+    if entry is None or entry[0]() is not pattern.rowptr or entry[1] != id(pattern.col):
+        entry = (weakref.ref(pattern.rowptr, lambda _: _DERIVED.pop(key, None)), id(pattern.col), {})
+        _DERIVED[key] = entry
+    layouts = entry[2]
+    if name not in layouts:
+        layouts[name] = build(pattern)
+    return layouts[name]

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from graph_sparse_attn import CSRPattern, sparse_attention
 from graph_sparse_attn.ops import band_kernel, dispatch
-from graph_sparse_attn.patterns import sliding_window
+from graph_sparse_attn.patterns import longformer, sliding_window
 
 H, D = 2, 4
 
@@ -24,6 +24,7 @@ def _patterns():
     window = sliding_window(100, 7)
     holes = window[:, torch.rand(window.size(1), generator=gen) < 0.6]  # some targets lose every edge
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 1, 59]))
+    far = torch.tensor([[0, 99, 50, 3], [60, 2, 99, 97]])  # a few far edges into light rows
     return {
         "window": window,
         "window-wider-than-block": sliding_window(70, 40),
@@ -33,6 +34,10 @@ def _patterns():
         "with-holes-and-isolated-targets": holes,
         "shuffled": window[:, torch.randperm(window.size(1), generator=gen)],
         "single-node": torch.zeros(2, 1, dtype=torch.long),
+        # Global tokens: their columns become extra key slots, their rows are heavy (attended alone).
+        "longformer": longformer(150, 6, [0, 75]),
+        "longformer-batched": longformer(100, 5, [0], batch=batch),
+        "window-plus-far-edges": torch.cat([window, far], 1),
     }
 
 
@@ -61,17 +66,33 @@ def test_float32_and_scale_match_the_reference_backend():
     torch.testing.assert_close(out, sparse_attention(q, k, v, edge_index, scale=0.3, backend="reference"), rtol=1e-5, atol=1e-5)
 
 
-def test_band_mask_refuses_what_it_cannot_run():
+def test_band_layout_refuses_what_it_cannot_run():
     window = sliding_window(50, 3)
-    assert band_kernel.band_mask(window[0], window[1], 50, min_fill=0.0) is not None
+    layout = band_kernel.band_layout(window[0], window[1], 50, min_fill=0.0)
+    assert layout is not None and layout.half_width == 3 and layout.extra is None and not layout.heavy_rows.numel()
     repeated = torch.cat([window, window[:, :1]], 1)
-    assert band_kernel.band_mask(repeated[0], repeated[1], 50, min_fill=0.0) is None
-    wide = torch.tensor([[0, band_kernel.MAX_BAND], [band_kernel.MAX_BAND, 0]])
-    assert band_kernel.band_mask(wide[0], wide[1], band_kernel.MAX_BAND + 1, min_fill=0.0) is None
+    assert band_kernel.band_layout(repeated[0], repeated[1], 50, min_fill=0.0) is None
+    # Queries 0..31 (one block) each read a different far source: more than MAX_EXTRA extra slots.
+    scattered = torch.cat([window, torch.stack([torch.arange(32) + 10_000, torch.arange(32)])], 1)
+    assert band_kernel.band_layout(scattered[0], scattered[1], 20_000, min_fill=0.0) is None
+    gen = torch.Generator().manual_seed(0)
+    random_graph = torch.randint(0, 500, (2, 8000), generator=gen)  # every row heavy
+    assert band_kernel.band_layout(random_graph[0], random_graph[1], 500, min_fill=0.0) is None
     empty = torch.zeros(2, 0, dtype=torch.long)
-    assert band_kernel.band_mask(empty[0], empty[1], 5, min_fill=0.0) is None
+    assert band_kernel.band_layout(empty[0], empty[1], 5, min_fill=0.0) is None
     # A full ±3 window fills 7 of the 32 + 6 slots of its blocks: below the fill "auto" asks for.
-    assert band_kernel.band_mask(window[0], window[1], 50) is None
+    assert band_kernel.band_layout(window[0], window[1], 50) is None
+
+
+def test_global_rows_are_heavy_and_may_repeat_pairs():
+    edge_index = longformer(120, 4, [0])
+    layout = band_kernel.band_layout(edge_index[0], edge_index[1], 120, min_fill=0.0)
+    assert layout.heavy_rows.tolist() == [0] and layout.extra is not None
+    # A repeated pair into the heavy row counts twice, as in every other backend.
+    repeated = torch.cat([edge_index, torch.tensor([[60], [0]])], 1)
+    q, k, v = (torch.randn(120, H, D, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(sparse_attention(q, k, v, repeated, backend="band"),
+                               sparse_attention(q, k, v, repeated, backend="reference"))
 
 
 @pytest.mark.parametrize(
@@ -83,11 +104,11 @@ def test_band_mask_refuses_what_it_cannot_run():
         ({}, torch.cat([sliding_window(20, 3), sliding_window(20, 3)], 1), "repeated pair"),
         ({}, torch.tensor([[0, 19], [19, 0]]), None),
     ],
-    ids=["bias", "dropout", "return-attention", "repeated-pairs", "two-far-edges"],
+    ids=["bias", "dropout", "return-attention", "repeated-pairs", "two-far-edges-run"],
 )
 def test_forced_band_raises_on_what_it_does_not_support(kwargs, edge_index, match):
     q = k = v = torch.randn(20, H, D)
-    if match is None:  # a band of half-width 19 over 20 nodes is allowed: it runs, and matches
+    if match is None:  # two far edges become extra key slots: it runs, and matches
         torch.testing.assert_close(sparse_attention(q, k, v, edge_index, backend="band"), dense_reference(q, k, v, edge_index))
         return
     with pytest.raises(ValueError, match=match):
@@ -96,7 +117,7 @@ def test_forced_band_raises_on_what_it_does_not_support(kwargs, edge_index, matc
 
 def test_forced_band_refuses_bipartite_patterns():
     q, k = torch.randn(4, H, D), torch.randn(6, H, D)
-    with pytest.raises(ValueError, match="square pattern"):
+    with pytest.raises(ValueError, match="square window pattern"):
         sparse_attention(q, k, k, torch.tensor([[0, 1], [0, 1]]), backend="band")
 
 
