@@ -10,7 +10,7 @@ products. This backend splits a pattern three ways:
 * **a few far sources per block** (a global token's column): appended to the block's keys as
   extra slots, again masked per query;
 * **heavy rows**, queries with many far edges (a global token's own row): attended alone by the
-  gathered pass (`gather_kernel`) over all their edges, and written over the block result.
+  ``csr`` kernels over all their edges, and written over the block result.
 
 The blocks go to PyTorch's fused ``scaled_dot_product_attention`` (FlashAttention-style on CPU:
 forward and backward keep only ``[N, H]`` softmax statistics). It computes ``N (B + 2w + G)``
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import gather_kernel
+from .fused import fused_attention
+from .pattern import CSRPattern
 
 # Queries per block: 128 took 0.30 s forward+backward on a ±64 window at N = 65,536 (4 heads × 16,
 # 2-core CPU) against 0.43 s at 64 and 0.35 s at 256; narrower bands take smaller blocks so that
@@ -52,17 +53,14 @@ MAX_HEAVY_SHARE = 0.25
 class BandLayout(NamedTuple):
     """What `attention` needs: the additive ``mask [nb, 1, B, B + 2w + G]`` (0 on edges, -inf off them),
     the half-width ``w``, the far sources ``extra [nb, G]`` appended to each block's keys (``None``
-    when ``G = 0``), and the heavy rows' edges: ``heavy_rows [R]`` and, for each of their edges,
-    ``heavy_src [E_h]`` and ``heavy_dst [E_h]`` (an index into ``heavy_rows``, sorted), with
-    ``heavy_rowptr [R + 1]``."""
+    when ``G = 0``), the heavy rows ``heavy_rows [R]`` and their edges as a pattern from the ``N``
+    sources to those ``R`` targets (``None`` when ``R = 0``)."""
 
     mask: Tensor
     half_width: int
     extra: Optional[Tensor]
     heavy_rows: Tensor
-    heavy_src: Tensor
-    heavy_dst: Tensor
-    heavy_rowptr: Tensor
+    heavy: Optional[CSRPattern]
 
 
 def available() -> bool:
@@ -158,15 +156,72 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
         mask.view(-1, slots)[far_dst, width + rank[slot_of_edge]] = 0.0
 
     heavy_rows = heavy_row.nonzero().flatten()
-    heavy_src = heavy_dst = src.new_zeros(0)
+    heavy = None
     if heavy_edge is not None:
         local = torch.full((num_nodes,), -1, dtype=torch.long, device=src.device)
         local[heavy_rows] = torch.arange(heavy_rows.numel(), device=src.device)
-        heavy_dst, order = local[dst[heavy_edge]].sort(stable=True)
-        heavy_src = src[heavy_edge][order]
-    rowptr = torch.zeros(heavy_rows.numel() + 1, dtype=torch.long, device=src.device)
-    rowptr[1:] = torch.cumsum(torch.bincount(heavy_dst, minlength=heavy_rows.numel()), 0)
-    return BandLayout(mask.unsqueeze(1), half_width, extra, heavy_rows, heavy_src, heavy_dst, rowptr)
+        heavy_edges = torch.stack([src[heavy_edge], local[dst[heavy_edge]]])
+        heavy = CSRPattern._from_valid_edge_index(heavy_edges, num_nodes, heavy_rows.numel())
+    return BandLayout(mask.unsqueeze(1), half_width, extra, heavy_rows, heavy)
+
+
+def _blocks(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout) -> Tuple[Tensor, Tensor, Tensor]:
+    """``q [nb, H, B, D]`` and each block's keys and values ``[nb, H, B + 2w + G, D]``: a strided
+    view of the band around it, then its extra far sources."""
+    num_nodes, heads, _ = q.shape
+    num_blocks, _, block, _ = layout.mask.shape
+    w, padded = layout.half_width, num_blocks * block
+    # Keys and values padded by w before and enough after that block c's window starts at row cB.
+    k_pad, v_pad = (F.pad(t, (0, 0, 0, 0, w, padded - num_nodes + w)) for t in (k, v))
+    k_blocks, v_blocks = (t.unfold(0, block + 2 * w, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))
+    if layout.extra is not None:
+        k_blocks, v_blocks = (torch.cat([blocks, t[layout.extra].transpose(1, 2)], dim=2)
+                              for blocks, t in ((k_blocks, k), (v_blocks, v)))
+    q_blocks = F.pad(q, (0, 0, 0, 0, 0, padded - num_nodes)).view(num_blocks, block, heads, -1).transpose(1, 2)
+    return q_blocks, k_blocks, v_blocks
+
+
+def _unblock_keys(grad: Tensor, layout: BandLayout, num_nodes: int) -> Tensor:
+    """The adjoint of `_blocks` for keys or values: ``[nb, H, B + 2w + G, D]`` → ``[N, H, D]``."""
+    num_blocks, _, block, _ = layout.mask.shape
+    w = layout.half_width
+    width = block + 2 * w
+    padded_rows = num_blocks * block + 2 * w
+    # Overlapping windows add up where they overlap (what autograd does for `unfold`).
+    band = torch.ops.aten.unfold_backward(grad[:, :, :width].permute(0, 1, 3, 2), [padded_rows, grad.size(1), grad.size(3)],
+                                          0, width, block)
+    out = band[w: w + num_nodes]
+    if layout.extra is not None:
+        extra = grad[:, :, width:].transpose(1, 2).reshape(-1, grad.size(1), grad.size(3))
+        out = out.index_add(0, layout.extra.flatten(), extra)
+    return out
+
+
+class _BandAttention(torch.autograd.Function):
+    """Fused blocked attention that keeps only ``q``, ``k``, ``v``, the output and its ``[nb, H, B]``
+    log-sum-exp for backward, and rebuilds the blocks there: autograd through `_blocks` would keep
+    the copied blocks (about 2 (B + 2w + G) / B times the size of ``k`` and of ``v``) per layer."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
+        q_blocks, k_blocks, v_blocks = _blocks(q, k, v, layout)
+        mask = layout.mask.to(q.dtype)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q_blocks, k_blocks, v_blocks, 0.0, False, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, mask)
+        ctx.layout, ctx.scale = layout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        layout = ctx.layout
+        q_blocks, k_blocks, v_blocks = _blocks(q, k, v, layout)
+        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out.contiguous(), q_blocks, k_blocks, v_blocks, out, lse, 0.0, False, attn_mask=mask, scale=ctx.scale)
+        num_nodes = q.size(0)
+        grad_q = grad_q.transpose(1, 2).reshape(-1, q.size(1), q.size(2))[:num_nodes]
+        return grad_q, _unblock_keys(grad_k, layout, num_nodes), _unblock_keys(grad_v, layout, num_nodes), None, None
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
@@ -179,20 +234,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float)
         ``[N, H, Dv]``, differentiable in ``q``, ``k`` and ``v``; zeros for a query without edges.
     """
     num_nodes, heads, _ = q.shape
-    num_blocks, _, block, _ = layout.mask.shape
-    w, padded = layout.half_width, num_blocks * block
-    # Keys and values padded by w before and enough after that block c's window starts at row cB.
-    k_pad, v_pad = (F.pad(t, (0, 0, 0, 0, w, padded - num_nodes + w)) for t in (k, v))
-    k_blocks, v_blocks = (t.unfold(0, block + 2 * w, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))  # [nb, H, B + 2w, D]
-    if layout.extra is not None:
-        k_blocks, v_blocks = (torch.cat([blocks, t[layout.extra].transpose(1, 2)], dim=2)
-                              for blocks, t in ((k_blocks, k), (v_blocks, v)))
-    q_blocks = F.pad(q, (0, 0, 0, 0, 0, padded - num_nodes)).view(num_blocks, block, heads, -1).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=layout.mask.to(q.dtype), scale=scale)
-    out = out.transpose(1, 2).reshape(padded, heads, -1)[:num_nodes]
-    if layout.heavy_rows.numel():
-        # Heavy rows have no slot in the blocks (their outputs there are zeros): attend them alone.
-        heavy, _ = gather_kernel.attention(q[layout.heavy_rows], k, v, layout.heavy_src, layout.heavy_dst,
-                                           layout.heavy_rows.numel(), scale, rowptr=layout.heavy_rowptr)
+    if q.device.type == "cpu":
+        out = _BandAttention.apply(q, k, v, layout, scale)
+    else:  # PyTorch's fused kernels for other devices, through autograd
+        q_blocks, k_blocks, v_blocks = _blocks(q, k, v, layout)
+        out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=layout.mask.to(q.dtype), scale=scale)
+    out = out.transpose(1, 2).reshape(-1, heads, out.size(-1))[:num_nodes]
+    if layout.heavy is not None:
+        # Heavy rows have no slot in the blocks (their outputs there are zeros): attend them alone, on
+        # the csr kernels, which keep O(E_h H) for backward (a global row's edges span its sequence).
+        heavy, _ = fused_attention("csr", q[layout.heavy_rows] * scale, k, v, layout.heavy, None, None, 0.0, None)
         out = out.index_copy(0, layout.heavy_rows, heavy)
     return out

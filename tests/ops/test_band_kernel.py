@@ -69,7 +69,7 @@ def test_float32_and_scale_match_the_reference_backend():
 def test_band_layout_refuses_what_it_cannot_run():
     window = sliding_window(50, 3)
     layout = band_kernel.band_layout(window[0], window[1], 50, min_fill=0.0)
-    assert layout is not None and layout.half_width == 3 and layout.extra is None and not layout.heavy_rows.numel()
+    assert layout is not None and layout.half_width == 3 and layout.extra is None and layout.heavy is None
     repeated = torch.cat([window, window[:, :1]], 1)
     assert band_kernel.band_layout(repeated[0], repeated[1], 50, min_fill=0.0) is None
     # Queries 0..31 (one block) each read a different far source: more than MAX_EXTRA extra slots.
@@ -87,7 +87,7 @@ def test_band_layout_refuses_what_it_cannot_run():
 def test_global_rows_are_heavy_and_may_repeat_pairs():
     edge_index = longformer(120, 4, [0])
     layout = band_kernel.band_layout(edge_index[0], edge_index[1], 120, min_fill=0.0)
-    assert layout.heavy_rows.tolist() == [0] and layout.extra is not None
+    assert layout.heavy_rows.tolist() == [0] and layout.heavy.num_edges == 120 and layout.extra is not None
     # A repeated pair into the heavy row counts twice, as in every other backend.
     repeated = torch.cat([edge_index, torch.tensor([[60], [0]])], 1)
     q, k, v = (torch.randn(120, H, D, dtype=torch.float64) for _ in range(3))
