@@ -143,7 +143,8 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
     ("run", "backend", dict(choices=KERNEL_BACKENDS,
                             help="attention kernel (sparse_attention's backend=); 'auto' takes 'compiled' (fused CPU kernels, "
-                                 f"compiled in the first step) for CPU runs of {COMPILED_MIN_STEPS:,} steps or more")),
+                                 f"compiled in the first step) for CPU runs of {COMPILED_MIN_STEPS:,} steps or more, "
+                                 "except over window patterns, which it runs on 'band'")),
     ("run", "deterministic", dict(action="store_true", help="use deterministic algorithms only")),
     ("run", "config_file", dict(metavar="NAME|PATH", flags=("--config",),
                                 help="start from a configuration file: a shipped one (" + ", ".join(shipped_configs())

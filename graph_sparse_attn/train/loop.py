@@ -89,11 +89,17 @@ def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequenc
     return [f"{name} (saved: {show(before)}, now: {show(after)})" for name, before, after in changes]
 
 
+# Sequence patterns that are windows (with global tokens at most): `backend_for_steps` leaves them to "auto".
+WINDOW_PATTERNS = frozenset({"window", "longformer"})
+
+
 def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int) -> str:
     """The attention backend a run of ``config`` takes: `backend_for_steps` over the steps it will train
-    (``epochs`` x ``steps_per_epoch``, at most ``max_steps``)."""
+    (``epochs`` x ``steps_per_epoch``, at most ``max_steps``) and whether its pattern is a window."""
     steps = config.epochs * steps_per_epoch
-    return backend_for_steps(config.backend, device, min(steps, config.max_steps or steps))
+    pattern = config.model_options.get("pattern")
+    windows = pattern is not None and pattern[0] in WINDOW_PATTERNS
+    return backend_for_steps(config.backend, device, min(steps, config.max_steps or steps), windows)
 
 
 def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:

@@ -33,6 +33,7 @@ def test_backend_for_steps_takes_compiled_only_for_long_cpu_runs_with_a_compiler
     assert dispatch.backend_for_steps("auto", cpu, long - 1) == "auto"
     assert dispatch.backend_for_steps("auto", cuda, long) == "auto"
     assert dispatch.backend_for_steps("csr", cpu, long) == "csr"  # a forced backend stays
+    assert dispatch.backend_for_steps("auto", cpu, long, windows=True) == "auto"  # band serves windows
     with pytest.raises(ValueError, match="backend must be one of"):
         dispatch.backend_for_steps("fast", cpu, long)
 

@@ -246,8 +246,13 @@ def test_backend_is_a_run_option_that_reaches_every_attention_layer(tmp_path, mo
     assert [layer.attn.backend for layer in model.layers] == ["csr"] * len(model.layers)
 
 
-@pytest.mark.parametrize("max_steps, expected", [(0, "compiled"), (3, "auto")])
-def test_auto_backend_takes_the_compiled_kernels_for_long_cpu_runs(tmp_path, monkeypatch, max_steps, expected):
+@pytest.mark.parametrize(
+    "pattern, max_steps, expected",
+    [("bigbird:window=4,global_indices=0,num_random=2", 0, "compiled"), ("bigbird:window=4,global_indices=0,num_random=2", 3, "auto"),
+     ("longformer:window=4,global_indices=0", 0, "auto")],  # windows stay with "auto", which runs them on `band`
+    ids=["long-run", "short-run", "long-run-over-windows"],
+)
+def test_auto_backend_takes_the_compiled_kernels_for_long_cpu_runs(tmp_path, monkeypatch, pattern, max_steps, expected):
     from graph_sparse_attn.ops import dispatch
     from graph_sparse_attn.train.table import make_task
 
@@ -255,7 +260,7 @@ def test_auto_backend_takes_the_compiled_kernels_for_long_cpu_runs(tmp_path, mon
     monkeypatch.setattr(dispatch.kernel_module("compiled"), "available", lambda: True)
     config, _ = config_from_args(["listops", "--epochs", "3", "--batch-size", "4", "--max-steps", str(max_steps),
                                   "--num-train", "16", "--num-val", "4", "--num-test", "4", "--min-length", "5",
-                                  "--max-length", "20", "--run-dir", str(tmp_path / "run")])
+                                  "--max-length", "20", "--pattern", pattern, "--run-dir", str(tmp_path / "run")])
     trainer = Trainer(config, make_task(config))  # 3 epochs x 4 batches = 12 steps, or --max-steps 3
     assert trainer.backend == expected
     assert [layer.attn.backend for layer in trainer.model.layers] == [expected] * len(trainer.model.layers)
