@@ -75,7 +75,7 @@ def run(task: str, args: list, seed: int, run_dir: Path, train: bool = True) -> 
     """Train once (or reuse a finished run in ``run_dir``, so an interrupted sweep resumes)."""
     summary = run_dir / "summary.json"
     if not summary.exists() and not train:
-        return {"status": "not run"}
+        return {"status": "unfinished (resumes from last.pt)" if (run_dir / "last.pt").exists() else "not run"}
     if not summary.exists():
         command = [sys.executable, "-m", "graph_sparse_attn", "train", task, *args, "--seed", str(seed), "--run-dir", str(run_dir)]
         if (run_dir / "last.pt").exists():
