@@ -57,8 +57,8 @@ COMPILED_MIN_STEPS = 2000
 # `band` (dense masked attention over query blocks) computes N (B + 2w) scores where the others
 # compute E, but as matrix products, and needs no transposed pattern: on windows of ±16 and ±64
 # it was the fastest backend at every size measured (benchmarks/RESULTS.md, "Backends"), from
-# E = 28,864 (±64 at N = 256: 2.1 ms against compiled's 4.4 and csr's 5.1) to E = 8.4M (0.42 s
-# against 0.87 and 1.42). Smaller patterns stay with the per-edge backends, which `gather` runs
+# E = 28,864 (±64 at N = 256: 2.6 ms against compiled's 4.6 and csr's 5.5) to E = 8.4M (0.28 s
+# against 0.81 and 1.48). Smaller patterns stay with the per-edge backends, which `gather` runs
 # in a handful of calls.
 BAND_MIN_EDGES = 1 << 14
 
