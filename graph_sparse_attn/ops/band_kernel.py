@@ -63,11 +63,6 @@ class BandLayout(NamedTuple):
     heavy: Optional[CSRPattern]
 
 
-def available() -> bool:
-    """Always: PyTorch's own fused attention."""
-    return True
-
-
 def block_size(half_width: int) -> int:
     """Queries per block for a band of half-width ``w``."""
     return min(MAX_BLOCK, max(MIN_BLOCK, 2 * half_width))
