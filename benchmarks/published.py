@@ -8,7 +8,8 @@ times, hardware and the reference numbers into RESULTS.md.
 budget run on that CPU, about an hour or more per run (100 epochs of ogbg-molhiv per seed; 30 epochs
 of Peptides-func; 20k ListOps sequences of LRA's lengths for 5 epochs; all 25k IMDB reviews at 2,048
 bytes for 3 epochs): start it in the background and rerun the same command to continue, as each run
-resumes from its ``last.pt``;
+resumes from its ``last.pt``. Finished runs are recorded in ``published-runs.json`` (committed), so
+the tables survive a fresh checkout and a finished run is never trained again;
 ``--budget full`` is the published-scale configuration, the same command a GPU user runs.
 
 Usage::
@@ -18,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -26,7 +28,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import update_results
+from common import HERE, update_results
+
+from graph_sparse_attn.io import atomic_write_text
+
+# Summaries of finished runs by budget and run (``TASK-seedS``), committed beside RESULTS.md.
+LEDGER = HERE / "published-runs.json"
 
 REFERENCES = {
     "ogbg-molhiv": ("ROC-AUC", 0.771, "GIN + virtual node 0.7707; GraphGPS 0.7880"),
@@ -71,19 +78,44 @@ BUDGETS = {
 }
 
 
-def run(task: str, args: list, seed: int, run_dir: Path, train: bool = True) -> dict:
-    """Train once (or reuse a finished run in ``run_dir``, so an interrupted sweep resumes)."""
+def run(task: str, args: list, seed: int, run_dir: Path, budget: str, train: bool = True) -> dict:
+    """Train once, or reuse a finished run: its ``summary.json`` in ``run_dir`` or its entry in ``LEDGER``.
+
+    Run directories are not committed, so each finished run's summary is also copied into the
+    committed ledger: a fresh checkout still tabulates it, and an interrupted sweep resumes from
+    ``last.pt``.
+    """
+    key = f"{task}-seed{seed}"
     summary = run_dir / "summary.json"
-    if not summary.exists() and not train:
-        return {"status": "unfinished (resumes from last.pt)" if (run_dir / "last.pt").exists() else "not run"}
     if not summary.exists():
+        recorded = read_ledger().get(budget, {}).get(key)
+        if recorded is not None:
+            return {"status": "ok", **recorded}
+        if not train:
+            return {"status": "unfinished (resumes from last.pt)" if (run_dir / "last.pt").exists() else "not run"}
         command = [sys.executable, "-m", "graph_sparse_attn", "train", task, *args, "--seed", str(seed), "--run-dir", str(run_dir)]
         if (run_dir / "last.pt").exists():
             command.append("--resume")
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"status": f"failed: {proc.stderr.strip().splitlines()[-1:]}"}
-    return {"status": "ok", **json.loads(summary.read_text())}
+    result = json.loads(summary.read_text())
+    record_in_ledger(budget, key, result)
+    return {"status": "ok", **result}
+
+
+def read_ledger() -> dict:
+    return json.loads(LEDGER.read_text()) if LEDGER.exists() else {}
+
+
+def record_in_ledger(budget: str, key: str, result: dict) -> None:
+    """Add one finished run to the ledger; a lock keeps sweeps running side by side from losing entries."""
+    with open(LEDGER.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ledger = read_ledger()
+        if ledger.get(budget, {}).get(key) != result:
+            ledger.setdefault(budget, {})[key] = result
+            atomic_write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n", LEDGER)
 
 
 def main() -> None:
@@ -115,7 +147,7 @@ def main() -> None:
         results = []
         for seed in seeds:
             run_dir = Path(args.out) / args.budget / f"{task}-seed{seed}"
-            result = run(task, [*roots[task], *BUDGETS[args.budget][task]], seed, run_dir, train=train)
+            result = run(task, [*roots[task], *BUDGETS[args.budget][task]], seed, run_dir, args.budget, train=train)
             print(task, seed, result, flush=True)
             results.append(result)
         rows.append((task, results))
