@@ -48,15 +48,26 @@ MAX_EXTRA = 16
 # that heavy rows may hold.
 MIN_FILL = 0.4
 MAX_HEAVY_SHARE = 0.25
+# Queries per kernel call: the layout keeps a mask per chunk of blocks (none of its own where every
+# block of the chunk has the pattern's common mask, as inside a plain window), and backward's
+# gradient blocks exist for one chunk at a time.
+CHUNK_QUERIES = 1 << 13
 
 
 class BandLayout(NamedTuple):
-    """What `attention` needs: the additive ``mask [nb, 1, B, B + 2w + G]`` (0 on edges, -inf off them),
-    the half-width ``w``, the far sources ``extra [nb, G]`` appended to each block's keys (``None``
-    when ``G = 0``), the heavy rows ``heavy_rows [R]`` and their edges as a pattern from the ``N``
-    sources to those ``R`` targets (``None`` when ``R = 0``)."""
+    """What `attention` needs for ``num_blocks`` blocks of ``block`` queries with half-width ``w``.
 
-    mask: Tensor
+    ``masks`` holds one additive mask (0 on edges, -inf off them) per chunk of ``chunk`` blocks:
+    ``[nc, 1, B, B + 2w + G]``, or ``[1, 1, B, B + 2w + G]`` shared by every block of the chunk.
+    ``extra [nb, G]`` are the far sources appended to each block's keys (``None`` when ``G = 0``);
+    ``heavy_rows [R]`` are the heavy rows and ``heavy`` their edges as a pattern from the ``N``
+    sources to those ``R`` targets (``None`` when ``R = 0``).
+    """
+
+    masks: Tuple[Tensor, ...]
+    block: int
+    num_blocks: int
+    chunk: int
     half_width: int
     extra: Optional[Tensor]
     heavy_rows: Tensor
@@ -105,8 +116,10 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
     if in_band < 0.5 * min_fill * num_nodes * width:
         return None
 
-    # Passes over all E edges are the cost here: far edges (usually few) are picked out once.
-    far = offset.abs() > half_width
+    # Passes over all E edges are the cost here: far edges (usually few) are picked out once, and the
+    # offset is shifted in place to t = j - i + w (no copy of E int64s), a band edge's slot in its row.
+    shifted = offset.add_(half_width)
+    far = (shifted < 0).logical_or_(shifted > 2 * half_width)
     far_idx = far.nonzero().flatten()
     far_src, far_dst = src[far_idx], dst[far_idx]
     heavy_row = torch.bincount(far_dst, minlength=num_nodes) > MAX_FAR_PER_ROW
@@ -130,7 +143,7 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
     # source): a repeated pair would collide. Edges that are not light band edges go to a spare last flag.
     excluded = far if heavy_edge is None else far | heavy_edge
     num_band = num_edges - (far_idx.numel() if heavy_edge is None else int(torch.count_nonzero(excluded)))
-    band_key = offset.add_(half_width).add_(dst, alpha=band)
+    band_key = shifted.add_(dst, alpha=band)
     spare = num_blocks * block * band
     if num_band < num_edges:
         band_key.masked_fill_(excluded, spare)
@@ -139,16 +152,15 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
             torch.unique(far_dst * num_nodes + far_src).numel() != far_src.numel():
         return None
 
-    mask = torch.full((num_blocks, block, slots), float("-inf"), device=src.device)
-    # Band slot s of row r holds offset t = s - r: row r's 2w + 1 offsets start at slot r.
-    mask.as_strided((num_blocks, block, band), (block * slots, slots + 1, 1)).masked_fill_(
-        flags.view(num_blocks, block, band), 0.0)
-    extra = None
+    extra = extra_flags = None
     if num_extra:
         rank = torch.arange(pairs.numel(), device=src.device) - (torch.cumsum(per_block, 0) - per_block)[pair_block]
         extra = torch.zeros(num_blocks, num_extra, dtype=torch.long, device=src.device)
         extra[pair_block, rank] = pairs % num_nodes
-        mask.view(-1, slots)[far_dst, width + rank[slot_of_edge]] = 0.0
+        extra_flags = torch.zeros(num_blocks * block, num_extra, dtype=torch.bool, device=src.device)
+        extra_flags[far_dst, rank[slot_of_edge]] = True
+    chunk = max(1, CHUNK_QUERIES // block)
+    masks = _chunk_masks(flags.view(num_blocks, block, band), extra_flags, slots, chunk)
 
     heavy_rows = heavy_row.nonzero().flatten()
     heavy = None
@@ -157,66 +169,124 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
         local[heavy_rows] = torch.arange(heavy_rows.numel(), device=src.device)
         heavy_edges = torch.stack([src[heavy_edge], local[dst[heavy_edge]]])
         heavy = CSRPattern._from_valid_edge_index(heavy_edges, num_nodes, heavy_rows.numel())
-    return BandLayout(mask.unsqueeze(1), half_width, extra, heavy_rows, heavy)
+    return BandLayout(masks, block, num_blocks, chunk, half_width, extra, heavy_rows, heavy)
 
 
-def _blocks(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout) -> Tuple[Tensor, Tensor, Tensor]:
-    """``q [nb, H, B, D]`` and each block's keys and values ``[nb, H, B + 2w + G, D]``: a strided
-    view of the band around it, then its extra far sources."""
-    num_nodes, heads, _ = q.shape
-    num_blocks, _, block, _ = layout.mask.shape
-    w, padded = layout.half_width, num_blocks * block
-    # Keys and values padded by w before and enough after that block c's window starts at row cB.
-    k_pad, v_pad = (F.pad(t, (0, 0, 0, 0, w, padded - num_nodes + w)) for t in (k, v))
-    k_blocks, v_blocks = (t.unfold(0, block + 2 * w, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))
+def _chunk_masks(flags: Tensor, extra_flags: Optional[Tensor], slots: int, chunk: int) -> Tuple[Tensor, ...]:
+    """Masks ``[nc, 1, B, S]`` per chunk of ``chunk`` blocks from the band's edge flags ``[nb, B, 2w + 1]``
+    (row ``r``, offset ``t``) and the extra slots' ``[nb B, G]``; a chunk whose blocks all have the
+    middle block's flags shares that block's mask, ``[1, 1, B, S]``."""
+    num_blocks, block, band = flags.shape
+    width = block + band - 1
+    extra_flags = flags.new_zeros(num_blocks * block, 0) if extra_flags is None else extra_flags
+    extra_flags = extra_flags.view(num_blocks, block, -1)
+
+    def build(first: int, last: int) -> Tensor:
+        mask = torch.full((last - first, block, slots), float("-inf"), device=flags.device)
+        # Band slot s of row r holds offset t = s - r: row r's 2w + 1 offsets start at slot r.
+        mask.as_strided((last - first, block, band), (block * slots, slots + 1, 1)).masked_fill_(flags[first:last], 0.0)
+        mask[:, :, width:].masked_fill_(extra_flags[first:last], 0.0)
+        return mask.unsqueeze(1)
+
+    middle = num_blocks // 2
+    common = build(middle, middle + 1)
+    masks = []
+    for first in range(0, num_blocks, chunk):
+        last = min(first + chunk, num_blocks)
+        # Flags are 1 byte a slot against the float mask's 4: compare those, build only masks that differ.
+        same = bool((flags[first:last] == flags[middle]).all()) and bool((extra_flags[first:last] == extra_flags[middle]).all())
+        masks.append(common if same else build(first, last))
+    return tuple(masks)
+
+
+def _padded(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout) -> Tuple[Tensor, Tensor, Tensor]:
+    """``q`` padded to ``nb B`` rows; ``k`` and ``v`` padded by ``w`` rows before and enough after that
+    block ``c``'s keys are rows ``[cB, cB + B + 2w)``."""
+    w, padded = layout.half_width, layout.num_blocks * layout.block
+    k_pad, v_pad = (F.pad(t, (0, 0, 0, 0, w, padded - q.size(0) + w)) for t in (k, v))
+    return F.pad(q, (0, 0, 0, 0, 0, padded - q.size(0))), k_pad, v_pad
+
+
+def _chunk_blocks(padded: Tuple[Tensor, Tensor, Tensor], k: Tensor, v: Tensor, layout: BandLayout,
+                  first: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Blocks ``first`` to ``first + nc`` of the chunk starting there: queries ``[nc, H, B, D]`` and keys
+    and values ``[nc, H, B + 2w + G, D]``, strided views of the band around each block, then its far sources."""
+    q_pad, k_pad, v_pad = padded
+    block, w = layout.block, layout.half_width
+    last = min(first + layout.chunk, layout.num_blocks)
+    keys = slice(first * block, last * block + 2 * w)
+    k_blocks, v_blocks = (t[keys].unfold(0, block + 2 * w, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))
     if layout.extra is not None:
-        k_blocks, v_blocks = (torch.cat([blocks, t[layout.extra].transpose(1, 2)], dim=2)
-                              for blocks, t in ((k_blocks, k), (v_blocks, v)))
-    q_blocks = F.pad(q, (0, 0, 0, 0, 0, padded - num_nodes)).view(num_blocks, block, heads, -1).transpose(1, 2)
+        extra = layout.extra[first:last]
+        k_blocks, v_blocks = (torch.cat([blocks, t[extra].transpose(1, 2)], dim=2) for blocks, t in ((k_blocks, k), (v_blocks, v)))
+    q_blocks = q_pad[first * block: last * block].view(last - first, block, q_pad.size(1), -1).transpose(1, 2)
     return q_blocks, k_blocks, v_blocks
 
 
-def _unblock_keys(grad: Tensor, layout: BandLayout, num_nodes: int) -> Tensor:
-    """The adjoint of `_blocks` for keys or values: ``[nb, H, B + 2w + G, D]`` → ``[N, H, D]``."""
-    num_blocks, _, block, _ = layout.mask.shape
-    w = layout.half_width
-    width = block + 2 * w
-    padded_rows = num_blocks * block + 2 * w
+def _chunks(layout: BandLayout):
+    """``(first block, mask)`` of each chunk."""
+    return zip(range(0, layout.num_blocks, layout.chunk), layout.masks)
+
+
+def _add_key_grad(total: Tensor, grad: Tensor, layout: BandLayout, first: int) -> None:
+    """Add one chunk's key (or value) gradient ``[nc, H, B + 2w + G, D]`` into ``total``, the gradient
+    of the padded keys ``[nb B + 2w, H, D]``; the far slots go to ``total[w + extra]``."""
+    block, w = layout.block, layout.half_width
+    width, rows = block + 2 * w, grad.size(0) * block + 2 * w
     # Overlapping windows add up where they overlap (what autograd does for `unfold`).
-    band = torch.ops.aten.unfold_backward(grad[:, :, :width].permute(0, 1, 3, 2), [padded_rows, grad.size(1), grad.size(3)],
-                                          0, width, block)
-    out = band[w: w + num_nodes]
+    total[first * block: first * block + rows] += torch.ops.aten.unfold_backward(
+        grad[:, :, :width].permute(0, 1, 3, 2), [rows, grad.size(1), grad.size(3)], 0, width, block)
     if layout.extra is not None:
-        extra = grad[:, :, width:].transpose(1, 2).reshape(-1, grad.size(1), grad.size(3))
-        out = out.index_add(0, layout.extra.flatten(), extra)
-    return out
+        extra = layout.extra[first: first + grad.size(0)].flatten() + w
+        total.index_add_(0, extra, grad[:, :, width:].transpose(1, 2).reshape(-1, grad.size(1), grad.size(3)))
 
 
 class _BandAttention(torch.autograd.Function):
-    """Fused blocked attention that keeps only ``q``, ``k``, ``v``, the output and its ``[nb, H, B]``
-    log-sum-exp for backward, and rebuilds the blocks there: autograd through `_blocks` would keep
-    the copied blocks (about 2 (B + 2w + G) / B times the size of ``k`` and of ``v``) per layer."""
+    """Fused blocked attention on CPU, one chunk of blocks per call of PyTorch's flash kernels. It keeps
+    only ``q``, ``k``, ``v``, the output and its ``[nb, H, B]`` log-sum-exp for backward and rebuilds
+    each chunk's blocks there: autograd through the blocks would keep the key and value blocks with
+    far sources (copies) and every chunk's gradient blocks at once."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
-        q_blocks, k_blocks, v_blocks = _blocks(q, k, v, layout)
-        mask = layout.mask.to(q.dtype)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q_blocks, k_blocks, v_blocks, 0.0, False, attn_mask=mask, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse, mask)
+        padded = _padded(q, k, v, layout)
+        outs, lses = [], []
+        for first, mask in _chunks(layout):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                *_chunk_blocks(padded, k, v, layout, first), 0.0, False, attn_mask=mask.to(q.dtype), scale=scale)
+            outs.append(out)
+            lses.append(lse)
+        out, lse = torch.cat(outs), torch.cat(lses)
+        ctx.save_for_backward(q, k, v, out, lse)
         ctx.layout, ctx.scale = layout, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, out, lse, mask = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         layout = ctx.layout
-        q_blocks, k_blocks, v_blocks = _blocks(q, k, v, layout)
-        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_out.contiguous(), q_blocks, k_blocks, v_blocks, out, lse, 0.0, False, attn_mask=mask, scale=ctx.scale)
+        padded = _padded(q, k, v, layout)
+        grad_q = torch.empty_like(padded[0])
+        grad_k, grad_v = torch.zeros_like(padded[1]), torch.zeros_like(padded[2])
+        block, w = layout.block, layout.half_width
+        for first, mask in _chunks(layout):
+            last = min(first + layout.chunk, layout.num_blocks)
+            chunk_q, chunk_k, chunk_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out[first:last].contiguous(), *_chunk_blocks(padded, k, v, layout, first), out[first:last],
+                lse[first:last], 0.0, False, attn_mask=mask.to(q.dtype), scale=ctx.scale)
+            grad_q[first * block: last * block] = chunk_q.transpose(1, 2).reshape(-1, q.size(1), q.size(2))
+            _add_key_grad(grad_k, chunk_k, layout, first)
+            _add_key_grad(grad_v, chunk_v, layout, first)
         num_nodes = q.size(0)
-        grad_q = grad_q.transpose(1, 2).reshape(-1, q.size(1), q.size(2))[:num_nodes]
-        return grad_q, _unblock_keys(grad_k, layout, num_nodes), _unblock_keys(grad_v, layout, num_nodes), None, None
+        return grad_q[:num_nodes], grad_k[w: w + num_nodes], grad_v[w: w + num_nodes], None, None
+
+
+def _blocked_sdpa(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
+    """The same blocks through ``F.scaled_dot_product_attention`` and autograd: PyTorch's fused kernels
+    for devices other than the CPU. Returns ``[nb, H, B, Dv]``."""
+    padded = _padded(q, k, v, layout)
+    return torch.cat([F.scaled_dot_product_attention(*_chunk_blocks(padded, k, v, layout, first), attn_mask=mask.to(q.dtype),
+                                                     scale=scale) for first, mask in _chunks(layout)])
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
@@ -229,11 +299,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float)
         ``[N, H, Dv]``, differentiable in ``q``, ``k`` and ``v``; zeros for a query without edges.
     """
     num_nodes, heads, _ = q.shape
-    if q.device.type == "cpu":
-        out = _BandAttention.apply(q, k, v, layout, scale)
-    else:  # PyTorch's fused kernels for other devices, through autograd
-        q_blocks, k_blocks, v_blocks = _blocks(q, k, v, layout)
-        out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=layout.mask.to(q.dtype), scale=scale)
+    blocked = _BandAttention.apply if q.device.type == "cpu" else _blocked_sdpa
+    out = blocked(q, k, v, layout, scale)
     out = out.transpose(1, 2).reshape(-1, heads, out.size(-1))[:num_nodes]
     if layout.heavy is not None:
         # Heavy rows have no slot in the blocks (their outputs there are zeros): attend them alone, on

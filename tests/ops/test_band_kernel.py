@@ -46,13 +46,47 @@ PATTERNS = _patterns()
 
 @pytest.mark.parametrize("name", PATTERNS)
 @pytest.mark.parametrize("prebuilt", [False, True], ids=["edge_index", "CSRPattern"])
-def test_matches_dense_masked_sdpa_with_float64_gradients(name, prebuilt):
+@pytest.mark.parametrize("chunk_queries", [band_kernel.CHUNK_QUERIES, 32], ids=["one-chunk", "chunk-per-block"])
+def test_matches_dense_masked_sdpa_with_float64_gradients(name, prebuilt, chunk_queries, monkeypatch):
+    monkeypatch.setattr(band_kernel, "CHUNK_QUERIES", chunk_queries)
     edge_index = PATTERNS[name]
     n = int(edge_index.max()) + 1
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(n, H, D, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
     edges = CSRPattern.from_edge_index(edge_index, n) if prebuilt else edge_index
     out = sparse_attention(q, k, v, edges, backend="band")
+    ref = dense_reference(q, k, v, edge_index)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad))
+
+
+def test_inner_chunks_of_a_window_share_one_mask(monkeypatch):
+    monkeypatch.setattr(band_kernel, "CHUNK_QUERIES", 64)  # blocks of 32 queries: two per chunk
+    edge_index = sliding_window(1000, 8)
+    layout = band_kernel.band_layout(edge_index[0], edge_index[1], 1000, min_fill=0.0)
+    assert (layout.block, layout.num_blocks, layout.chunk, len(layout.masks)) == (32, 32, 2, 16)
+    # Only the first and the last chunk (the sequence's ends) keep masks of their own.
+    shared = layout.masks[1]
+    assert shared.shape == (1, 1, 32, 32 + 16) and all(m is shared for m in layout.masks[1:-1])
+    assert layout.masks[0].shape == layout.masks[-1].shape == (2, 1, 32, 48)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1000, H, D, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    out, ref = sparse_attention(q, k, v, edge_index, backend="band"), dense_reference(q, k, v, edge_index)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad))
+
+
+def test_the_autograd_path_for_other_devices_matches_the_reference(monkeypatch):
+    """`_blocked_sdpa` (what runs off the CPU) checked on the CPU, several chunks and far sources included."""
+    monkeypatch.setattr(band_kernel, "CHUNK_QUERIES", 32)
+    edge_index = PATTERNS["window-plus-far-edges"]
+    layout = band_kernel.band_layout(edge_index[0], edge_index[1], 100, min_fill=0.0)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(100, H, D, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    blocked = band_kernel._blocked_sdpa(q, k, v, layout, D ** -0.5)
+    out = blocked.transpose(1, 2).reshape(-1, H, D)[:100]
     ref = dense_reference(q, k, v, edge_index)
     torch.testing.assert_close(out, ref)
     grad = torch.randn_like(out)
