@@ -1,0 +1,30 @@
+"""benchmarks/published.py: finished runs are read back from the committed ledger when their run directory is gone."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+published = pytest.importorskip("published")
+
+
+def test_a_finished_run_outlives_its_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
+    run_dir = tmp_path / "runs" / "cpu" / "listops-seed0"
+    assert published.run("listops", [], 0, run_dir, "cpu", train=False) == {"status": "not run"}
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"")
+    assert published.run("listops", [], 0, run_dir, "cpu", train=False)["status"].startswith("unfinished")
+
+    summary = {"task": "listops", "metric": "accuracy", "epochs": 5, "best_epoch": 4, "val": 0.4, "test": 0.38, "train_seconds": 60.0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert published.run("listops", [], 0, run_dir, "cpu", train=False) == {"status": "ok", **summary}
+    assert json.loads(published.LEDGER.read_text()) == {"cpu": {"listops-seed0": summary}}
+
+    for path in run_dir.iterdir():  # a fresh checkout: no run directory
+        path.unlink()
+    run_dir.rmdir()
+    # Read back, not trained again (train=True would start a run if the ledger were ignored).
+    assert published.run("listops", ["--no-such-option"], 0, run_dir, "cpu", train=True) == {"status": "ok", **summary}
+    assert published.run("listops", [], 0, run_dir, "small", train=False) == {"status": "not run"}
