@@ -49,7 +49,7 @@ def build(family: str, param: int, num_nodes: int) -> torch.Tensor:
 def auto_choice(q: torch.Tensor, pattern: CSRPattern) -> str:
     """What ``backend="auto"`` runs for a plain call on ``pattern`` (the band check first, as `sparse_attention` does it)."""
     if band_candidate(q.device, pattern.num_edges, pattern.num_src, pattern.num_dst) and \
-            band_kernel.band_layout(pattern.col.long(), pattern.row.long(), pattern.num_dst) is not None:
+            band_kernel.band_layout(pattern.col, pattern.row, pattern.num_dst) is not None:
         return "band"
     return resolve_backend("auto", q.device, pattern.num_edges, pattern.num_dst, HEADS * HEAD_DIM)
 

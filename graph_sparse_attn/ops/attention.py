@@ -218,7 +218,7 @@ def _band_layout(
     elif isinstance(edges, CSRPattern):
         # Layers sharing a pattern share its layout (or the finding that it has none).
         band = derived_layout(edges, f"band:{min_fill}",
-                              lambda p: band_kernel.band_layout(p.col.long(), p.row.long(), num_dst, min_fill))
+                              lambda p: band_kernel.band_layout(p.col, p.row, num_dst, min_fill))
     else:
         band = band_kernel.band_layout(edges[0], edges[1], num_dst, min_fill)
     if band is None and backend == "band":

@@ -96,7 +96,7 @@ def _dense_half_width(offset: Tensor, num_nodes: int) -> Tuple[int, float]:
 
 
 def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_FILL) -> Optional[BandLayout]:
-    """The layout of edges ``src[e] → dst[e]`` among ``num_nodes`` nodes, or ``None`` when the
+    """The layout of edges ``src[e] → dst[e]`` (int64 or int32) among ``num_nodes`` nodes, or ``None`` when the
     pattern is not a window: its dense offsets span more than ``MAX_BAND`` slots, a block would need
     more than ``MAX_EXTRA`` far sources, heavy rows hold more than ``MAX_HEAVY_SHARE`` of the edges,
     a pair repeats outside heavy rows, or edges fill less than ``min_fill`` of the layout's slots.
@@ -121,7 +121,7 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
     shifted = offset.add_(half_width)
     far = (shifted < 0).logical_or_(shifted > 2 * half_width)
     far_idx = far.nonzero().flatten()
-    far_src, far_dst = src[far_idx], dst[far_idx]
+    far_src, far_dst = src[far_idx].long(), dst[far_idx].long()
     heavy_row = torch.bincount(far_dst, minlength=num_nodes) > MAX_FAR_PER_ROW
     heavy_edge = heavy_row[dst] if bool(heavy_row.any()) else None
     num_heavy = 0 if heavy_edge is None else int(heavy_edge.sum())
@@ -143,11 +143,12 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
     # source): a repeated pair would collide. Edges that are not light band edges go to a spare last flag.
     excluded = far if heavy_edge is None else far | heavy_edge
     num_band = num_edges - (far_idx.numel() if heavy_edge is None else int(torch.count_nonzero(excluded)))
-    band_key = shifted.add_(dst, alpha=band)
     spare = num_blocks * block * band
+    # Keys up to `spare` in the indices' own dtype (int32 from a `CSRPattern` halves these passes) where they fit.
+    band_key = (shifted if spare < torch.iinfo(shifted.dtype).max else shifted.long()).add_(dst, alpha=band)
     if num_band < num_edges:
         band_key.masked_fill_(excluded, spare)
-    flags = torch.zeros(spare + 1, dtype=torch.bool, device=src.device).index_fill_(0, band_key, True)[:spare]
+    flags = torch.zeros(spare + 1, dtype=torch.bool, device=src.device).index_put_((band_key,), torch.ones((), dtype=torch.bool))[:spare]
     if int(torch.count_nonzero(flags)) != num_band or \
             torch.unique(far_dst * num_nodes + far_src).numel() != far_src.numel():
         return None
@@ -167,7 +168,7 @@ def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_
     if heavy_edge is not None:
         local = torch.full((num_nodes,), -1, dtype=torch.long, device=src.device)
         local[heavy_rows] = torch.arange(heavy_rows.numel(), device=src.device)
-        heavy_edges = torch.stack([src[heavy_edge], local[dst[heavy_edge]]])
+        heavy_edges = torch.stack([src[heavy_edge].long(), local[dst[heavy_edge]]])
         heavy = CSRPattern._from_valid_edge_index(heavy_edges, num_nodes, heavy_rows.numel())
     return BandLayout(masks, block, num_blocks, chunk, half_width, extra, heavy_rows, heavy)
 
