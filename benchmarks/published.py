@@ -96,9 +96,13 @@ def run(task: str, args: list, seed: int, run_dir: Path, budget: str, train: boo
         command = [sys.executable, "-m", "graph_sparse_attn", "train", task, *args, "--seed", str(seed), "--run-dir", str(run_dir)]
         if (run_dir / "last.pt").exists():
             command.append("--resume")
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            return {"status": f"failed: {proc.stderr.strip().splitlines()[-1:]}"}
+        # The run's progress bars and messages go to its own log, to follow with `tail -f` while it trains.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = run_dir / "train.log"
+        with open(log, "a") as handle:
+            returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if returncode != 0:
+            return {"status": f"failed: {log.read_text().strip().splitlines()[-1:]} (see {log})"}
     result = json.loads(summary.read_text())
     record_in_ledger(budget, key, result)
     return {"status": "ok", **result}

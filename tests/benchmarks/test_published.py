@@ -28,3 +28,11 @@ def test_a_finished_run_outlives_its_run_directory(tmp_path, monkeypatch):
     # Read back, not trained again (train=True would start a run if the ledger were ignored).
     assert published.run("listops", ["--no-such-option"], 0, run_dir, "cpu", train=True) == {"status": "ok", **summary}
     assert published.run("listops", [], 0, run_dir, "small", train=False) == {"status": "not run"}
+
+
+def test_a_failed_run_reports_the_last_line_of_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
+    run_dir = tmp_path / "listops-seed0"
+    result = published.run("listops", ["--no-such-option"], 0, run_dir, "cpu", train=True)
+    assert result["status"].startswith("failed:") and "--no-such-option" in result["status"]
+    assert "--no-such-option" in (run_dir / "train.log").read_text() and not published.LEDGER.exists()
