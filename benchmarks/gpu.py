@@ -7,8 +7,9 @@ On one CUDA GPU, in about 7 minutes, this script
 2. times forward+backward of one attention layer (64 in-channels, 4 heads × 16) over a sliding
    window ±64 at N = 16k, 65k, 262k and 1M, and records peak GPU memory above the inputs:
 
-   * ``triton`` / ``csr`` — ``sparse_attention(backend=...)`` on a ``CSRPattern`` built once
-     (as a model does for all its layers), between query/key/value and skip projections;
+   * ``triton`` / ``band`` / ``csr`` — ``sparse_attention(backend=...)`` on a ``CSRPattern`` built once
+     (as a model does for all its layers), between query/key/value and skip projections (``band``:
+     PyTorch's fused SDPA over blocks of queries and their keys, chunk by chunk, through autograd);
    * ``transformer``, ``gatv2`` — PyG ``TransformerConv`` and ``GATv2Conv`` on the ``edge_index``;
    * ``dense`` — ``scaled_dot_product_attention`` with the boolean ``[N, N]`` mask;
    * ``flex`` — ``torch.compile``-d ``flex_attention`` with a window ``mask_mod`` (block mask
@@ -41,7 +42,8 @@ from typing import Callable, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-METHODS = ("triton", "csr", "transformer", "gatv2", "dense", "flex")
+METHODS = ("triton", "band", "csr", "transformer", "gatv2", "dense", "flex")
+SPARSE = ("triton", "band", "csr")  # sparse_attention(backend=...) over a CSRPattern built once
 SIZES = (16_384, 65_536, 262_144, 1_048_576)
 DRY_RUN_SIZES = (80, 144)  # the Triton interpreter runs each program in Python
 # Seconds for the whole run and for its parts; the attention points get what is left after the
@@ -152,7 +154,7 @@ class ProjectedAttention(torch.nn.Module):
 
         num_nodes = x.size(0)
         q, k, v = self.qkv(x).view(num_nodes, 3, HEADS, HEAD_DIM).unbind(1)
-        if self.method in ("triton", "csr"):
+        if self.method in SPARSE:
             out = sparse_attention(q, k, v, graph, backend=self.method)
         else:  # dense / flex: [1, H, N, D] layout
             q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
@@ -191,7 +193,7 @@ def build_graph(method: str, num_nodes: int, device: torch.device):
         build = create_block_mask if num_nodes**2 <= 2**28 else torch.compile(create_block_mask)
         return build(_window_mask_mod, None, None, num_nodes, num_nodes, device=device)
     edge_index = patterns.sliding_window(num_nodes, WINDOW, device=device)
-    if method in ("triton", "csr"):
+    if method in SPARSE:
         return CSRPattern.from_edge_index(edge_index, num_nodes)
     if method == "dense":
         mask = torch.zeros(num_nodes, num_nodes, dtype=torch.bool, device=device)
@@ -235,7 +237,7 @@ def measure(method: str, num_nodes: int, device: torch.device, repeats: int) -> 
             times.append(time.perf_counter() - start)
         peak_mb = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20 if device.type == "cuda" else None
         result = {"status": "ok", "seconds": statistics.median(times), "peak_mb": peak_mb}
-        if method in ("triton", "csr"):
+        if method in SPARSE:
             result["edges"] = graph.num_edges
         return result
     except Exception as error:  # noqa: BLE001 -- any failure of one point is recorded, the run goes on
@@ -257,7 +259,7 @@ def check_agreement(num_nodes: int, device: torch.device) -> Dict[str, str]:
     outputs = {}
     # Grad mode as in the timed passes (flex reuses its compiled graph); CPU flex has no backward.
     with torch.set_grad_enabled(device.type == "cuda"):
-        for method in ("dense", "triton", "csr", "flex"):
+        for method in ("dense", *SPARSE, "flex"):
             layer = ProjectedAttention(method).to(device)
             layer.load_state_dict(reference.state_dict())
             try:

@@ -80,9 +80,13 @@ def block_size(half_width: int) -> int:
 
 
 def _dense_half_width(offset: Tensor, num_nodes: int) -> Tuple[int, float]:
-    """``(w, in_band)``: the largest ``|j - i|`` among the offsets that at least ``DENSE_OFFSET_SHARE``
-    of the queries have an edge at (0 when none is), and the estimated number of edges with
-    ``|j - i| <= w``; both from a fixed random sample of the edges."""
+    """``(w, in_band)``: the largest ``|j - i|`` among the offsets ``t`` that at least ``DENSE_OFFSET_SHARE``
+    of the queries that can have an edge at ``t`` have one at (0 when none is), and the estimated
+    number of edges with ``|j - i| <= w``; both from a fixed random sample of the edges.
+
+    ``N - |t|`` queries can have offset ``t``, counted as at least ``N / 2`` so that a few edges at
+    offsets near ``±N`` never make a band: a window as wide as its sequence is still a band.
+    """
     limit = (MAX_BAND - 1) // 2
     sample = offset
     if offset.numel() > OFFSET_SAMPLE:
@@ -90,7 +94,9 @@ def _dense_half_width(offset: Tensor, num_nodes: int) -> Tuple[int, float]:
         sample = offset[picks.to(offset.device)]
     counts = torch.bincount(sample.clamp(-limit - 1, limit + 1) + limit + 1, minlength=2 * limit + 3)[1:-1]
     counts = counts * (offset.numel() / sample.numel())
-    dense = (counts >= DENSE_OFFSET_SHARE * num_nodes).nonzero().flatten() - limit
+    offsets = torch.arange(-limit, limit + 1, device=offset.device)
+    possible = (num_nodes - offsets.abs()).clamp_min(num_nodes / 2)
+    dense = offsets[counts >= DENSE_OFFSET_SHARE * possible]
     half_width = int(dense.abs().max()) if dense.numel() else 0
     return half_width, float(counts[limit - half_width: limit + half_width + 1].sum())
 

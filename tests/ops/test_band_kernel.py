@@ -13,10 +13,10 @@ H, D = 2, 4
 def dense_reference(q, k, v, edge_index):
     """Dense SDPA with the pattern as a boolean mask; targets without edges output zeros."""
     n = q.size(0)
-    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask = torch.zeros(n, n, dtype=torch.bool, device=q.device)
     mask[edge_index[1], edge_index[0]] = True
     out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
-    return torch.where(mask.any(1)[:, None, None], out.transpose(0, 1), torch.zeros(()))
+    return torch.where(mask.any(1)[:, None, None], out.transpose(0, 1), torch.zeros((), dtype=q.dtype, device=q.device))
 
 
 def _patterns():
@@ -47,12 +47,13 @@ PATTERNS = _patterns()
 @pytest.mark.parametrize("name", PATTERNS)
 @pytest.mark.parametrize("prebuilt", [False, True], ids=["edge_index", "CSRPattern"])
 @pytest.mark.parametrize("chunk_queries", [band_kernel.CHUNK_QUERIES, 32], ids=["one-chunk", "chunk-per-block"])
-def test_matches_dense_masked_sdpa_with_float64_gradients(name, prebuilt, chunk_queries, monkeypatch):
+def test_matches_dense_masked_sdpa_with_float64_gradients(name, prebuilt, chunk_queries, monkeypatch, device):
+    """On the device under test: the CPU's flash kernels, or elsewhere `F.scaled_dot_product_attention` through autograd."""
     monkeypatch.setattr(band_kernel, "CHUNK_QUERIES", chunk_queries)
-    edge_index = PATTERNS[name]
+    edge_index = PATTERNS[name].to(device)
     n = int(edge_index.max()) + 1
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(n, H, D, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(n, H, D, dtype=torch.float64, generator=gen).to(device).requires_grad_() for _ in range(3))
     edges = CSRPattern.from_edge_index(edge_index, n) if prebuilt else edge_index
     out = sparse_attention(q, k, v, edges, backend="band")
     ref = dense_reference(q, k, v, edge_index)
@@ -190,3 +191,11 @@ def test_auto_declines_a_sparse_band(monkeypatch):
     q = k = v = torch.randn(200, H, D)
     sparse_attention(q, k, v, sliding_window(200, 40, dilation=8))  # 11 edges per 80 + 32 slots
     assert not calls
+
+
+def test_a_window_as_wide_as_its_sequence_is_still_a_band():
+    edge_index = sliding_window(80, 64)  # offsets up to ±64 in 80 nodes: few queries can reach the widest
+    layout = band_kernel.band_layout(edge_index[0], edge_index[1], 80, min_fill=0.0)
+    assert layout is not None and layout.half_width == 64 and layout.extra is None and layout.heavy is None
+    q, k, v = (torch.randn(80, H, D, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(sparse_attention(q, k, v, edge_index, backend="band"), dense_reference(q, k, v, edge_index))
