@@ -215,12 +215,11 @@ def _padded(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout) -> Tuple[Tensor
 
 
 def _chunk_blocks(padded: Tuple[Tensor, Tensor, Tensor], k: Tensor, v: Tensor, layout: BandLayout,
-                  first: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Blocks ``first`` to ``first + nc`` of the chunk starting there: queries ``[nc, H, B, D]`` and keys
+                  first: int, last: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Blocks ``first`` to ``last`` (one chunk, ``nc`` blocks): queries ``[nc, H, B, D]`` and keys
     and values ``[nc, H, B + 2w + G, D]``, strided views of the band around each block, then its far sources."""
     q_pad, k_pad, v_pad = padded
     block, w = layout.block, layout.half_width
-    last = min(first + layout.chunk, layout.num_blocks)
     keys = slice(first * block, last * block + 2 * w)
     k_blocks, v_blocks = (t[keys].unfold(0, block + 2 * w, block).permute(0, 1, 3, 2) for t in (k_pad, v_pad))
     if layout.extra is not None:
@@ -231,8 +230,9 @@ def _chunk_blocks(padded: Tuple[Tensor, Tensor, Tensor], k: Tensor, v: Tensor, l
 
 
 def _chunks(layout: BandLayout):
-    """``(first block, mask)`` of each chunk."""
-    return zip(range(0, layout.num_blocks, layout.chunk), layout.masks)
+    """``(first block, last block + 1, mask)`` of each chunk."""
+    for first, mask in zip(range(0, layout.num_blocks, layout.chunk), layout.masks):
+        yield first, min(first + layout.chunk, layout.num_blocks), mask
 
 
 def _add_key_grad(total: Tensor, grad: Tensor, layout: BandLayout, first: int) -> None:
@@ -258,9 +258,9 @@ class _BandAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
         padded = _padded(q, k, v, layout)
         outs, lses = [], []
-        for first, mask in _chunks(layout):
+        for first, last, mask in _chunks(layout):
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                *_chunk_blocks(padded, k, v, layout, first), 0.0, False, attn_mask=mask.to(q.dtype), scale=scale)
+                *_chunk_blocks(padded, k, v, layout, first, last), 0.0, False, attn_mask=mask.to(q.dtype), scale=scale)
             outs.append(out)
             lses.append(lse)
         out, lse = torch.cat(outs), torch.cat(lses)
@@ -276,10 +276,9 @@ class _BandAttention(torch.autograd.Function):
         grad_q = torch.empty_like(padded[0])
         grad_k, grad_v = torch.zeros_like(padded[1]), torch.zeros_like(padded[2])
         block, w = layout.block, layout.half_width
-        for first, mask in _chunks(layout):
-            last = min(first + layout.chunk, layout.num_blocks)
+        for first, last, mask in _chunks(layout):
             chunk_q, chunk_k, chunk_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_out[first:last].contiguous(), *_chunk_blocks(padded, k, v, layout, first), out[first:last],
+                grad_out[first:last].contiguous(), *_chunk_blocks(padded, k, v, layout, first, last), out[first:last],
                 lse[first:last], 0.0, False, attn_mask=mask.to(q.dtype), scale=ctx.scale)
             grad_q[first * block: last * block] = chunk_q.transpose(1, 2).reshape(-1, q.size(1), q.size(2))
             _add_key_grad(grad_k, chunk_k, layout, first)
@@ -292,8 +291,8 @@ def _blocked_sdpa(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: fl
     """The same blocks through ``F.scaled_dot_product_attention`` and autograd: PyTorch's fused kernels
     for devices other than the CPU. Returns ``[nb, H, B, Dv]``."""
     padded = _padded(q, k, v, layout)
-    return torch.cat([F.scaled_dot_product_attention(*_chunk_blocks(padded, k, v, layout, first), attn_mask=mask.to(q.dtype),
-                                                     scale=scale) for first, mask in _chunks(layout)])
+    return torch.cat([F.scaled_dot_product_attention(*_chunk_blocks(padded, k, v, layout, first, last), attn_mask=mask.to(q.dtype),
+                                                     scale=scale) for first, last, mask in _chunks(layout)])
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float) -> Tensor:
