@@ -16,6 +16,7 @@ from . import distributed as dist_utils
 from ..io import atomic_save, atomic_write_text
 from ..ops.dispatch import backend_for_steps
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
+from .heap import TRIM_EVERY_STEPS, release_freed_heap
 from .tasks import Task
 
 
@@ -247,6 +248,8 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
+                if self.device.type == "cpu" and self.step % TRIM_EVERY_STEPS == 0:
+                    release_freed_heap()
                 samples, loss_value = self.task.num_samples(batch), loss.item()
                 progress["batches"] += 1
                 progress["loss_sum"] += loss_value * samples
