@@ -72,14 +72,19 @@ class SequenceGraphCollator:
         self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
         build_pattern(pattern, 1, **self.pattern_params)  # fail fast on a bad name or parameters
         self.cls_token = cls_token
-        self._cached = lru_cache(maxsize=cache_size)(self._build)
+        self._cached = lru_cache(maxsize=cache_size)(self._build_compact)
 
     def _build(self, length: int) -> Tensor:
         return build_pattern(self.pattern, length, **self.pattern_params)
 
+    def _build_compact(self, length: int) -> Tensor:
+        # Cached as int32 (indices < length fit): every ListOps length from 501 to 2,001 held as
+        # int64 took 1.85 GiB; widening a batch's 32 patterns back costs a few ms.
+        return self._build(length).to(torch.int32)
+
     def pattern_for_length(self, length: int) -> Tensor:
-        """``edge_index`` of one sequence of ``length`` nodes (cached unless the pattern is random)."""
-        return self._build(length) if self.pattern in RANDOM_PATTERNS else self._cached(length)
+        """``edge_index`` ``[2, E]`` int64 of one sequence of ``length`` nodes (cached unless the pattern is random)."""
+        return self._build(length) if self.pattern in RANDOM_PATTERNS else self._cached(length).long()
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         data_list = []

@@ -4,6 +4,7 @@ import torch
 
 from graph_sparse_attn.data.sequence import SequenceGraphCollator
 from graph_sparse_attn.patterns import longformer
+from graph_sparse_attn.patterns.registry import build_pattern
 
 
 def test_batch_is_disjoint_chains_with_per_sequence_patterns():
@@ -21,7 +22,10 @@ def test_batch_is_disjoint_chains_with_per_sequence_patterns():
 
 def test_fixed_patterns_are_cached_per_length_and_random_ones_are_not():
     fixed = SequenceGraphCollator("window", {"window": 1})
-    assert fixed.pattern_for_length(10) is fixed.pattern_for_length(10)
+    first, again = fixed.pattern_for_length(10), fixed.pattern_for_length(10)
+    assert fixed._cached.cache_info().hits == 1
+    assert first.dtype == again.dtype == torch.long and torch.equal(first, again)
+    assert torch.equal(first, build_pattern("window", 10, window=1))
     rand = SequenceGraphCollator("random", {"num_random": 2})
     assert rand.pattern_for_length(10) is not rand.pattern_for_length(10)
 
