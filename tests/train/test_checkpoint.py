@@ -107,7 +107,6 @@ def test_checkpoint_every_minutes_spaces_mid_epoch_checkpoints(tmp_path, monkeyp
     assert saved_at == [1, 2, 3, 4]  # after every step but the epoch's last (the epoch-end checkpoint covers it)
 
 
-
 def test_cpu_training_returns_freed_heap_every_few_steps(tmp_path, monkeypatch):
     from graph_sparse_attn.train import loop
 
@@ -118,6 +117,7 @@ def test_cpu_training_returns_freed_heap_every_few_steps(tmp_path, monkeypatch):
     trainer = Trainer(config, synthetic_node_task([3, 2]))
     trainer.fit()
     assert trimmed_at == [2, 4, 6, 8, 10]  # 5 steps an epoch
+
 
 def test_resumable_loader_continues_inside_the_epoch():
     dataset = list(range(20))
