@@ -36,3 +36,13 @@ def test_a_failed_run_reports_the_last_line_of_its_log(tmp_path, monkeypatch):
     result = published.run("listops", ["--no-such-option"], 0, run_dir, "cpu", train=True)
     assert result["status"].startswith("failed:") and "--no-such-option" in result["status"]
     assert "--no-such-option" in (run_dir / "train.log").read_text() and not published.LEDGER.exists()
+
+
+def test_recorded_seeds_are_read_per_budget_and_task(tmp_path, monkeypatch):
+    monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
+    assert published.recorded_seeds("cpu", "listops") == set()
+    for budget, key in (("cpu", "listops-seed0"), ("cpu", "listops-seed1"), ("cpu", "imdb-seed4"), ("small", "listops-seed2")):
+        published.record_in_ledger(budget, key, {"test": 0.5})
+    assert published.recorded_seeds("cpu", "listops") == {0, 1}
+    assert published.recorded_seeds("small", "listops") == {2}
+    assert published.recorded_seeds("cpu", "imdb") == {4}
