@@ -16,7 +16,7 @@ from . import distributed as dist_utils
 from ..io import atomic_save, atomic_write_text
 from ..ops.dispatch import backend_for_steps
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
-from .heap import TRIM_EVERY_STEPS, release_freed_heap
+from .heap import TRIM_EVERY_STEPS, keep_large_blocks_on_heap, release_freed_heap
 from .tasks import Task
 
 
@@ -153,6 +153,9 @@ class Trainer:
     validation metric), ``curves.png``, ``summary.json``. `resume` continues from ``last.pt``
     exactly: same epoch and batch, optimiser, scheduler, loader positions and every random state
     (bitwise at the same CPU thread count: kernels split their sums by thread).
+
+    On CPU (glibc) the process serves large blocks from its heap (`heap.keep_large_blocks_on_heap`,
+    process-wide) and hands freed heap pages back every ``TRIM_EVERY_STEPS`` steps.
     """
 
     def __init__(self, config: TrainConfig, task: Task) -> None:
@@ -160,6 +163,8 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.device = dist_utils.local_device(config.device)
         self.distributed = dist_utils.init_from_env(self.device)
+        if self.device.type == "cpu":
+            keep_large_blocks_on_heap()
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)

@@ -107,15 +107,17 @@ def test_checkpoint_every_minutes_spaces_mid_epoch_checkpoints(tmp_path, monkeyp
     assert saved_at == [1, 2, 3, 4]  # after every step but the epoch's last (the epoch-end checkpoint covers it)
 
 
-def test_cpu_training_returns_freed_heap_every_few_steps(tmp_path, monkeypatch):
+def test_cpu_training_keeps_large_blocks_on_the_heap_and_returns_freed_heap_every_few_steps(tmp_path, monkeypatch):
     from graph_sparse_attn.train import loop
 
-    trimmed_at = []
+    trimmed_at, kept = [], []
     monkeypatch.setattr(loop, "TRIM_EVERY_STEPS", 2)
     monkeypatch.setattr(loop, "release_freed_heap", lambda: trimmed_at.append(trainer.step))
+    monkeypatch.setattr(loop, "keep_large_blocks_on_heap", lambda: kept.append(True))
     config = TrainConfig(task="synthetic", epochs=2, batch_size=8, run_dir=str(tmp_path / "run"))
     trainer = Trainer(config, synthetic_node_task([3, 2]))
     trainer.fit()
+    assert kept == [True]
     assert trimmed_at == [2, 4, 6, 8, 10]  # 5 steps an epoch
 
 
