@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/published")
     parser.add_argument("--report-only", action="store_true", help="tabulate finished runs without training missing ones")
     args = parser.parse_args()
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     args.tasks = args.tasks or list(BUDGETS[args.budget])
     missing = [task for task in args.tasks if task not in BUDGETS[args.budget]]
     if missing:
