@@ -1,4 +1,4 @@
-"""Suite-wide settings: the device tests run on, and Triton's CPU interpreter.
+"""Suite-wide settings: the device tests run on, Triton's CPU interpreter, the C allocator left as it is.
 
 ``GSA_TEST_DEVICE`` (``cpu`` by default, or ``cuda``) is the device that the ``device`` fixture
 hands to device-aware tests; ``benchmarks/gpu.py`` runs ``tests/ops`` with ``GSA_TEST_DEVICE=cuda``.
@@ -26,3 +26,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def device() -> torch.device:
     """The device under test (``GSA_TEST_DEVICE``, default cpu)."""
     return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _trainer_leaves_the_allocator_alone(monkeypatch):
+    """A CPU `Trainer` switches glibc to serving large blocks from the heap, process-wide and for
+    good (`train.heap`); tests keep the pytest process as it started. `tests/train/test_heap.py`
+    checks the setting itself in fresh processes."""
+    from graph_sparse_attn.train import loop
+
+    monkeypatch.setattr(loop, "keep_large_blocks_on_heap", lambda: False)
