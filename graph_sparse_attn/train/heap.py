@@ -60,6 +60,7 @@ def keep_large_blocks_on_heap() -> bool:
     instead of fresh ``mmap``s; whether the platform allowed it (glibc). Process-wide and lasting:
     pair it with `release_freed_heap` every few steps, or freed blocks stay resident."""
     mallopt = _libc_function("mallopt")
-    if mallopt is None or _libc_function("malloc_trim") is None:  # mallopt alone: not glibc
+    # The parameter numbers are glibc's: another libc with a mallopt (musl's ignores it) must not get them.
+    if mallopt is None or _libc_function("malloc_trim") is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
