@@ -20,7 +20,7 @@ import resource
 import statistics
 import time
 
-from common import run_point
+from common import rss_kb, run_point
 
 MODES = ("default", "heap")
 
@@ -59,7 +59,7 @@ def measure(mode: str, steps: int) -> dict:
     end = resource.getrusage(resource.RUSAGE_SELF)
     return {"status": "ok", "ms_per_step": statistics.median(times[min(8, steps // 2):]) * 1e3,
             "faults": end.ru_minflt - start.ru_minflt, "sys_s": end.ru_stime - start.ru_stime,
-            "peak_gb": end.ru_maxrss / 2**20}
+            "peak_gb": rss_kb("VmHWM") / 2**20}
 
 
 def main() -> None:
