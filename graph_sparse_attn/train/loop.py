@@ -155,7 +155,7 @@ class Trainer:
     (bitwise at the same CPU thread count: kernels split their sums by thread).
 
     On CPU (glibc) the process serves large blocks from its heap (`heap.keep_large_blocks_on_heap`,
-    process-wide) and hands freed heap pages back every ``TRIM_EVERY_STEPS`` steps.
+    process-wide) and hands freed heap pages back every ``TRIM_EVERY_STEPS`` steps (and scoring batches).
     """
 
     def __init__(self, config: TrainConfig, task: Task) -> None:
@@ -281,11 +281,16 @@ class Trainer:
         """The task's official metric on ``split`` (every rank evaluates the whole split)."""
         self.model.eval()
         predictions, targets = [], []
-        for batch in self.loaders[split]:
+        loader = self.loaders[split]
+        # Scoring a large split (LRA Text's 25,000 test reviews) can take as long as an epoch's training.
+        bar = tqdm(loader, desc=split, leave=False, position=1, disable=not dist_utils.is_main(), total=len(loader))
+        for index, batch in enumerate(bar, 1):
             batch = batch.to(self.device)
             prediction, target = self.task.forward(self.model, batch, split)
             predictions.append(prediction.float().cpu())
             targets.append(target.cpu())
+            if self.device.type == "cpu" and index % TRIM_EVERY_STEPS == 0:
+                release_freed_heap()
         return self.task.score(torch.cat(predictions), torch.cat(targets))
 
     def fit(self) -> Dict[str, Any]:

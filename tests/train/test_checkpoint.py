@@ -112,13 +112,19 @@ def test_cpu_training_keeps_large_blocks_on_the_heap_and_returns_freed_heap_ever
 
     trimmed_at, kept = [], []
     monkeypatch.setattr(loop, "TRIM_EVERY_STEPS", 2)
-    monkeypatch.setattr(loop, "release_freed_heap", lambda: trimmed_at.append(trainer.step))
+    monkeypatch.setattr(loop, "release_freed_heap", lambda: trimmed_at.append((trainer.step, trainer.model.training)))
     monkeypatch.setattr(loop, "keep_large_blocks_on_heap", lambda: kept.append(True))
     config = TrainConfig(task="synthetic", epochs=2, batch_size=8, run_dir=str(tmp_path / "run"))
     trainer = Trainer(config, synthetic_node_task([3, 2]))
     trainer.fit()
     assert kept == [True]
-    assert trimmed_at == [2, 4, 6, 8, 10]  # 5 steps an epoch
+    assert [step for step, training in trimmed_at if training] == [2, 4, 6, 8, 10]  # 5 steps an epoch
+    # Scoring a split trims too, every few batches (LRA Text's test split takes as long as an epoch).
+    trimmed_at.clear()
+    monkeypatch.setattr(loop, "TRIM_EVERY_STEPS", 1)
+    trainer.evaluate("val")
+    assert len(trimmed_at) == len(trainer.loaders["val"]) > 0
+    assert not any(training for _, training in trimmed_at)
 
 
 def test_resumable_loader_continues_inside_the_epoch():
