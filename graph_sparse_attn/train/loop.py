@@ -253,8 +253,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                if self.device.type == "cpu" and self.step % TRIM_EVERY_STEPS == 0:
-                    release_freed_heap()
+                self._release_heap_every_few(self.step)
                 samples, loss_value = self.task.num_samples(batch), loss.item()
                 progress["batches"] += 1
                 progress["loss_sum"] += loss_value * samples
@@ -276,6 +275,11 @@ class Trainer:
         return {"train_loss": loss, "train_seconds": seconds, "train_samples": progress["samples"],
                 "train_samples_per_s": progress["samples"] / max(seconds, 1e-9)}
 
+    def _release_heap_every_few(self, count: int) -> None:
+        """On CPU, hand freed heap pages back after every ``TRIM_EVERY_STEPS``-th step or batch (``count``)."""
+        if self.device.type == "cpu" and count % TRIM_EVERY_STEPS == 0:
+            release_freed_heap()
+
     @torch.no_grad()
     def evaluate(self, split: str) -> float:
         """The task's official metric on ``split`` (every rank evaluates the whole split)."""
@@ -289,8 +293,7 @@ class Trainer:
             prediction, target = self.task.forward(self.model, batch, split)
             predictions.append(prediction.float().cpu())
             targets.append(target.cpu())
-            if self.device.type == "cpu" and index % TRIM_EVERY_STEPS == 0:
-                release_freed_heap()
+            self._release_heap_every_few(index)
         return self.task.score(torch.cat(predictions), torch.cat(targets))
 
     def fit(self) -> Dict[str, Any]:
