@@ -1,7 +1,7 @@
 """Token sequences as graphs: batches of disjoint chains with their attention pattern built once."""
 from __future__ import annotations
 
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -52,7 +52,8 @@ class SequenceGraphCollator:
 
     Each sequence becomes a chain of ``L`` nodes (plus a leading ``cls_token`` when given) whose
     attention edges are the named positional pattern (`patterns.registry`), built once per
-    length and cached (random patterns are drawn afresh each batch). The batch holds
+    length and cached, least recently used first out, within ``cache_bytes`` (random patterns are
+    drawn afresh each batch). The batch holds
     ``x [T]`` token ids, ``pos [T]`` positions restarting at 0 in every sequence, ``batch [T]``,
     ``ptr [B + 1]``, ``edge_index [2, E]`` sorted by (target, source) and ``y [B]``. Memory is
     O(total tokens × pattern degree): nothing is padded to the longest sequence.
@@ -66,25 +67,42 @@ class SequenceGraphCollator:
         pattern_params: Optional[Dict[str, Any]] = None,
         *,
         cls_token: Optional[int] = None,
-        cache_size: int = 8192,
+        cache_bytes: int = 512 * 2**20,
     ) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
         self.pattern = pattern
         self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
         build_pattern(pattern, 1, **self.pattern_params)  # fail fast on a bad name or parameters
         self.cls_token = cls_token
-        self._cached = lru_cache(maxsize=cache_size)(self._build_compact)
+        # Bounded in bytes, not entries: every length up to LRA Text's 4,096 bytes would hold about
+        # 4.5 GB, while building one such pattern anew takes about 1.5 ms.
+        self.cache_bytes = cache_bytes
+        self._cache: "OrderedDict[int, Tensor]" = OrderedDict()
+        self._cached_bytes = 0
 
     def _build(self, length: int) -> Tensor:
         return build_pattern(self.pattern, length, **self.pattern_params)
 
-    def _build_compact(self, length: int) -> Tensor:
-        # Cached as int32 (indices < length fit): every ListOps length from 501 to 2,001 held as
-        # int64 took 1.85 GiB; widening a batch's 32 patterns back costs a few ms.
-        return self._build(length).to(torch.int32)
-
     def pattern_for_length(self, length: int) -> Tensor:
         """``edge_index`` ``[2, E]`` int64 of one sequence of ``length`` nodes (cached unless the pattern is random)."""
-        return self._build(length) if self.pattern in RANDOM_PATTERNS else self._cached(length).long()
+        if self.pattern in RANDOM_PATTERNS:
+            return self._build(length)
+        compact = self._cache.get(length)
+        if compact is not None:
+            self._cache.move_to_end(length)
+            return compact.long()
+        pattern = self._build(length)
+        # Held as int32 (indices < length fit), half the bytes of int64.
+        compact = pattern.to(torch.int32)
+        size = compact.numel() * compact.element_size()
+        if size <= self.cache_bytes:
+            while self._cached_bytes + size > self.cache_bytes:
+                _, evicted = self._cache.popitem(last=False)
+                self._cached_bytes -= evicted.numel() * evicted.element_size()
+            self._cache[length] = compact
+            self._cached_bytes += size
+        return pattern
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         data_list = []

@@ -20,14 +20,43 @@ def test_batch_is_disjoint_chains_with_per_sequence_patterns():
     assert not ((batch.batch[batch.edge_index[0]] != batch.batch[batch.edge_index[1]]).any())
 
 
-def test_fixed_patterns_are_cached_per_length_and_random_ones_are_not():
+def counting_builds(monkeypatch):
+    built = []
+
+    def build(name, length, **params):
+        built.append(length)
+        return build_pattern(name, length, **params)
+
+    monkeypatch.setattr("graph_sparse_attn.data.sequence.build_pattern", build)
+    return built
+
+
+def test_fixed_patterns_are_cached_per_length_and_random_ones_are_not(monkeypatch):
+    built = counting_builds(monkeypatch)
     fixed = SequenceGraphCollator("window", {"window": 1})
     first, again = fixed.pattern_for_length(10), fixed.pattern_for_length(10)
-    assert fixed._cached.cache_info().hits == 1
+    assert built == [1, 10]  # the constructor's check, then one build for both calls
     assert first.dtype == again.dtype == torch.long and torch.equal(first, again)
     assert torch.equal(first, build_pattern("window", 10, window=1))
     rand = SequenceGraphCollator("random", {"num_random": 2})
     assert rand.pattern_for_length(10) is not rand.pattern_for_length(10)
+
+
+def test_cache_is_bounded_in_bytes_and_drops_the_least_recently_used(monkeypatch):
+    built = counting_builds(monkeypatch)
+    # window=1 over n nodes has 3n - 2 edges: 8 bytes each as int32 pairs.
+    bytes_of = lambda n: 8 * (3 * n - 2)
+    collate = SequenceGraphCollator("window", {"window": 1}, cache_bytes=bytes_of(100) + bytes_of(60))
+    built.clear()
+    for length in (100, 50, 100, 60, 100, 50):
+        assert torch.equal(collate.pattern_for_length(length), build_pattern("window", length, window=1))
+    # 60 evicts 50 (least recently used), not the recently used 100; 50 is then built again.
+    assert built == [100, 50, 60, 50]
+    assert collate._cached_bytes <= collate.cache_bytes
+    too_big = SequenceGraphCollator("window", {"window": 1}, cache_bytes=bytes_of(10) - 1)
+    built.clear()
+    too_big.pattern_for_length(10), too_big.pattern_for_length(10)
+    assert built == [10, 10]
 
 
 def test_memory_is_linear_in_tokens_not_batch_times_longest():
@@ -41,6 +70,8 @@ def test_bad_inputs_are_named():
         SequenceGraphCollator("spiral")
     with pytest.raises(TypeError, match="tokens"):
         SequenceGraphCollator("window", {"window": 1})([(torch.zeros(3), 0)])
+    with pytest.raises(ValueError, match="cache_bytes"):
+        SequenceGraphCollator("window", {"window": 1}, cache_bytes=-1)
 
 
 def test_plain_token_lists_collate_like_tensors():
