@@ -69,8 +69,10 @@ class SequenceGraphCollator:
         cls_token: Optional[int] = None,
         cache_bytes: int = 512 * 2**20,
     ) -> None:
-        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int):
+            raise TypeError(f"cache_bytes must be an int, got {type(cache_bytes).__name__}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.pattern = pattern
         self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
         build_pattern(pattern, 1, **self.pattern_params)  # fail fast on a bad name or parameters

@@ -72,6 +72,8 @@ def test_bad_inputs_are_named():
         SequenceGraphCollator("window", {"window": 1})([(torch.zeros(3), 0)])
     with pytest.raises(ValueError, match="cache_bytes"):
         SequenceGraphCollator("window", {"window": 1}, cache_bytes=-1)
+    with pytest.raises(TypeError, match="cache_bytes"):
+        SequenceGraphCollator("window", {"window": 1}, cache_bytes=1.5)
 
 
 def test_plain_token_lists_collate_like_tensors():
