@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
+from ..patterns._utils import check_size
 from ..patterns.registry import RANDOM_PATTERNS, build_pattern
 
 Sample = Tuple[Tensor, int]
@@ -69,17 +70,13 @@ class SequenceGraphCollator:
         cls_token: Optional[int] = None,
         cache_bytes: int = 512 * 2**20,
     ) -> None:
-        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int):
-            raise TypeError(f"cache_bytes must be an int, got {type(cache_bytes).__name__}")
-        if cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.pattern = pattern
         self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
         build_pattern(pattern, 1, **self.pattern_params)  # fail fast on a bad name or parameters
         self.cls_token = cls_token
         # Bounded in bytes, not entries: every length up to LRA Text's 4,096 bytes would hold about
         # 4.5 GB, while building one such pattern anew takes about 1.5 ms.
-        self.cache_bytes = cache_bytes
+        self.cache_bytes = check_size(cache_bytes, "cache_bytes")
         self._cache: "OrderedDict[int, Tensor]" = OrderedDict()
         self._cached_bytes = 0
 
@@ -97,13 +94,11 @@ class SequenceGraphCollator:
         pattern = self._build(length)
         # Held as int32 (indices < length fit), half the bytes of int64.
         compact = pattern.to(torch.int32)
-        size = compact.numel() * compact.element_size()
-        if size <= self.cache_bytes:
-            while self._cached_bytes + size > self.cache_bytes:
-                _, evicted = self._cache.popitem(last=False)
-                self._cached_bytes -= evicted.numel() * evicted.element_size()
+        if compact.nbytes <= self.cache_bytes:
+            while self._cached_bytes + compact.nbytes > self.cache_bytes:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
             self._cache[length] = compact
-            self._cached_bytes += size
+            self._cached_bytes += compact.nbytes
         return pattern
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
