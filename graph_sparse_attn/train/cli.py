@@ -124,6 +124,8 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                               help="positional attention pattern, e.g. 'longformer:window=64,global_indices=0', "
                                    "'bigbird:window=32,global_indices=0,num_random=4', 'window:window=128'. Names: "
                                    + _pattern_names())),
+    ("model", "position", dict(choices=("learned", "sinusoidal"),
+                               help="absolute positions: learned (one embedding per position) or fixed sinusoidal (no parameters)")),
     ("model", "gate", dict(action="store_true", help="learnable relative-position gates (a learnable pattern)")),
     ("model", "knn", dict(type=_positive_int, metavar="K", help="dynamic kNN attention with K keys per query (none given: off)")),
     ("model", "attention", dict(choices=_attention_choices(), help="attention pattern over the graph")),

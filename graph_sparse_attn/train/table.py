@@ -66,7 +66,7 @@ class TaskSpec:
 
 # ---------------------------------------------------------------------------- model builders
 def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn.Module:
-    """`SequenceTransformer` with learned positions long enough for the longest sequence (+ its [CLS])."""
+    """`SequenceTransformer` (learned positions, when asked for, long enough for the longest sequence + its [CLS])."""
     from ..nn import SequenceTransformer
 
     longest = max(len(tokens) for split in data.splits.values() for tokens, _ in split) + 1
@@ -94,7 +94,7 @@ def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
 # ---------------------------------------------------------------------------- the table
 # The feed-forward block of every model: width (None: 4 x dim) and activation.
 _FFN = {"ffn_dim": None, "activation": "gelu"}
-_SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None, **_FFN}
+_SEQUENCE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "attn_dropout": 0.0, "gate": False, "knn": None, "position": "learned", **_FFN}
 _GRAPH_MODEL = {"dim": 64, "depth": 3, "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "attention": "exphormer", "gps": True,
                 "norm": "layer", **_FFN}
 _NODE_MODEL = {"dim": 64, "depth": 2, "heads": 4, "dropout": 0.5, "attn_dropout": 0.0, "attention": "graph", "gps": False, **_FFN}
@@ -117,8 +117,7 @@ TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
              benchmarks.accuracy_metric,
              {"epochs": 5, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, **_SEQUENCE_MODEL, "dropout": 0.0,
               "pattern": "longformer:window=16,global_indices=0",
-              "num_train": 3000, "num_val": 300, "num_test": 300, "min_length": 100, "max_length": 500},
-             fixed={"position": "learned"}),
+              "num_train": 3000, "num_val": 300, "num_test": 300, "min_length": 100, "max_length": 500}),
     TaskSpec("imdb", "sequence", "LRA Text: IMDB reviews, byte level", benchmarks.imdb, sequence_model, benchmarks.accuracy_metric,
              {"epochs": 5, "batch_size": 16, "lr": 5e-4, **_SEQUENCE_MODEL, "dropout": 0.1,
               "pattern": "longformer:window=64,global_indices=0", "max_length": 4096, "imdb_path": None, "num_train": None},

@@ -35,7 +35,7 @@ def help_text(capsys, *argv):
 def test_help_documents_every_option_of_the_task(capsys):
     text = help_text(capsys, "train")
     for option in ("--root", "--run-dir", "--device", "--deterministic", "--resume", "--epochs", "--max-steps", "--batch-size",
-                   "--lr", "--schedule", "--seed", "--pattern", "--gate", "--knn", "--dim", "--depth", "--heads", "--checkpoint-every"):
+                   "--lr", "--schedule", "--seed", "--pattern", "--position", "--gate", "--knn", "--dim", "--depth", "--heads", "--checkpoint-every"):
         assert option in text
     assert "--attention" not in text and "--gps" not in text
     graph = help_text(capsys, "train", "ogbg-molhiv")
@@ -52,6 +52,7 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "listops", "--pattern", "spiral"], "unknown pattern"),
         (["train", "listops", "--pattern", "window:width=3"], "takes no parameter"),
         (["train", "listops", "--dropout", "1.5"], "[0, 1)"),
+        (["train", "imdb", "--position", "rotary"], "invalid choice: 'rotary'"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
         (["train", "listops", "--resume"], "--resume needs"),
     ],
@@ -99,6 +100,15 @@ def save_then_die(self):
 loop.Trainer.save_checkpoint = save_then_die
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def test_sinusoidal_positions_replace_the_learned_table(tmp_path):
+    run = tmp_path / "run"
+    gsa("train", "listops", *TINY_LISTOPS, "--root", str(tmp_path / "data"), "--run-dir", str(run), "--max-steps", "1",
+        "--position", "sinusoidal", cwd=tmp_path)
+    assert json.loads((run / "config.json").read_text())["model_options"]["position"] == "sinusoidal"
+    weights = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert "embed.weight" in weights and not any(name.startswith("pos_embed") for name in weights)
 
 
 def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):

@@ -55,7 +55,9 @@ def test_split_options_refuses_an_option_of_another_kind():
     with pytest.raises(ValueError, match="knn"):
         split_options(find_task("ogbg-molhiv"), {"knn": 4})
     data, model = split_options(find_task("listops"), {"num_train": 5, "dim": 8, "epochs": 3})
-    assert data == {"num_train": 5} and model == {"position": "learned", "dim": 8}
+    assert data == {"num_train": 5} and model == {"dim": 8}
+    _, model = split_options(find_task("imdb"), {"position": "sinusoidal"})
+    assert model == {"pooling": "mean", "position": "sinusoidal"}  # the task's fixed settings join the options
 
 
 def test_pattern_and_fanout_spellings():
