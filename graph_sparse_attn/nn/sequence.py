@@ -133,8 +133,12 @@ class SequenceTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.embed.weight, std=0.02)
-        if isinstance(self.pos_embed, nn.Embedding):
+        # Learned tables both start at std 0.02 (GPT-2). Fixed sinusoids have RMS 1/√2, so tokens
+        # start at std 1 beside them, as in LRA's Transformer; at 0.02 the positions drowned them
+        # out (LRA Text stayed at chance for an epoch).
+        learned = isinstance(self.pos_embed, nn.Embedding)
+        nn.init.normal_(self.embed.weight, std=0.02 if learned else 1.0)
+        if learned:
             nn.init.normal_(self.pos_embed.weight, std=0.02)
         for module in [*self.layers, *(self.gates or []), self.norm, self.head]:
             module.reset_parameters()

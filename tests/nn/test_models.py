@@ -91,6 +91,15 @@ def test_sequence_transformer_shapes_gradients_and_batch_invariance(options):
             torch.testing.assert_close(together[i], model(one.x, one.batch, one.edge_index, one.pos)[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_token_and_position_embeddings_start_at_the_same_scale(position):
+    torch.manual_seed(0)
+    model = SequenceTransformer(256, 2, dim=64, depth=1, heads=4, max_length=4096, position=position)
+    tokens = model.embed.weight.pow(2).mean().sqrt()
+    positions = model.pos_embed(torch.arange(4096)).pow(2).mean().sqrt()
+    assert 0.5 < tokens / positions < 2, (float(tokens), float(positions))
+
+
 def model_pattern(model):
     return model.pattern_name, model.pattern_params
 
