@@ -65,7 +65,7 @@ class TrainConfig:
 RUN_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "config_file")
 # Options added after runs were saved, with the value that reproduces how those runs behaved: a
 # saved configuration that lacks one matches only that value (not today's default, which may change).
-ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu"}
+ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu", "position": "learned"}
 
 
 def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequence[str] = RUN_OPTIONS) -> List[str]:

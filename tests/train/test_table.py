@@ -7,7 +7,7 @@ import pytest
 
 from graph_sparse_attn.data import benchmarks
 from graph_sparse_attn.train.cli import build_train_parser, config_from_args, main
-from graph_sparse_attn.train.loop import TrainConfig, Trainer
+from graph_sparse_attn.train.loop import TrainConfig, Trainer, config_differences
 from graph_sparse_attn.train.table import (
     COMMON_DEFAULTS,
     DATA_OPTIONS,
@@ -290,3 +290,12 @@ def test_models_build_the_feed_forward_they_are_given():
             assert layer.local is None or isinstance(layer.local.nn[1], nn.ReLU)
     with pytest.raises(ValueError, match="activation must be one of"):
         GraphTransformer("atom", 16, 2, activation="tanh")
+
+
+def test_a_run_saved_before_an_option_existed_continues_with_the_value_it_ran_with(tmp_path):
+    learned = resolve_config("imdb", {"run_dir": str(tmp_path)})
+    saved = json.loads(learned.to_json())
+    del saved["model_options"]["position"]  # an LRA Text run saved before --position existed ran learned positions
+    assert config_differences(saved, learned) == []
+    sinusoidal = resolve_config("imdb", {"run_dir": str(tmp_path), "position": "sinusoidal"})
+    assert config_differences(saved, sinusoidal) == ["model_options.position (saved: 'learned', now: 'sinusoidal')"]
