@@ -37,7 +37,8 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from .ops.pattern import check_edge_index
-from .patterns.registry import RANDOM_PATTERNS, build_pattern
+from .patterns._utils import check_batch
+from .patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 from .patterns.structural import add_virtual_nodes, expander_from_permutations, k_hop
 
 # Kinds of attention edges, one learned embedding each in `nn.GraphTransformer`.
@@ -266,8 +267,10 @@ def attention_pattern(
     device = edge_index.device
     if batch is None:
         batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=device), 1
-    elif num_graphs is None:
-        num_graphs = int(batch.max()) + 1 if num_nodes else 0
+    else:
+        batch = check_batch(batch, num_nodes, device=device, num_graphs=num_graphs)
+        if num_graphs is None:
+            num_graphs = int(batch[-1]) + 1 if num_nodes else 0
     if attention == "k_hop":
         parts, num_virtual = k_hop_part(edge_index, num_nodes, k_hops), 0
     elif attention == "full":
@@ -295,7 +298,8 @@ def positional_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = N
     if name not in RANDOM_PATTERNS or batch is None:
         extra = {} if name not in RANDOM_PATTERNS else {"generator": generator}
         return build_pattern(name, num_nodes, batch=batch, **params, **extra)
-    num_graphs = int(batch.max()) + 1 if num_graphs is None and num_nodes else (num_graphs or 0)
+    batch = check_batch(batch, num_nodes, num_graphs=num_graphs)
+    num_graphs = int(batch[-1]) + 1 if num_graphs is None and num_nodes else (num_graphs or 0)
     sizes = _graph_counts(batch, num_graphs).tolist()
     starts = torch.cumsum(torch.tensor([0] + sizes[:-1], dtype=torch.long), 0).tolist()
     parts = [build_pattern(name, size, generator=generator, **params).to(batch.device) + start for size, start in zip(sizes, starts)]
@@ -461,7 +465,7 @@ class AddPositionalPattern(BaseTransform):
     """
 
     def __init__(self, name: str, *, seed: Optional[int] = None, **params: Any) -> None:
-        build_pattern(name, 1, **params)  # fail fast on a bad name or parameters
+        check_pattern(name, params)
         self.name, self.params, self.seed = name, params, seed
         self._generator = torch.Generator().manual_seed(seed) if seed is not None and name in RANDOM_PATTERNS else None
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..ops.pattern import check_edge_index
-from ..patterns._utils import check_size
+from ..patterns._utils import check_generator, check_size
 
 # In-degree, in multiples of the fanout, above which a node is sampled by Floyd's algorithm
 # (O(fanout²) per node) rather than by sorting random keys of all its in-edges.
@@ -90,6 +90,7 @@ class NeighborSampler:
         self.num_neighbors = _check_num_neighbors(num_neighbors)
         self.batch_size = check_size(batch_size, "batch_size", minimum=1)
         self.shuffle = bool(shuffle)
+        check_generator(generator)
         self.generator = generator
         self.device = edge_index.device
         self.input_nodes = _check_input_nodes(input_nodes, self.num_nodes, self.device)

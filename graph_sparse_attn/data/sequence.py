@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
 from ..patterns._utils import check_size
-from ..patterns.registry import RANDOM_PATTERNS, build_pattern
+from ..patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 
 Sample = Tuple[Tensor, int]
 
@@ -26,10 +26,15 @@ class PackedSequences(Dataset):
     """
 
     def __init__(self, tokens: Tensor, offsets: Tensor, labels: Tensor, *, token_offset: int = 0) -> None:
+        for name, tensor in (("tokens", tokens), ("offsets", offsets), ("labels", labels)):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name} must be a Tensor, got {type(tensor).__name__}")
         if tokens.dtype != torch.uint8 or tokens.dim() != 1:
             raise TypeError(f"tokens must be a uint8 Tensor [T], got {tokens.dtype} {list(tokens.shape)}")
-        if offsets.dim() != 1 or offsets.numel() != labels.numel() + 1 or int(offsets[-1]) != tokens.numel():
-            raise ValueError(f"offsets must be [N + 1] = [{labels.numel() + 1}] ending at {tokens.numel()}, got {list(offsets.shape)}")
+        if offsets.dim() != 1 or offsets.numel() != labels.numel() + 1 or offsets.is_floating_point():
+            raise ValueError(f"offsets must be an int64 Tensor [N + 1] = [{labels.numel() + 1}], got {offsets.dtype} {list(offsets.shape)}")
+        if int(offsets[0]) != 0 or int(offsets[-1]) != tokens.numel() or bool((offsets[1:] < offsets[:-1]).any()):
+            raise ValueError(f"offsets must rise from 0 to T = {tokens.numel()} (sequence i is tokens[offsets[i]:offsets[i + 1]])")
         self.tokens, self.offsets, self.labels, self.token_offset = tokens, offsets, labels, token_offset
 
     def __len__(self) -> int:
@@ -72,7 +77,7 @@ class SequenceGraphCollator:
     ) -> None:
         self.pattern = pattern
         self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
-        build_pattern(pattern, 1, **self.pattern_params)  # fail fast on a bad name or parameters
+        check_pattern(pattern, self.pattern_params)
         self.cls_token = cls_token
         # Bounded in bytes, not entries: every length up to LRA Text's 4,096 bytes would hold about
         # 4.5 GB, while building one such pattern anew takes about 1.5 ms.

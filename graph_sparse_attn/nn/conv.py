@@ -196,6 +196,8 @@ class SparseAttnConv(MessagePassing):
             x_src, x_dst = x, x
         else:
             x_src, x_dst = x[0], x[1]
+        if x_src.dim() != 2 or x_dst.dim() != 2:
+            raise ValueError("x must be [N, in_channels] (or a pair of them, [N_src, F_src] and [N_dst, F_dst])")
         query = self.lin_query(x_dst).view(-1, heads, channels)
         key = self.lin_key(x_src).view(-1, heads, channels)
         value = self.lin_value(x_src).view(-1, heads, channels)

@@ -5,11 +5,12 @@ import math
 from typing import Optional, Union
 
 import torch
-from ogb.utils.features import get_bond_feature_dims
+from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch import Tensor, nn
 from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
 
 from ..ops import CSRPattern
+from ..patterns._utils import check_batch
 from ..transforms import (
     ATTENTION_PATTERNS,
     NUM_EDGE_TYPES,
@@ -111,6 +112,8 @@ class GraphTransformer(nn.Module):
             raise ValueError(f"pooling must be 'mean' or 'sum', got {pooling!r}")
         if min(hidden_channels, out_channels, depth, heads) <= 0 or min(k_hops, num_virtual, expander_degree, pe_dim) < 0:
             raise ValueError("sizes must be positive (k_hops, num_virtual, expander_degree and pe_dim non-negative)")
+        if attention == "exphormer" and expander_degree % 2:
+            raise ValueError(f"expander_degree must be even (d / 2 permutations and their inverses), got {expander_degree}")
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
         self.depth, self.heads, self.task, self.attention = depth, heads, task, attention
         self.k_hops, self.expander_degree, self.num_virtual = k_hops, expander_degree, num_virtual
@@ -174,18 +177,20 @@ class GraphTransformer(nn.Module):
         attn_edge: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
     ) -> Tensor:
+        self._check_shapes(x, edge_index, edge_attr, batch, pe)
         num_nodes = x.size(0)
         if batch is None:
             batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=x.device), 1
         elif num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if num_nodes else 0
+            batch = check_batch(batch, num_nodes)  # this path syncs anyway; a given num_graphs keeps it sync-free
+            num_graphs = int(batch[-1]) + 1 if num_nodes else 0
         num_virtual = self.num_virtual if self.virtual is not None else 0
         total_nodes = num_nodes + num_graphs * num_virtual
 
         h = self.node_encoder(x)
         if self.pe_encoder is not None:
             if pe is None or pe.shape != (num_nodes, self.pe_dim):
-                raise ValueError(f"pe must have shape [N, pe_dim]=[{num_nodes}, {self.pe_dim}]")
+                raise ValueError(f"pe must have shape [N, pe_dim]=[{num_nodes}, {self.pe_dim}], got {None if pe is None else list(pe.shape)}")
             if self.lap_pe and self.training:
                 pe = pe * (torch.randint(0, 2, (1, self.pe_dim), device=pe.device) * 2 - 1)
             h = h + self.pe_encoder(pe)
@@ -254,6 +259,29 @@ class GraphTransformer(nn.Module):
             h = (global_mean_pool if self.pooling == "mean" else global_add_pool)(h, batch, num_graphs)
         return self.head(h)
 
+    def _check_shapes(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor], batch: Optional[Tensor],
+                      pe: Optional[Tensor]) -> None:
+        """Refuse inputs whose shapes do not fit the model (no host sync: shapes only)."""
+        if self.in_channels == "atom":
+            if x.dim() != 2 or x.size(1) != NUM_ATOM_FEATURES or x.is_floating_point():
+                raise ValueError(f"x must be OGB atom features: long [N, {NUM_ATOM_FEATURES}], got {x.dtype} {list(x.shape)}")
+        elif x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(f"x must have shape [N, in_channels]=[N, {self.in_channels}], got {list(x.shape)}")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+        num_edges = edge_index.size(1)
+        if edge_attr is not None:
+            if self.edge_encoder is None:
+                raise ValueError("edge_attr was given but the model has no edge_dim: build it with edge_dim=F (or 'bond')")
+            width = len(_BOND_DIMS) if self.edge_dim == "bond" else self.edge_dim
+            if edge_attr.dim() != 2 or edge_attr.shape != (num_edges, width):
+                raise ValueError(f"edge_attr must have shape [E, {width}]=[{num_edges}, {width}] (one row per edge_index column), "
+                                 f"got {list(edge_attr.shape)}")
+        if pe is not None and self.pe_encoder is None:
+            raise ValueError("pe was given but the model has pe_dim=0: build it with pe_dim=the encoding's size")
+        if batch is not None and (batch.dim() != 1 or batch.size(0) != x.size(0) or batch.is_floating_point()):
+            raise ValueError(f"batch must be a LongTensor [N]=[{x.size(0)}], got {batch.dtype} {list(batch.shape)}")
+
     def _edge_table(self) -> Tensor:
         """``[T (B + 1), hidden]`` features of every (edge type, bond code or none) pair: row ``t (B + 1) + b``
         is ``edge_type(t) + BondEncoder(bond b)``, and row ``t (B + 1) + B`` is ``edge_type(t)`` alone."""
@@ -270,6 +298,7 @@ class GraphTransformer(nn.Module):
         )
 
 
+NUM_ATOM_FEATURES = len(get_atom_feature_dims())
 # OGB bond features as one code each, b = Σ_f value_f · stride_f, and the table of all codes.
 _BOND_DIMS = tuple(get_bond_feature_dims())
 NUM_BOND_CODES = math.prod(_BOND_DIMS)

@@ -7,8 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import CSRPattern
+from ..ops.attention import GATE_MODES
 from ..ops.dispatch import check_backend
-from ..patterns.dynamic import knn
+from ..patterns.dynamic import METRICS, knn
 from ..ops.edge_features import edge_feature_attention
 from .dropout import Dropout
 
@@ -17,6 +18,13 @@ Pattern = Union[Tensor, CSRPattern]
 NORMS = {"layer": nn.LayerNorm, "batch": nn.BatchNorm1d}
 # Feed-forward activations: GELU (Transformers), or ReLU (GraphGPS's layers).
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def check_heads(dim: int, heads: int) -> None:
+    if isinstance(dim, bool) or isinstance(heads, bool) or not isinstance(dim, int) or not isinstance(heads, int):
+        raise TypeError(f"dim and heads must be ints, got {dim!r} and {heads!r}")
+    if dim <= 0 or heads <= 0 or dim % heads:
+        raise ValueError(f"dim ({dim}) must be a positive multiple of heads ({heads})")
 
 
 def check_activation(activation: str) -> None:
@@ -62,8 +70,13 @@ class SparseMultiheadAttention(nn.Module):
     def __init__(self, dim: int, heads: int, *, edge_dim: Optional[int] = None, dropout: float = 0.0, gate_mode: str = "scale",
                  backend: str = "auto") -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        check_heads(dim, heads)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout (of the attention weights) must be in [0, 1), got {dropout}")
+        if gate_mode not in GATE_MODES:
+            raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
+        if edge_dim is not None and (isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim <= 0):
+            raise ValueError(f"edge_dim must be a positive int or None, got {edge_dim!r}")
         check_backend(backend)
         self.dim, self.heads, self.dropout, self.gate_mode, self.backend = dim, heads, dropout, gate_mode, backend
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -77,11 +90,15 @@ class SparseMultiheadAttention(nn.Module):
 
     def project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values ``[N, H, C]``."""
+        if x.dim() != 2 or x.size(1) != self.dim:
+            raise ValueError(f"x must have shape [N, dim]=[N, {self.dim}], got {list(x.shape)}")
         shape = (x.size(0), self.heads, self.dim // self.heads)
         return tuple(t.reshape(shape) for t in self.qkv(x).chunk(3, dim=-1))
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
                edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None, edge_attr_index: Optional[Tensor] = None) -> Tensor:
+        if edge_attr is not None and self.lin_edge is None:
+            raise ValueError("edge_attr was given but the attention has no edge_dim: build it with edge_dim=F")
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.dim // self.heads, -1)
         out, _ = edge_feature_attention(
             query, key, value, edge_index, edge_attr, edge_weight, edge_gate=edge_gate, edge_bias=edge_bias,
@@ -113,6 +130,8 @@ class KNNAttention(SparseMultiheadAttention):
         super().__init__(dim, heads, dropout=dropout, backend=backend)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.k, self.metric = k, metric
 
     def forward(self, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
@@ -182,8 +201,11 @@ class SparseTransformerLayer(nn.Module):
         activation: str = "gelu",
     ) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        check_heads(dim, heads)
+        if knn is not None and (edge_dim is not None or gate_mode != "scale"):
+            raise ValueError("knn attention builds its pattern from the queries: edge_dim and gate_mode do not apply with it")
+        if ffn_dim is not None and (isinstance(ffn_dim, bool) or not isinstance(ffn_dim, int) or ffn_dim <= 0):
+            raise ValueError(f"ffn_dim must be a positive int or None (4 * dim), got {ffn_dim!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {tuple(NORMS)}, got {norm!r}")
         self.dim, self.heads, self.norm_kind = dim, heads, norm
@@ -228,6 +250,10 @@ class SparseTransformerLayer(nn.Module):
         pre = self.norm_kind == "layer"
         h = self.norm_attn(x) if pre else x
         if self.is_dynamic:
+            given = [name for name, value in (("edge_index", edge_index), ("edge_attr", edge_attr), ("edge_attr_index", edge_attr_index),
+                                              ("edge_bias", edge_bias), ("edge_gate", edge_gate)) if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: not used by a knn layer, which builds its pattern from the queries")
             attended = self.attn(h, batch)
         else:
             if edge_index is None:

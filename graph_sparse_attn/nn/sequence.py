@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
 from ..ops import CSRPattern
+from ..patterns import check_pattern
+from ..patterns._utils import check_batch
 from ..transforms import positional_pattern
 from .dropout import Dropout
 from .gates import RelativePositionGate
@@ -81,7 +83,8 @@ class SequenceTransformer(nn.Module):
     num_graphs: int = None) -> [B, num_classes]``. ``edge_index`` is the pattern the batch carries
     (a collator's ``edge_index``, or ``attn_index`` from
     :class:`~graph_sparse_attn.transforms.AddPositionalPattern`); without it the model builds
-    its own. With a ``CSRPattern`` and ``num_graphs`` given, the forward makes no host sync of its own.
+    its own. With a ``CSRPattern`` and ``num_graphs`` given, its only host sync checks the token ids
+    and positions (one, skipped under ``torch.compile``); ``knn`` models take no ``edge_index``.
     """
 
     def __init__(
@@ -110,11 +113,18 @@ class SequenceTransformer(nn.Module):
             raise ValueError(f"position must be 'learned' or 'sinusoidal', got {position!r}")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        if min(vocab_size, num_classes, dim, depth, heads, max_length) <= 0:
-            raise ValueError("vocab_size, num_classes, dim, depth, heads and max_length must be positive")
+        sizes = {"vocab_size": vocab_size, "num_classes": num_classes, "dim": dim, "depth": depth, "heads": heads, "max_length": max_length}
+        for name, size in sizes.items():
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ValueError(f"{name} must be a positive int, got {size!r}")
         self.vocab_size, self.num_classes, self.dim, self.depth, self.heads = vocab_size, num_classes, dim, depth, heads
+        if knn is not None and (pattern is not None or gate):
+            raise ValueError("knn attention builds its pattern from the queries each step: pattern and gate do not apply with it")
+        if pattern is not None and not (isinstance(pattern, (tuple, list)) and len(pattern) == 2 and isinstance(pattern[1], dict)):
+            raise TypeError(f"pattern must be (name, params), e.g. ('window', {{'window': 64}}), got {pattern!r}")
         self.position, self.pooling, self.max_length = position, pooling, max_length
         self.pattern_name, self.pattern_params = pattern or DEFAULT_PATTERN
+        check_pattern(self.pattern_name, self.pattern_params)
         self.knn = knn
         self.generator = None if pattern_seed is None else torch.Generator().manual_seed(pattern_seed)
 
@@ -154,13 +164,19 @@ class SequenceTransformer(nn.Module):
                 pos: Optional[Tensor] = None, *, num_graphs: Optional[int] = None) -> Tensor:
         if tokens.dim() != 1 or tokens.dtype != torch.long:
             raise TypeError(f"tokens must be a LongTensor [T], got {tokens.dtype} {list(tokens.shape)}")
-        if batch.shape != tokens.shape:
-            raise ValueError(f"batch must have shape [T]={list(tokens.shape)}, got {list(batch.shape)}")
+        if not isinstance(batch, Tensor) or batch.shape != tokens.shape or batch.is_floating_point():
+            raise ValueError(f"batch must be a LongTensor of shape [T]={list(tokens.shape)}, got {batch!r:.80}")
+        if pos is not None and (pos.shape != tokens.shape or pos.is_floating_point()):
+            raise ValueError(f"pos must be a LongTensor of shape [T]={list(tokens.shape)}, got {pos.dtype} {list(pos.shape)}")
+        if self.knn is not None and edge_index is not None:
+            raise ValueError("edge_index does not apply to a knn model: it builds its pattern from the queries each step")
+        if not torch.compiler.is_compiling():
+            batch = check_batch(batch, tokens.numel(), num_graphs=num_graphs)
         if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+            num_graphs = int(batch[-1]) + 1 if batch.numel() else 0
         pos = positions_in_sequence(batch, num_graphs) if pos is None else pos
-        if self.position == "learned" and not torch.compiler.is_compiling() and int(pos.max()) >= self.max_length:
-            raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
+        if not torch.compiler.is_compiling():
+            self._check_values(tokens, pos, batch, num_graphs)
         if edge_index is None and self.knn is None:
             edge_index = self.pattern(batch, num_graphs)
 
@@ -183,6 +199,23 @@ class SequenceTransformer(nn.Module):
         else:
             pooled = global_mean_pool(x, batch, num_graphs)
         return self.head(pooled)
+
+    def _check_values(self, tokens: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> None:
+        """Token ids in ``[0, vocab_size)``, positions in ``[0, max_length)`` (learned) or
+        non-negative (sinusoidal), and with ``"cls"`` pooling no empty sequence: one host sync, as
+        embedding lookups would fail obscurely and an empty sequence would pool its neighbour's token."""
+        if not tokens.numel():
+            return
+        shortest = torch.bincount(batch, minlength=num_graphs).min() if self.pooling == "cls" and num_graphs else tokens.new_ones(())
+        low, high, first, last, shortest = torch.stack([tokens.min(), tokens.max(), pos.min(), pos.max(), shortest]).tolist()
+        if shortest == 0:
+            raise ValueError(f"every sequence of batch needs a token to pool with pooling='cls' (num_graphs={num_graphs})")
+        if low < 0 or high >= self.vocab_size:
+            raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}), got values in [{low}, {high}]")
+        if first < 0:
+            raise ValueError(f"pos must be non-negative, got {first}")
+        if self.position == "learned" and last >= self.max_length:
+            raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
 
     def gate_penalty(self, edge_index: Tensor, pos: Tensor) -> Tensor:
         """Sum of the layers' gate sparsity penalties (zero without gates)."""

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -53,6 +54,22 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str =
     return edge_index.long()
 
 
+def _node_counts(num_nodes: Any) -> Tuple[int, int]:
+    """``(N_src, N_dst)`` of ``num_nodes``: an integer ``N`` (a 0-d tensor or NumPy integer too) or a pair."""
+    if isinstance(num_nodes, (tuple, list)) and len(num_nodes) == 2:
+        try:
+            return operator.index(num_nodes[0]), operator.index(num_nodes[1])
+        except TypeError:
+            pass
+    elif not isinstance(num_nodes, bool):
+        try:
+            count = operator.index(num_nodes)
+            return count, count
+        except TypeError:
+            pass
+    raise TypeError(f"num_nodes must be an int N or a pair (N_src, N_dst) of ints, got {num_nodes!r:.60}")
+
+
 @dataclass(frozen=True)
 class CSRPattern:
     """An attention pattern sorted into compressed rows, built once and reused across layers.
@@ -91,14 +108,12 @@ class CSRPattern:
         ``num_nodes`` is ``N`` (square), ``(N_src, N_dst)`` (bipartite), or ``None`` to infer
         ``max index + 1`` for each side.
         """
-        if isinstance(num_nodes, int):
-            num_src = num_dst = num_nodes
-        elif num_nodes is None:
+        if num_nodes is None:
             if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
                 raise ValueError("edge_index must have shape [2, E]")
             num_src, num_dst = ((int(edge_index[r].max()) + 1) if edge_index.numel() else 0 for r in (0, 1))
         else:
-            num_src, num_dst = (int(n) for n in num_nodes)
+            num_src, num_dst = _node_counts(num_nodes)
         if num_src < 0 or num_dst < 0:
             raise ValueError(f"num_nodes must be non-negative, got ({num_src}, {num_dst})")
         return cls._from_valid_edge_index(check_edge_index(edge_index, num_src, num_dst), num_src, num_dst)
@@ -173,6 +188,8 @@ class CSRPattern:
 
     def sorted_to_caller(self, values: Tensor) -> Tensor:
         """Reorder per-edge ``values [E, ...]`` from sorted order back to the caller's order."""
+        if values.size(0) != self.num_edges:
+            raise ValueError(f"per-edge values must have E={self.num_edges} rows, got {list(values.shape)}")
         if self.perm is None:
             return values
         # index_copy / index_select rather than advanced indexing: their adjoints are a gather and an
@@ -182,6 +199,8 @@ class CSRPattern:
 
     def caller_to_sorted(self, values: Optional[Tensor]) -> Optional[Tensor]:
         """Reorder per-edge ``values [E, ...]`` from the caller's order to sorted order."""
+        if values is not None and values.size(0) != self.num_edges:
+            raise ValueError(f"per-edge values must have E={self.num_edges} rows, got {list(values.shape)}")
         return values if values is None or self.perm is None else values.index_select(0, self.perm)
 
 

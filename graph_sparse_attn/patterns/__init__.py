@@ -28,7 +28,7 @@ from .positional import (
     sliding_window,
     strided,
 )
-from .registry import POSITIONAL_PATTERNS, build_pattern, parse_pattern
+from .registry import POSITIONAL_PATTERNS, build_pattern, check_pattern, parse_pattern
 from .structural import VirtualNodes, add_virtual_nodes, expander, graph_edges, k_hop
 
 __all__ = [
@@ -36,5 +36,5 @@ __all__ = [
     "graph_edges", "k_hop", "expander", "add_virtual_nodes", "VirtualNodes",
     "union", "intersection", "causal", "sort_and_dedup", "to_dense_mask", "from_dense_mask", "to_networkx", "from_networkx",
     "knn", "lsh_knn", "lsh_buckets", "recall_at_k",
-    "prune", "PruneInfo", "POSITIONAL_PATTERNS", "build_pattern", "parse_pattern",
+    "prune", "PruneInfo", "POSITIONAL_PATTERNS", "build_pattern", "check_pattern", "parse_pattern",
 ]

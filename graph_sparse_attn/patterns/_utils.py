@@ -27,13 +27,22 @@ def resolve_device(tensor: Optional[Tensor], device: Device, tensor_name: str = 
     """The device of ``tensor`` when given (``device`` must then agree), else ``device`` (default CPU)."""
     if tensor is None:
         return torch.device("cpu") if device is None else torch.device(device)
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{tensor_name} must be a Tensor, got {type(tensor).__name__}")
     if device is not None and torch.device(device) != tensor.device:
         raise ValueError(f"device={device} disagrees with {tensor_name} on {tensor.device}")
     return tensor.device
 
 
-def check_batch(batch: Tensor, num_nodes: int, name: str = "batch", device: Optional[torch.device] = None) -> Tensor:
-    """Validate a PyG batch vector ``[N]`` (integer, non-negative, sorted, on ``device`` when given); return it as int64."""
+def check_generator(generator: Optional[torch.Generator]) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def check_batch(batch: Tensor, num_nodes: int, name: str = "batch", device: Optional[torch.device] = None,
+                num_graphs: Optional[int] = None) -> Tensor:
+    """Validate a PyG batch vector ``[N]`` (integer, non-negative, sorted, below ``num_graphs`` and on
+    ``device`` when given; one host sync); return it as int64."""
     if not isinstance(batch, Tensor):
         raise TypeError(f"{name} must be a LongTensor [N], got {type(batch).__name__}")
     if batch.dtype not in (torch.int64, torch.int32):
@@ -44,10 +53,13 @@ def check_batch(batch: Tensor, num_nodes: int, name: str = "batch", device: Opti
         raise ValueError(f"{name} is on {batch.device} but the features are on {device}")
     batch = batch.long()
     if num_nodes:
-        if int(batch[0]) < 0:
+        first, last, unsorted = torch.stack([batch[0], batch[-1], (batch[1:] < batch[:-1]).any()]).tolist()
+        if first < 0:
             raise ValueError(f"{name} must be non-negative, got {int(batch.min())}")
-        if not bool((batch[1:] >= batch[:-1]).all()):
+        if unsorted:
             raise ValueError(f"{name} must be sorted (non-decreasing), as PyG's Batch produces it")
+        if num_graphs is not None and last >= num_graphs:
+            raise ValueError(f"{name} holds graph {last} but num_graphs is {num_graphs}")
     return batch
 
 

@@ -1,6 +1,7 @@
 """Export a learned (gated) pattern as a smaller fixed pattern."""
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple, Tuple, Union
 
@@ -56,8 +57,20 @@ def prune(
     """
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index must be a tensor of shape [2, E], got {getattr(edge_index, 'shape', type(edge_index).__name__)}")
+    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
+        raise TypeError(f"edge_index must have an integer dtype (int64), got {edge_index.dtype}")
+    if edge_index.numel() and int(edge_index.min()) < 0:
+        raise ValueError(f"edge_index must hold non-negative node indices, got {int(edge_index.min())}")
+    if not isinstance(gate, Tensor) or not gate.is_floating_point():
+        raise TypeError(f"gate must be a floating-point Tensor [E] or [E, H], got {getattr(gate, 'dtype', type(gate).__name__)}")
     if gate.dim() not in (1, 2) or gate.size(0) != edge_index.size(1):
         raise ValueError(f"gate must have shape [E] or [E, H] with E={edge_index.size(1)}, got {list(gate.shape)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number, got {threshold!r}")
+    if math.isnan(threshold):
+        raise ValueError("threshold must be a number, got nan")
+    if bool(gate.detach().isnan().any()):
+        raise ValueError("gate holds NaN values: a NaN gate can neither keep nor drop its edge")
     if isinstance(min_per_target, bool) or not isinstance(min_per_target, int) or min_per_target < 0:
         raise ValueError(f"min_per_target must be a non-negative int, got {min_per_target!r}")
     strength = gate.detach() if gate.dim() == 1 else gate.detach().amax(dim=1)

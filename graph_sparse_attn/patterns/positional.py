@@ -17,6 +17,7 @@ from torch import Tensor
 from ._utils import (
     Device,
     Segments,
+    check_generator,
     check_size,
     grid_union,
     resolve_device,
@@ -407,6 +408,7 @@ def _sample_sources(
     """
     length = seg.length
     num_targets = length.numel()
+    check_generator(generator)
     draw_device = generator.device if generator is not None else length.device
     # Draw-major [r, N] so that each draw is read, written and compared contiguously.
     uniform = torch.rand(num_random, num_targets, generator=generator, dtype=torch.float64, device=draw_device)

@@ -2,13 +2,14 @@
 
 ``build_pattern("longformer", n, batch=batch, window=64, global_indices=[0])`` equals
 ``longformer(n, 64, [0], batch=batch)``. :func:`parse_pattern` reads the CLI form
-``"longformer:window=64,global_indices=0"``.
+``"longformer:window=64,global_indices=0"``; :func:`check_pattern` refuses a bad spec before any data.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from . import positional
@@ -25,6 +26,33 @@ POSITIONAL_PATTERNS: Dict[str, Callable[..., Tensor]] = {
     "bigbird": positional.bigbird,
 }
 RANDOM_PATTERNS = frozenset({"random", "bigbird"})
+# Builder arguments the caller of a pattern supplies (its sequences, device and draws), never its spec.
+_SUPPLIED = frozenset({"num_nodes", "batch", "device", "generator"})
+
+
+def check_pattern(name: str, params: Mapping[str, Any]) -> None:
+    """Refuse a pattern spec ``(name, params)`` before any data: an unknown name, parameters the
+    pattern does not take or lacks, and values its builder refuses (checked by building it over a
+    one-position sequence, with a private generator so the global RNG is not drawn from).
+
+    Raises ``ValueError`` (``TypeError`` for a value of the wrong type) that names the pattern.
+    """
+    if name not in POSITIONAL_PATTERNS:
+        raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
+    fn = POSITIONAL_PATTERNS[name]
+    signature = inspect.signature(fn).parameters
+    takes = [p for p in signature if p not in _SUPPLIED]
+    unknown = sorted(set(params) - set(takes))
+    if unknown:
+        raise ValueError(f"pattern {name!r} takes no parameter(s) {unknown}; it takes {takes}")
+    missing = [p for p in takes if signature[p].default is inspect.Parameter.empty and p not in params]
+    if missing:
+        raise ValueError(f"pattern {name!r} needs parameter(s) {missing}, e.g. {name}:{missing[0]}=...")
+    extra = {"generator": torch.Generator()} if name in RANDOM_PATTERNS else {}
+    try:
+        fn(1, **params, **extra)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"pattern {name!r}: {error}") from None
 
 
 def build_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, **params: Any) -> Tensor:
@@ -43,7 +71,8 @@ def build_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, 
 
 
 def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
-    """Parse ``"name:key=value,key=value"`` (values: ints, floats, ``true``/``false``, ``a+b`` lists of ints)."""
+    """Parse ``"name:key=value,key=value"`` (values: ints, floats, ``true``/``false``, ``a+b`` lists of ints)
+    and check it (:func:`check_pattern`); every refusal is a ``ValueError``."""
     name, _, rest = spec.partition(":")
     if name not in POSITIONAL_PATTERNS:
         raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
@@ -54,10 +83,10 @@ def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
             raise ValueError(f"pattern parameter {item!r} must look like key=value")
         key, parsed = key.strip(), _parse_value(value.strip())
         params[key] = [parsed] if key.endswith("indices") and isinstance(parsed, int) else parsed
-    accepted = inspect.signature(POSITIONAL_PATTERNS[name]).parameters
-    unknown = set(params) - set(accepted)
-    if unknown:
-        raise ValueError(f"pattern {name!r} takes no parameter(s) {sorted(unknown)}")
+    try:
+        check_pattern(name, params)
+    except TypeError as error:  # text has no types: a value of the wrong kind is a malformed spec
+        raise ValueError(str(error)) from None
     return name, params
 
 
@@ -65,7 +94,10 @@ def _parse_value(text: str) -> Any:
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     if "+" in text:
-        return [int(v) for v in text.split("+")]
+        try:
+            return [int(v) for v in text.split("+")]
+        except ValueError:
+            raise ValueError(f"cannot read pattern parameter value {text!r}: a+b lists hold integers") from None
     for cast in (int, float):
         try:
             return cast(text)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..ops.pattern import check_edge_index
-from ._utils import Device, check_batch, check_size, resolve_device, rows_to_edge_index, runs_to_edge_index
+from ._utils import Device, check_batch, check_generator, check_size, resolve_device, rows_to_edge_index, runs_to_edge_index
 from .combine import sort_and_dedup
 
 
@@ -133,6 +133,7 @@ def expander(
     device = resolve_device(batch, device)
     if batch is not None:
         batch = check_batch(batch, num_nodes)
+    check_generator(generator)
     draw_device = generator.device if generator is not None else device
     orders = []
     for _ in range(degree // 2):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -77,8 +78,8 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
-_non_negative_float = _checked(float, lambda v: v >= 0, "a non-negative number")
+_positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite positive number")
+_non_negative_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite non-negative number")
 _probability = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 
@@ -136,11 +137,11 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("optimisation", "batch_size", dict(type=_positive_int, help="global batch size (split across data-parallel ranks)")),
     ("optimisation", "lr", dict(type=_positive_float, help="peak learning rate")),
     ("optimisation", "optimizer", dict(choices=("adamw", "sgd"), help="AdamW, or SGD with momentum 0.9")),
-    ("optimisation", "weight_decay", dict(type=float, help="weight decay")),
+    ("optimisation", "weight_decay", dict(type=_non_negative_float, help="weight decay")),
     ("optimisation", "schedule", dict(choices=("cosine", "linear", "constant"), help="learning-rate schedule after warm-up")),
     ("optimisation", "warmup_steps", dict(type=_non_negative_int, help="linear warm-up steps")),
-    ("optimisation", "grad_clip", dict(type=float, help="gradient norm clip (0 disables)")),
-    ("run", "seed", dict(type=int, help="random seed")),
+    ("optimisation", "grad_clip", dict(type=_non_negative_float, help="gradient norm clip (0 disables)")),
+    ("run", "seed", dict(type=_non_negative_int, help="random seed")),
     ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
     ("run", "backend", dict(choices=KERNEL_BACKENDS,
@@ -229,7 +230,7 @@ def config_from_args(argv: List[str]):
         parser.error("--resume needs the --run-dir of the run to continue")
     try:
         device = local_device(args.device)
-    except RuntimeError as error:  # a device string torch does not know
+    except (RuntimeError, ValueError) as error:  # a device string torch does not know, or one this machine lacks
         parser.error(f"--device {args.device}: {error}")
     try:
         check_backend_runs_on(args.backend, device)
@@ -237,7 +238,10 @@ def config_from_args(argv: List[str]):
         parser.error(f"--backend {args.backend} with --device {args.device}: {error}")
     values = {option: getattr(args, option) for option in spec.options}
     values["run_dir"] = values["run_dir"] or _new_run_dir(f"runs/{name}-seed{args.seed}")
-    config = resolve_config(name, values)
+    try:
+        config = resolve_config(name, values)
+    except ValueError as error:  # options valid alone but not together
+        parser.error(str(error))
     if Path(config.run_dir, "last.pt").exists() and not args.resume:
         parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
     from .loop import config_differences
@@ -338,6 +342,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = run_dir / f"{args.checkpoint}.pt"
     if not checkpoint.exists():
         build_parser().error(f"{checkpoint} does not exist (is {run_dir} a run directory written by 'gsa train'?)")
+    try:
+        local_device(args.device)
+    except (RuntimeError, ValueError) as error:
+        build_parser().error(f"--device {args.device}: {error}")
     try:
         state = load_checkpoint(checkpoint)
         config = TrainConfig(**{**state["config"], "device": args.device})

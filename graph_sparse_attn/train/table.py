@@ -70,6 +70,8 @@ def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn
     from ..nn import SequenceTransformer
 
     longest = max(len(tokens) for split in data.splits.values() for tokens, _ in split) + 1
+    if options.get("knn") is not None:  # it builds its pattern from the queries; the batches' pattern goes unused
+        options = {key: value for key, value in options.items() if key != "pattern"}
     return SequenceTransformer(data.vocab_size, data.num_classes, max_length=longest, **options)
 
 
@@ -202,7 +204,8 @@ def resolve_config(name: str, options: Mapping[str, Any]):
 
     Patterns and fanouts may be given in their command-line spelling; ``root``, ``run_dir`` and
     ``imdb_path`` become absolute paths, so a run directory works from any folder.
-    Raises `UnknownTask`, or `ValueError` naming an option that does not apply to the task.
+    Raises `UnknownTask`, or `ValueError` naming an option that does not apply to the task or
+    options that do not go together.
     """
     from .loop import TrainConfig
 
@@ -218,12 +221,26 @@ def resolve_config(name: str, options: Mapping[str, Any]):
         values["imdb_path"] = str(Path(values["imdb_path"]).resolve())
     if values["run_dir"] is None:
         raise ValueError("run_dir must be given")
+    _check_together(spec, values)
     data_options, model_options = split_options(spec, values)
     common = {key: values[key] for key in COMMON_DEFAULTS}
     common["root"], common["run_dir"] = str(Path(common["root"]).resolve()), str(Path(common["run_dir"]).resolve())
     if "pattern" in model_options:
         model_options["pattern"] = list(model_options["pattern"])
     return TrainConfig(task=name, **common, data_options=data_options, model_options=model_options)
+
+
+def _check_together(spec: TaskSpec, values: Mapping[str, Any]) -> None:
+    """Refuse options that are valid one by one but not together, before any data is loaded."""
+    if "dim" in values and "heads" in values and values["dim"] % values["heads"]:
+        raise ValueError(f"--dim ({values['dim']}) must be divisible by --heads ({values['heads']})")
+    if values.get("knn") is not None:
+        if values.get("gate"):
+            raise ValueError("--gate learns gates over a fixed pattern, --knn attends over a pattern built from the queries: choose one")
+        default = spec.options["pattern"]
+        default = parse_pattern(default) if isinstance(default, str) else default
+        if list(values["pattern"]) != list(default):
+            raise ValueError("--pattern does not apply with --knn (kNN attention builds its pattern from the queries each step)")
 
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -138,7 +138,8 @@ class SequenceClassificationTask(Task):
                 "test": _eval_loader(splits["test"], batch_size, collate_fn=self.collate)}
 
     def forward(self, model, batch, split):
-        return model(batch.x, batch.batch, batch.edge_index, batch.pos), batch.y
+        edge_index = None if self.model_options.get("knn") is not None else batch.edge_index
+        return model(batch.x, batch.batch, edge_index, batch.pos), batch.y
 
     def loss(self, prediction, target):
         return F.cross_entropy(prediction, target)

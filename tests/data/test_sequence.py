@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from graph_sparse_attn.data.sequence import SequenceGraphCollator
+from graph_sparse_attn.data.sequence import PackedSequences, SequenceGraphCollator
 from graph_sparse_attn.patterns import longformer
 from graph_sparse_attn.patterns.registry import build_pattern
 
@@ -35,7 +35,7 @@ def test_fixed_patterns_are_cached_per_length_and_random_ones_are_not(monkeypatc
     built = counting_builds(monkeypatch)
     fixed = SequenceGraphCollator("window", {"window": 1})
     first, again = fixed.pattern_for_length(10), fixed.pattern_for_length(10)
-    assert built == [1, 10]  # the constructor's check, then one build for both calls
+    assert built == [10]  # one build for both calls
     assert first.dtype == again.dtype == torch.long and torch.equal(first, again)
     assert torch.equal(first, build_pattern("window", 10, window=1))
     rand = SequenceGraphCollator("random", {"num_random": 2})
@@ -74,6 +74,16 @@ def test_bad_inputs_are_named():
         SequenceGraphCollator("window", {"window": 1}, cache_bytes=-1)
     with pytest.raises(TypeError, match="cache_bytes"):
         SequenceGraphCollator("window", {"window": 1}, cache_bytes=1.5)
+
+
+def test_packed_sequences_refuse_offsets_that_do_not_tile_the_tokens():
+    tokens, labels = torch.arange(4, dtype=torch.uint8), torch.tensor([0, 1, 0])
+    assert [len(t) for t, _ in PackedSequences(tokens, torch.tensor([0, 1, 3, 4]), labels)] == [1, 2, 1]
+    for offsets in (torch.tensor([0, 3, 1, 4]), torch.tensor([1, 2, 3, 4])):  # falling; not from 0 (token 0 lost)
+        with pytest.raises(ValueError, match="offsets must rise from 0 to T = 4"):
+            PackedSequences(tokens, offsets, labels)
+    with pytest.raises(TypeError, match="offsets must be a Tensor"):
+        PackedSequences(tokens, [0, 1, 3, 4], labels)
 
 
 def test_plain_token_lists_collate_like_tensors():

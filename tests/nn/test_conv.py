@@ -110,6 +110,8 @@ def test_missing_or_misshapen_edge_attr_is_named():
         conv(x, edge_index, edge_attr[:, :2])
     with pytest.raises(ValueError, match="edge_index"):
         conv(x, edge_index + 100, edge_attr)
+    with pytest.raises(ValueError, match=r"x must be \[N, in_channels\]"):  # [N, 1, F] would broadcast to [N, N, F]
+        conv(x[:, None], edge_index, edge_attr)
 
 
 def test_reset_parameters_and_repr():

@@ -90,6 +90,16 @@ def test_prune_keeps_edges_above_threshold_in_order():
         assert prune(edge_index, per_head, 0.9).size(1) == int(((gate > 0.9) | (1 - gate > 0.9)).sum())
     with pytest.raises(ValueError, match="gate"):
         prune(edge_index, gate[:-1], 0.5)
+    with pytest.raises(TypeError, match="edge_index must have an integer dtype"):
+        prune(edge_index.float(), gate)
+    with pytest.raises(ValueError, match="non-negative node indices"):
+        prune(edge_index - 1, gate)
+    with pytest.raises(TypeError, match="gate must be a floating-point Tensor"):
+        prune(edge_index, gate.tolist())
+    with pytest.raises(ValueError, match="NaN"):  # would be dropped silently by the comparison
+        prune(edge_index, torch.where(gate > 0.9, float("nan"), gate))
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        prune(edge_index, gate, "0.5")
 
 
 def test_prune_reports_emptied_targets_and_keeps_the_strongest_per_target():

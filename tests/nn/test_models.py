@@ -31,11 +31,13 @@ def test_transformer_layer_is_batch_invariant(kwargs):
     batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
     edge_index = sliding_window(sum(sizes), 2, batch=batch)
     attr = torch.randn(edge_index.size(1), 4) if "edge_dim" in kwargs else None
-    together = layer(torch.cat(xs), edge_index, batch, edge_attr=attr)
+    fixed = "knn" not in kwargs  # a knn layer builds its own pattern and takes none
+    together = layer(torch.cat(xs), edge_index if fixed else None, batch, edge_attr=attr)
     start = 0
     for i, (x, n) in enumerate(zip(xs, sizes)):
         own = (edge_index[1] >= start) & (edge_index[1] < start + n)
-        alone = layer(x, edge_index[:, own] - start, torch.zeros(n, dtype=torch.long), edge_attr=None if attr is None else attr[own])
+        alone = layer(x, edge_index[:, own] - start if fixed else None, torch.zeros(n, dtype=torch.long),
+                      edge_attr=None if attr is None else attr[own])
         torch.testing.assert_close(together[start : start + n], alone, atol=1e-5, rtol=1e-5)
         start += n
 
@@ -70,14 +72,16 @@ SEQUENCE_OPTIONS = [
 @pytest.mark.parametrize("options", SEQUENCE_OPTIONS)
 def test_sequence_transformer_shapes_gradients_and_batch_invariance(options):
     torch.manual_seed(0)
-    model = SequenceTransformer(20, 3, dim=16, depth=2, heads=2, max_length=64, dropout=0.0,
-                                **{"pattern": ("longformer", {"window": 3, "global_indices": [0]}), **options})
+    knn = "knn" in options  # builds its own pattern, so takes none
+    pattern = {} if knn else {"pattern": ("longformer", {"window": 3, "global_indices": [0]})}
+    model = SequenceTransformer(20, 3, dim=16, depth=2, heads=2, max_length=64, dropout=0.0, **{**pattern, **options})
     lengths = [9, 17, 5]
     samples = [(torch.randint(1, 20, (n,)), i % 3) for i, n in enumerate(lengths)]
     collate = SequenceGraphCollator(*model_pattern(model), cls_token=0)
     batch = collate(samples)
     assert batch.x.numel() == sum(lengths) + len(lengths)
-    logits = model(batch.x, batch.batch, batch.edge_index, batch.pos)
+    edges = (lambda b: None) if knn else (lambda b: b.edge_index)
+    logits = model(batch.x, batch.batch, edges(batch), batch.pos)
     assert logits.shape == (3, 3)
     assert_all_parameters_get_gradients(model, F.cross_entropy(logits, batch.y))
 
@@ -85,10 +89,10 @@ def test_sequence_transformer_shapes_gradients_and_batch_invariance(options):
         return  # a random pattern differs between the batch and the single runs
     model.eval()
     with torch.no_grad():
-        together = model(batch.x, batch.batch, batch.edge_index, batch.pos)
+        together = model(batch.x, batch.batch, edges(batch), batch.pos)
         for i, sample in enumerate(samples):
             one = collate([sample])
-            torch.testing.assert_close(together[i], model(one.x, one.batch, one.edge_index, one.pos)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(together[i], model(one.x, one.batch, edges(one), one.pos)[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("position", ["learned", "sinusoidal"])
@@ -314,3 +318,88 @@ def test_a_batch_without_bonds_runs(edge_dim, attention):
     edge_attr = torch.empty(0, 3, dtype=torch.long if edge_dim == "bond" else torch.float)
     out = model(x, torch.empty(2, 0, dtype=torch.long), edge_attr, torch.tensor([0, 1]))
     assert out.shape == (2, 2) and torch.isfinite(out).all()
+
+
+def molecule_batch(sizes=(5, 7)):
+    return Batch.from_data_list([molecule(n, seed=n) for n in sizes])
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda b: {"edge_attr": b.edge_attr[:-1]}, r"edge_attr must have shape \[E, 3\]"),  # one bond short: not read as "no bond"
+    (lambda b: {"x": b.x[:, :5]}, r"x must be OGB atom features: long \[N, 9\]"),
+    (lambda b: {"batch": b.batch[:-1]}, r"batch must be a LongTensor \[N\]"),
+    (lambda b: {"batch": b.batch.flip(0)}, "batch must be sorted"),
+    (lambda b: {"pe": torch.zeros(b.num_nodes, 4)}, "pe was given but the model has pe_dim=0"),
+])
+def test_graph_transformer_refuses_inputs_that_do_not_fit(change, match):
+    batch = molecule_batch()
+    model = GraphTransformer("atom", 16, 2, depth=1, heads=2, edge_dim="bond", attention="full")
+    inputs = {"x": batch.x, "edge_index": batch.edge_index, "edge_attr": batch.edge_attr, "batch": batch.batch, **change(batch)}
+    with pytest.raises(ValueError, match=match):
+        model(**inputs)
+
+
+def test_graph_transformer_refuses_edge_features_it_has_no_encoder_for():
+    model = GraphTransformer(6, 8, 3, depth=1, heads=2)
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    with pytest.raises(ValueError, match="no edge_dim"):
+        model(torch.randn(3, 6), edge_index, torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"x must have shape \[N, in_channels\]=\[N, 6\]"):
+        model(torch.randn(3, 5), edge_index)
+    with pytest.raises(ValueError, match="expander_degree must be even"):
+        GraphTransformer(6, 8, 3, attention="exphormer", expander_degree=3)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m, t, b: m(torch.where(t == 0, 10, t), b), r"tokens must lie in \[0, vocab_size=10\)"),
+    (lambda m, t, b: m(t, b, num_graphs=1), "batch holds graph 1 but num_graphs is 1"),
+    (lambda m, t, b: m(t, b, num_graphs=3), "every sequence of batch needs a token"),  # would pool its neighbour's
+    (lambda m, t, b: m(t, b.flip(0)), "batch must be sorted"),
+    (lambda m, t, b: m(t, b, pos=-torch.ones_like(t)), "pos must be non-negative"),
+    (lambda m, t, b: m(t, b.float()), "batch must be a LongTensor"),
+])
+def test_sequence_transformer_refuses_bad_inputs(call, match):
+    model = SequenceTransformer(10, 3, dim=8, depth=1, heads=2, max_length=16, pattern=("window", {"window": 1}))
+    tokens, batch = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=match):
+        call(model, tokens, batch)
+
+
+@pytest.mark.parametrize("options,error,match", [
+    ({"pattern": ("window", {})}, ValueError, "needs parameter"),
+    ({"pattern": ("window", {"window": -1})}, ValueError, "window must be >= 0"),
+    ({"pattern": "window"}, TypeError, r"pattern must be \(name, params\)"),
+    ({"knn": 2, "pattern": ("window", {"window": 1})}, ValueError, "pattern and gate do not apply"),
+    ({"knn": 2, "gate": True}, ValueError, "pattern and gate do not apply"),
+    ({"dim": 8.0}, ValueError, "dim must be a positive int"),
+    ({"attn_dropout": 1.5}, ValueError, r"must be in \[0, 1\)"),
+])
+def test_sequence_transformer_refuses_bad_settings_when_built(options, error, match):
+    with pytest.raises(error, match=match):
+        SequenceTransformer(10, 3, **{"dim": 8, "depth": 1, "heads": 2, **options})
+
+
+def test_knn_models_and_layers_refuse_a_pattern_they_would_ignore():
+    tokens, batch = torch.arange(6), torch.tensor([0, 0, 0, 1, 1, 1])
+    model = SequenceTransformer(10, 3, dim=8, depth=1, heads=2, knn=2)
+    assert model(tokens, batch).shape == (2, 3)
+    with pytest.raises(ValueError, match="edge_index does not apply to a knn model"):
+        model(tokens, batch, sliding_window(6, 1, batch=batch))
+    layer = SparseTransformerLayer(8, 2, knn=2)
+    with pytest.raises(ValueError, match="edge_index, edge_gate: not used by a knn layer"):
+        layer(torch.randn(6, 8), sliding_window(6, 1), edge_gate=torch.ones(16))
+    with pytest.raises(ValueError, match="edge_dim and gate_mode do not apply"):
+        SparseTransformerLayer(8, 2, knn=2, edge_dim=4)
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: SparseTransformerLayer(8, 0), "positive multiple of heads"),
+    (lambda: SparseTransformerLayer(8, 3), "positive multiple of heads"),
+    (lambda: SparseTransformerLayer(8, 2, ffn_dim=0), "ffn_dim must be a positive int"),
+    (lambda: SparseTransformerLayer(8, 2, gate_mode="bogus"), "gate_mode must be one of"),
+    (lambda: SparseTransformerLayer(8, 2)(torch.randn(4, 1, 8), sliding_window(4, 1)), r"x must have shape \[N, dim\]"),
+    (lambda: SparseTransformerLayer(8, 2)(torch.randn(4, 8), sliding_window(4, 1), edge_attr=torch.randn(10, 3)), "no edge_dim"),
+])
+def test_transformer_layer_refuses_bad_settings_and_inputs(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()

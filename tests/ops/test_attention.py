@@ -266,6 +266,22 @@ def test_prebuilt_pattern_matches_edge_index(backend, attend):
     torch.testing.assert_close(pattern.sorted_to_caller(c[1]), a[1])
 
 
+def test_pattern_node_counts_take_integer_likes_and_refuse_the_rest():
+    import numpy as np
+
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    for num_nodes in (3, torch.tensor(3), np.int64(3), (3, 3), [3, 4]):  # e.g. int(batch.max()) + 1 not yet taken
+        assert CSRPattern.from_edge_index(edge_index, num_nodes).num_src == 3
+    for num_nodes in (3.0, (3,), "3", True):
+        with pytest.raises(TypeError, match="num_nodes must be an int N or a pair"):
+            CSRPattern.from_edge_index(edge_index, num_nodes)
+    pattern = CSRPattern.from_edge_index(torch.tensor([[0, 1, 2], [2, 1, 0]]), 3)  # unsorted: perm is set
+    with pytest.raises(ValueError, match="per-edge values must have E=3 rows"):
+        pattern.caller_to_sorted(torch.ones(4))  # would silently drop the extra row
+    with pytest.raises(ValueError, match="per-edge values must have E=3 rows"):
+        pattern.sorted_to_caller(torch.ones(2))
+
+
 @pytest.mark.parametrize("kernel", ["auto", "gather"])
 @pytest.mark.parametrize("unique", [True, False])
 def test_deterministic_bitwise_on_cpu(unique, kernel):
@@ -342,6 +358,8 @@ def _inputs():
         (lambda a: {"gate_mode": "mul"}, ValueError, "gate_mode"),
         (lambda a: {"backend": "cuda"}, ValueError, "backend"),
         (lambda a: {"dropout": 1.0}, ValueError, "dropout"),
+        (lambda a: {"dropout": "0.1"}, TypeError, "dropout must be a float"),
+        (lambda a: {"query": torch.randn(4, 2, 0), "key": torch.randn(5, 2, 0)}, ValueError, "head dimension D = 0"),
         (lambda a: {"edge_index": CSRPattern.from_edge_index(a["edge_index"], 6)}, ValueError, "CSRPattern"),
     ],
 )

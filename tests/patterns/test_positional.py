@@ -259,6 +259,7 @@ def test_bad_batch_and_num_nodes_raise(name):
         (lambda: longformer(5, 1, [-3]), ValueError, "global_indices"),
         (lambda: longformer(5, 1, [0], dilation=0), ValueError, "dilation"),
         (lambda: bigbird(5, 1, [0], -1), ValueError, "num_random"),
+        (lambda: random(5, 2, generator=3), TypeError, "generator must be a torch.Generator"),
     ],
 )
 def test_bad_parameters_raise(call, error, match):

@@ -33,3 +33,33 @@ def test_build_pattern_refuses_unknown_names_and_parameters():
         build_pattern("spiral", 4)
     with pytest.raises(ValueError, match="takes no parameter"):
         build_pattern("window", 4, width=2)
+
+
+@pytest.mark.parametrize("name,params,error,match", [
+    ("window", {}, ValueError, r"needs parameter\(s\) \['window'\]"),
+    ("bigbird", {"window": 3}, ValueError, r"needs parameter\(s\) \['global_indices', 'num_random'\]"),
+    ("window", {"window": 2, "num_nodes": 5}, ValueError, "takes no parameter"),  # the caller's, never the spec's
+    ("random", {"num_random": 2, "generator": 3}, ValueError, "takes no parameter"),
+    ("window", {"window": -1}, ValueError, "pattern 'window': window must be >= 0"),
+    ("window", {"window": 1.5}, TypeError, "pattern 'window': window must be an int"),
+    ("longformer", {"window": 2, "global_indices": [-1]}, ValueError, "pattern 'longformer'"),
+])
+def test_check_pattern_refuses_specs_before_any_data(name, params, error, match):
+    with pytest.raises(error, match=match):
+        patterns.check_pattern(name, params)
+
+
+def test_check_pattern_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    patterns.check_pattern("bigbird", {"window": 2, "global_indices": [0], "num_random": 3})
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("spec,match", [("window", "needs parameter"), ("window:window=-2", "must be >= 0"),
+                                        ("window:window=true", "must be an int, got bool"),
+                                        ("longformer:window=2,global_indices=a+b", "lists hold integers")])
+def test_parse_pattern_refuses_bad_values_as_value_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_pattern(spec)

@@ -139,6 +139,8 @@ def test_add_virtual_nodes_matches_loops(lengths, num_virtual, with_edges):
         (lambda: add_virtual_nodes(3, -1), ValueError, "num_virtual"),
         (lambda: add_virtual_nodes(3, 1, edge_index=torch.tensor([[3], [0]])), ValueError, "sources"),
         (lambda: add_virtual_nodes(3, 1, batch=torch.tensor([0, 1])), ValueError, "batch must have shape"),
+        (lambda: add_virtual_nodes(3, 1, edge_index=[[0], [1]]), TypeError, "edge_index must be a Tensor"),
+        (lambda: expander(4, 2, generator="x"), TypeError, "generator must be a torch.Generator"),
     ],
 )
 def test_bad_input_raises(call, error, match):

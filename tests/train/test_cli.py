@@ -55,6 +55,22 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "imdb", "--position", "rotary"], "invalid choice: 'rotary'"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
         (["train", "listops", "--resume"], "--resume needs"),
+        # pattern values are checked by building the pattern, not at the first batch
+        (["train", "listops", "--pattern", "window"], "needs parameter(s) ['window']"),
+        (["train", "listops", "--pattern", "window:window=-1"], "argument --pattern: pattern 'window': window must be >= 0"),
+        (["train", "listops", "--pattern", "window:window=1.5"], "window must be an int"),
+        (["train", "listops", "--pattern", "random:num_random=2,generator=3"], "takes no parameter(s) ['generator']"),
+        (["train", "listops", "--pattern", "longformer:window=3,global_indices=a+b"], "lists hold integers"),
+        # numbers that would train wrongly rather than fail
+        (["train", "listops", "--grad-clip", "-1"], "finite non-negative"),
+        (["train", "listops", "--weight-decay", "-1"], "finite non-negative"),
+        (["train", "listops", "--lr", "inf"], "finite positive"),
+        (["train", "listops", "--seed", "-5"], "non-negative integer"),
+        # options valid alone, not together
+        (["train", "listops", "--heads", "3"], "--dim (64) must be divisible by --heads (3)"),
+        (["train", "listops", "--knn", "2", "--gate"], "choose one"),
+        (["train", "listops", "--knn", "2", "--pattern", "window:window=3"], "--pattern does not apply with --knn"),
+        (["train", "listops", "--device", "meta"], "training runs on cpu or cuda"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_path, monkeypatch):
@@ -64,6 +80,14 @@ def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_pa
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing may be written before arguments are accepted"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_is_refused_where_there_is_none(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "listops", "--device", "cuda"])
+    assert exit_info.value.code == 2 and "--device cuda: this machine has no CUDA device" in capsys.readouterr().err
 
 
 def test_listops_run_writes_a_complete_run_directory_and_evaluates(tmp_path):

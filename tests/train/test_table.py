@@ -4,6 +4,7 @@ import re
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from graph_sparse_attn.data import benchmarks
 from graph_sparse_attn.train.cli import build_train_parser, config_from_args, main
@@ -137,12 +138,24 @@ def test_help_lists_pattern_names_including_the_python_spelling(capsys):
         (["ogbg-molhiv", "--pe", "spectral:3"], "KIND:DIM"),
         (["ogbg-molhiv", "--pe", "rwse"], "KIND:DIM"),
         (["listops", "--backend", "fast"], "--backend: invalid choice"),
-        (["listops", "--backend", "compiled", "--device", "cuda"], "backend='compiled' is the CPU fused backend"),
         (["listops", "--device", "tpu9"], "--device tpu9"),
     ],
 )
 def test_inapplicable_or_bad_options_are_refused_in_one_line_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    refused_in_one_line(argv, message, capsys, tmp_path)
+
+
+def test_the_cpu_backend_is_refused_on_cuda(capsys, tmp_path, monkeypatch):
+    import graph_sparse_attn.train.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "local_device", lambda requested: torch.device("cuda"))  # as on a machine with CUDA
+    refused_in_one_line(["listops", "--backend", "compiled", "--device", "cuda"], "backend='compiled' is the CPU fused backend",
+                        capsys, tmp_path)
+
+
+def refused_in_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *argv])
     assert exit_info.value.code == 2
