@@ -174,8 +174,8 @@ def attention_with_weights(
     kernel = resolve_backend(backend, query.device, num_edges, num_dst, heads * max(head_dim, value.size(-1)))
     # Edge values run the compiled kernels when asked for and nothing else is (inside a user's
     # torch.compile the gathered pass is traced and fused by that compile instead).
-    compiled_edge_values = (kernel == "compiled" and bias is None and gate is None and not need_weights
-                            and not torch.compiler.is_compiling())
+    compiled_edge_values = (edge_values is not None and kernel == "compiled" and bias is None and gate is None
+                            and not need_weights and not torch.compiler.is_compiling())
     # The gathered pass and the compiled edge-value kernels take their dropout multipliers [H, E] (in the
     # order they run edges in) as a tensor that autograd keeps; the fused kernels regenerate theirs from a seed.
     takes_keep = dropout_p > 0 and (edge_values is not None or kernel == "gather")
