@@ -205,12 +205,17 @@ def dataset_root(root: Optional[str]) -> Iterator[Path]:
 
 
 def training_step(model: nn.Module, task) -> Step:
-    """Forward, loss, backward and AdamW step of ``model`` on one batch; returns the loss."""
+    """Forward, loss, backward and AdamW step of ``model`` on one batch; returns the loss.
+
+    Only a model with an encoding input (``pe_dim > 0``: the CLI default (c)) is given the task's
+    encoding; (a) and the PyG baselines read none (`GraphTransformer` refuses one it has no input for)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     model.train()
+    reads_pe = getattr(model, "pe_dim", 0) > 0
 
     def step(batch) -> Tensor:
-        loss = task.loss(*task.forward(model, batch, "train"))
+        out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=batch.pe if reads_pe else None)
+        loss = task.loss(out, batch.y.float().view(out.shape))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

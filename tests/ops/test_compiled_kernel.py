@@ -90,6 +90,19 @@ def test_empty_graph():
     assert dlogits.shape == (H, 0)
 
 
+def test_large_graph_blocks_pad_by_at_most_a_quarter(gen, monkeypatch):
+    # Without the small-graph slack, quarter-octave buckets merge only within 1.25 x E slots (padded
+    # slots are read like real ones, so they cost time on large graphs).
+    monkeypatch.setattr(compiled_kernel, "_MERGE_SLACK", 0)
+    degrees = torch.randint(2, 60, (3000,), generator=gen)
+    dst = torch.arange(3000).repeat_interleave(degrees)
+    pattern = CSRPattern.from_edge_index(torch.stack([torch.randint(0, 3000, (dst.numel(),), generator=gen), dst]), 3000)
+    blocks = compiled_kernel.layout(pattern).by_target
+    assert len(blocks) > 1
+    assert sum(b.nodes.numel() * b.slots.numel() for b in blocks) <= 1.25 * pattern.num_edges
+    assert sorted(torch.cat([b.nodes[: b.num_real] for b in blocks]).tolist()) == list(range(3000))
+
+
 def test_skewed_degrees_pad_by_bucket_not_to_the_hub(gen):
     # One hub with 300 sources among 200 targets of in-degree 1..5: padding every target to the
     # hub's degree would cost 200 x 300 slots; buckets keep it under 2 x E plus the 2-row minimum.
