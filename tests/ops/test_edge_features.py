@@ -10,10 +10,18 @@ from graph_sparse_attn.ops.edge_features import edge_feature_attention
 
 def per_edge_reference(query, key, value, edge_index, edge_attr, weight, bias):
     """``softmax_j(q_i·(k_j + W e_ij)/√C + b_ij)`` and ``Σ_j α_ij (v_j + W e_ij)``, gathered per edge."""
+    return gated_reference(query, key, value, edge_index, edge_attr, weight, bias,
+                           torch.ones(edge_index.size(1), dtype=query.dtype), "scale")
+
+
+def gated_reference(query, key, value, edge_index, edge_attr, weight, bias, gate, gate_mode):
+    """`per_edge_reference` with an edge gate: ``s (q·(k + W e)) g + b`` ("scale") or ``s q·(k + W e) + log g + b`` ("log")."""
     src, dst = edge_index
     heads, channels, _ = weight.shape
     edge_proj = torch.einsum("ef,hcf->ehc", edge_attr, weight)
-    logits = (query[dst] * (key[src] + edge_proj)).sum(-1) / math.sqrt(channels) + bias
+    scores = (query[dst] * (key[src] + edge_proj)).sum(-1) / math.sqrt(channels)
+    gate = gate.unsqueeze(-1)
+    logits = (scores * gate if gate_mode == "scale" else scores + torch.log(gate)) + bias
     alpha = torch.zeros_like(logits)
     for i in dst.unique():
         alpha[dst == i] = torch.softmax(logits[dst == i], dim=0)
@@ -95,21 +103,6 @@ def test_a_table_of_distinct_features_equals_the_features_per_edge(monkeypatch, 
         edge_feature_attention(q, k, v, pattern, table, weight, edge_attr_index=index[:-1])
     with pytest.raises(ValueError, match=r"\[U, edge_dim\]"):
         edge_feature_attention(q, k, v, pattern, table[:, :4], weight, edge_attr_index=index)
-
-
-def gated_reference(query, key, value, edge_index, edge_attr, weight, bias, gate, gate_mode):
-    """`per_edge_reference` with an edge gate: ``s (q·(k + W e)) g + b`` ("scale") or ``s q·(k + W e) + log g + b`` ("log")."""
-    src, dst = edge_index
-    heads, channels, _ = weight.shape
-    edge_proj = torch.einsum("ef,hcf->ehc", edge_attr, weight)
-    scores = (query[dst] * (key[src] + edge_proj)).sum(-1) / math.sqrt(channels)
-    gate = gate.unsqueeze(-1)
-    logits = (scores * gate if gate_mode == "scale" else scores + torch.log(gate)) + bias
-    alpha = torch.zeros_like(logits)
-    for i in dst.unique():
-        alpha[dst == i] = torch.softmax(logits[dst == i], dim=0)
-    messages = alpha.unsqueeze(-1) * (value[src] + edge_proj)
-    return torch.zeros(query.size(0), heads, channels, dtype=query.dtype).index_add(0, dst, messages), alpha
 
 
 @pytest.mark.parametrize("backend", ["gather", "csr", "compiled"])
