@@ -214,6 +214,8 @@ def _merge(parts: List[Part], num_nodes: int, num_virtual: int, batch: Tensor, n
            edge_index: Tensor) -> AttentionPattern:
     """Concatenate parts (in order), number virtual nodes after their graph's real ones, sort
     stably by (target, source) and make ``edge`` graph-local."""
+    if not parts:  # e.g. AddVirtualNodes(0) on a graph without a pattern yet: an empty one
+        parts = [_part(edge_index.new_empty(2, 0), GRAPH_EDGE)]
     index = torch.cat([p[0] for p in parts], dim=1)
     types = torch.cat([p[1] for p in parts])
     edge = torch.cat([p[2] for p in parts])
@@ -466,10 +468,14 @@ class AddPositionalPattern(BaseTransform):
 
     def __init__(self, name: str, *, seed: Optional[int] = None, **params: Any) -> None:
         check_pattern(name, params)
+        if seed is not None and name not in RANDOM_PATTERNS:
+            raise ValueError(f"seed applies to the random patterns {sorted(RANDOM_PATTERNS)}, not to {name!r}")
         self.name, self.params, self.seed = name, params, seed
-        self._generator = torch.Generator().manual_seed(seed) if seed is not None and name in RANDOM_PATTERNS else None
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def forward(self, data: Data) -> Data:
+        if "attn_type" in data:  # its attn_type/attn_edge would no longer match the new attn_index
+            raise ValueError(f"{self!r} would replace a pattern built by the graph transforms; use one or the other")
         data.attn_index = positional_pattern(self.name, data.num_nodes, generator=self._generator, **self.params)
         return data
 

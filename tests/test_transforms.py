@@ -201,6 +201,17 @@ def test_transform_errors():
         AddVirtualNodes(1)(AddPositionalPattern("window", window=1)(Data(num_nodes=5)))
     with pytest.raises(ValueError, match="attention must be one of"):
         attention_pattern(torch.zeros(2, 0, dtype=torch.long), 3, "dense")
+    with pytest.raises(ValueError, match="seed applies to the random patterns"):
+        AddPositionalPattern("window", seed=0, window=1)
+    with pytest.raises(ValueError, match="would replace a pattern built by the graph transforms"):
+        AddPositionalPattern("window", window=1)(AddGraphPattern()(molecule(4, 0)))
+
+
+@pytest.mark.parametrize("transform", [AddVirtualNodes(0), AddExpanderPattern(0)])
+def test_transforms_adding_nothing_leave_an_empty_pattern(transform):
+    data = transform(molecule(4, 0))
+    assert data.attn_index.shape == (2, 0) and data.attn_type.shape == data.attn_edge.shape == (0,)
+    assert int(data.num_virtual) == 0 and data.num_nodes == 4
 
 
 class _Molecules(InMemoryDataset):

@@ -20,6 +20,15 @@ def check_size(value: int, name: str, *, minimum: int = 0) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value >= 2**63:  # beyond int64, where every index tensor lives
+        raise ValueError(f"{name} must be < 2**63, got {value}")
+    return value
+
+
+def check_flag(value: bool, name: str) -> bool:
+    """Return ``value``, raising unless it is a bool (a string such as ``"false"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
 
 

@@ -5,6 +5,7 @@ operations return it sorted by (target, source) without duplicates.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple, Union
 
 import networkx as nx
@@ -120,8 +121,10 @@ def from_networkx(graph: nx.Graph, *, device: Optional[torch.device] = None) -> 
     if not isinstance(graph, nx.Graph):
         raise TypeError(f"graph must be a networkx graph, got {type(graph).__name__}")
     nodes = list(graph.nodes)
-    labels_are_indices = all(isinstance(n, int) for n in nodes) and set(nodes) == set(range(len(nodes)))
-    index = {n: n for n in nodes} if labels_are_indices else {n: k for k, n in enumerate(nodes)}
+    # numbers.Integral takes numpy integers too (graphs built from arrays); bool is no label
+    labels_are_indices = (all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in nodes)
+                          and set(nodes) == set(range(len(nodes))))
+    index = {n: int(n) for n in nodes} if labels_are_indices else {n: k for k, n in enumerate(nodes)}
     pairs = [(index[u], index[v]) for u, v in graph.edges()]
     if not graph.is_directed():
         pairs += [(v, u) for u, v in pairs]

@@ -173,7 +173,8 @@ def knn(
         return torch.empty(2, 0, dtype=torch.long, device=device)
 
     shared = key is query
-    dtype = torch.promote_types(query.dtype, key.dtype)
+    # Scores in float32 at least: 2 q.k - ||k||^2 overflows float16 from feature norms of about 256.
+    dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), torch.float32)
     query, key = query.to(dtype), key.to(dtype)
     if metric == "cosine":
         query = F.normalize(query, dim=1)

@@ -17,6 +17,7 @@ from torch import Tensor
 from ._utils import (
     Device,
     Segments,
+    check_flag,
     check_generator,
     check_size,
     grid_union,
@@ -59,6 +60,7 @@ def sliding_window(
     num_nodes = check_size(num_nodes, "num_nodes")
     window = check_size(window, "window")
     dilation = check_size(dilation, "dilation", minimum=1)
+    causal = check_flag(causal, "causal")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
     first, count = _window_grid(seg, window, dilation, causal)
     return grid_union(first, count, dilation, None, num_nodes)
@@ -88,6 +90,7 @@ def strided(
     """
     num_nodes = check_size(num_nodes, "num_nodes")
     stride = check_size(stride, "stride", minimum=1)
+    causal = check_flag(causal, "causal")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
     pos, length, start = seg.pos, seg.length, seg.start
     local_first = (pos - stride + 1).clamp(min=0)
@@ -137,6 +140,7 @@ def fixed(
     num_nodes = check_size(num_nodes, "num_nodes")
     block = check_size(block, "block", minimum=1)
     num_summary = check_size(num_summary, "num_summary")
+    causal = check_flag(causal, "causal")
     if num_summary > block:
         raise ValueError(f"num_summary must be <= block ({block}), got {num_summary}")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
@@ -185,6 +189,7 @@ def log_sparse(num_nodes: int, *, causal: bool = True, batch: Optional[Tensor] =
         ``[2, E]``.
     """
     num_nodes = check_size(num_nodes, "num_nodes")
+    causal = check_flag(causal, "causal")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
     longest = int(seg.length.max()) if num_nodes else 0
     powers = 2 ** torch.arange(max(longest - 1, 0).bit_length(), device=seg.pos.device)

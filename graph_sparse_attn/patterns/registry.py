@@ -82,6 +82,8 @@ def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
         if not eq:
             raise ValueError(f"pattern parameter {item!r} must look like key=value")
         key, parsed = key.strip(), _parse_value(value.strip())
+        if key in params:
+            raise ValueError(f"pattern parameter {key!r} is given twice in {spec!r}")
         params[key] = [parsed] if key.endswith("indices") and isinstance(parsed, int) else parsed
     try:
         check_pattern(name, params)

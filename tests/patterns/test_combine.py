@@ -1,5 +1,6 @@
 """Set operations and conversions against Python sets and loops."""
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,12 @@ def test_from_networkx_undirected_and_relabelled():
     shuffled.add_edge(2, 0)
     assert from_networkx(shuffled).t().tolist() == [[2, 0]]  # integer labels 0..n-1 are kept
     assert from_networkx(nx.empty_graph(3)).shape == (2, 0)
+
+
+def test_from_networkx_keeps_numpy_integer_labels():
+    graph = nx.DiGraph()
+    graph.add_edges_from(np.array([[2, 0], [0, 1]]))  # nodes are numpy integers, inserted 2, 0, 1
+    assert from_networkx(graph).t().tolist() == [[2, 0], [0, 1]]
 
 
 @pytest.mark.parametrize(

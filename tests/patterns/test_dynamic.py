@@ -106,6 +106,13 @@ def test_knn_identical_for_all_chunk_sizes():
         assert torch.equal(result, results[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_knn_half_precision_scores_do_not_overflow(dtype):
+    query = (features(64, dim=16, seed=11) * 300).to(dtype)  # |q|^2 ~ 1e6 > float16's 65504
+    assert knn(query, None, 1, metric="l2").tolist() == knn(query.float(), None, 1, metric="l2").tolist()
+    assert knn(query, None, 1, metric="l2")[0].tolist() == list(range(64))  # each query its own nearest key
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_knn_loop(metric):
     query, key = features(33, seed=9), features(33, seed=10)

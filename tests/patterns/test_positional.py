@@ -292,3 +292,12 @@ def test_longformer_matches_definition_on_random_batches(lengths, window, dilati
 
     out = longformer(sum(lengths), window, hubs, dilation=dilation, batch=batch)
     assert_pattern(out, reference(sum(lengths), batch, rule))
+
+
+@pytest.mark.parametrize("build", [lambda c: sliding_window(4, 1, causal=c), lambda c: strided(4, 2, causal=c),
+                                   lambda c: fixed(4, 2, causal=c), lambda c: log_sparse(4, causal=c)])
+def test_causal_must_be_a_bool(build):
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        build("false")  # a truthy string: silently causal before
+    with pytest.raises(ValueError, match="must be < 2\\*\\*63"):
+        sliding_window(5, 2**70)

@@ -59,7 +59,11 @@ def test_check_pattern_leaves_the_global_rng_alone():
 
 @pytest.mark.parametrize("spec,match", [("window", "needs parameter"), ("window:window=-2", "must be >= 0"),
                                         ("window:window=true", "must be an int, got bool"),
-                                        ("longformer:window=2,global_indices=a+b", "lists hold integers")])
+                                        ("longformer:window=2,global_indices=a+b", "lists hold integers"),
+                                        ("window:window=1,window=64", "given twice"),
+                                        ("window:window=99999999999999999999", "window must be < 2\\*\\*63"),
+                                        ("window:window=1,causal=0.5", "causal must be a bool"),
+                                        ("window:window=1,causal=2", "causal must be a bool")])
 def test_parse_pattern_refuses_bad_values_as_value_errors(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_pattern(spec)
