@@ -360,7 +360,7 @@ class AddKHopPattern(_GraphTransform):
     (``HOP_EDGE``, self loops included). Deterministic: use it as ``pre_transform``."""
 
     def __init__(self, k: int = 2) -> None:
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         self.k = k
 
@@ -402,7 +402,7 @@ class AddExpanderPattern(BaseTransform):
     """
 
     def __init__(self, degree: int = 4, *, seed: Optional[int] = None, seed_per_graph: Optional[int] = None) -> None:
-        if not isinstance(degree, int) or degree < 0 or degree % 2:
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0 or degree % 2:
             raise ValueError(f"degree must be an even non-negative int, got {degree!r}")
         if seed is not None and seed_per_graph is not None:
             raise ValueError("give seed or seed_per_graph, not both")
@@ -440,7 +440,7 @@ class AddVirtualNodes(BaseTransform):
     """
 
     def __init__(self, num_virtual: int = 1) -> None:
-        if not isinstance(num_virtual, int) or num_virtual < 0:
+        if isinstance(num_virtual, bool) or not isinstance(num_virtual, int) or num_virtual < 0:
             raise ValueError(f"num_virtual must be a non-negative int, got {num_virtual!r}")
         self.num_virtual = num_virtual
 

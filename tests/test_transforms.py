@@ -191,6 +191,9 @@ def test_transform_errors():
         AddVirtualNodes(-1)
     with pytest.raises(ValueError, match="k must be"):
         AddKHopPattern(0)
+    for transform, flag in ((AddKHopPattern, True), (AddExpanderPattern, False), (AddVirtualNodes, True)):
+        with pytest.raises(ValueError, match="must be a"):  # a bool is not a count
+            transform(flag)
     with pytest.raises(ValueError, match="already has 1 virtual"):
         AddVirtualNodes(1)(AddVirtualNodes(1)(molecule(4, 0)))
     with pytest.raises(ValueError, match="needs data.edge_index"):
