@@ -306,8 +306,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, layout: BandLayout, scale: float)
     """
     num_nodes, heads, _ = q.shape
     blocked = _BandAttention.apply if q.device.type == "cpu" else _blocked_sdpa
-    out = blocked(q, k, v, layout, scale)
-    out = out.transpose(1, 2).reshape(-1, heads, out.size(-1))[:num_nodes]
+    value_dim, width = v.size(-1), max(q.size(-1), v.size(-1))
+    # PyTorch's fused kernel takes one head size: zero columns change neither q·k nor the output's own columns.
+    out = blocked(*(F.pad(t, (0, width - t.size(-1))) for t in (q, k, v)), layout, scale)
+    out = out.transpose(1, 2).reshape(-1, heads, width)[:num_nodes, :, :value_dim]
     if layout.heavy is not None:
         # Heavy rows have no slot in the blocks (their outputs there are zeros): attend them alone, on
         # the csr kernels, which keep O(E_h H) for backward (a global row's edges span its sequence).

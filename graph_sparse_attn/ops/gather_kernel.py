@@ -4,7 +4,8 @@ For small patterns the cost of attention is the number of calls, not arithmetic:
 backend's sparse-matrix calls run head by head, the ``compiled`` backend's per degree bucket, and
 both recompute the probabilities in backward. This backend gathers the endpoints of every edge,
 all heads at once, and lets autograd keep what backward needs. Its ``[E, H, D]`` temporaries live
-until backward, which is why `ops.dispatch` picks it only below ``GATHER_MAX_ELEMENTS``:
+until backward, which is why `ops.dispatch` picks it only for small patterns (``GATHER_MAX_ELEMENTS``,
+or ``GATHER_SPARSE_MAX_ELEMENTS`` at low mean in-degree):
 
     l_e = s (q_i · (k_j + ev_e)) g_e + b_e,   p_e = exp(l_e − max_i) / Σ_{e'→i} exp(l_e' − max_i),
     o_i = Σ_{e→i} p_e m_e (v_j + ev_e)
@@ -76,8 +77,10 @@ def attention(
     row_max = logits.new_full((num_dst, logits.size(1)), float("-inf")).scatter_reduce_(
         0, dst.unsqueeze(-1).expand_as(logits), logits.detach(), "amax").clamp_min_(torch.finfo(logits.dtype).min)
     exp = torch.exp(logits - row_max.index_select(0, dst))
-    # Targets without a finite logit have a zero sum: the clamp turns their 0/0 into 0.
-    row_sum = _sum_by_target(exp, dst, num_dst, rowptr).clamp_min(torch.finfo(exp.dtype).tiny)
+    # Targets without a finite logit have a zero sum: dividing by 1 instead turns their 0/0 into 0
+    # (a clamp to the smallest float would, in backward, scale their gradient by 1/tiny into inf, then NaN).
+    row_sum = _sum_by_target(exp, dst, num_dst, rowptr)
+    row_sum = torch.where(row_sum > 0, row_sum, 1.0)
     probs = exp / row_sum.index_select(0, dst)
     weights = probs * keep if keep is not None else probs
     out = _sum_by_target(weights.unsqueeze(-1) * values, dst, num_dst, rowptr)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
 
 NumNodes = Union[int, Tuple[int, int], None]
 _TENSOR_FIELDS = ("rowptr", "col", "row", "perm", "colptr", "row_t", "perm_t")
@@ -39,6 +40,8 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str =
     """
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"{name} must be a LongTensor [2, E] or a CSRPattern, got {type(edge_index).__name__}")
+    if isinstance(edge_index, EdgeIndex):  # its own arithmetic breaks the kernels' index maths: a plain tensor
+        edge_index = edge_index.as_tensor()
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must have an integer dtype (int64 or int32), got {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:

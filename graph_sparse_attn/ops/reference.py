@@ -44,7 +44,7 @@ def reference_attention(
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = torch.exp(logits - row_max[dst])
     row_sum = logits.new_zeros(num_dst, heads).index_add(0, dst, exp)
-    alpha = exp / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[dst]
+    alpha = exp / torch.where(row_sum > 0, row_sum, 1.0)[dst]  # no edge with a finite logit: 0/1, not 0/0
 
     weights = F.dropout(alpha, p=dropout_p, training=True) if dropout_p > 0 else alpha
     messages = weights.unsqueeze(-1) * value[src]

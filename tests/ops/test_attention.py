@@ -183,6 +183,12 @@ def test_log_gate_of_zero_removes_the_edge(backend, attend):
     assert torch.equal(alpha[gate.detach() == 0], torch.zeros_like(alpha[gate.detach() == 0]))
     (grad,) = torch.autograd.grad((out.square().sum() + alpha.sum()), gate)
     assert torch.isfinite(grad).all() and torch.equal(grad[gate.detach() == 0], torch.zeros_like(grad[gate.detach() == 0]))
+    # A large upstream gradient at the emptied target must not overflow into inf or NaN (it did through 0/tiny).
+    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = attend(*inputs, edge_index, edge_gate=gate.detach(), gate_mode="log", backend=backend)
+    kept = attend(*inputs, kept_edges, backend=backend)
+    upstream = torch.full_like(out, 100.0)
+    torch.testing.assert_close(torch.autograd.grad(out, inputs, upstream), torch.autograd.grad(kept, inputs, upstream))
 
 
 def test_empty_pattern_and_empty_graph(backend, attend):

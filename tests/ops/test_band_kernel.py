@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch_geometric import EdgeIndex
 
 from graph_sparse_attn import CSRPattern, sparse_attention
 from graph_sparse_attn.ops import band_kernel, dispatch
@@ -89,6 +90,21 @@ def test_the_autograd_path_for_other_devices_matches_the_reference(monkeypatch):
     blocked = band_kernel._blocked_sdpa(q, k, v, layout, D ** -0.5)
     out = blocked.transpose(1, 2).reshape(-1, H, D)[:100]
     ref = dense_reference(q, k, v, edge_index)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad))
+
+
+@pytest.mark.parametrize("value_dim", [2, 7])
+@pytest.mark.parametrize("name", ["window", "longformer"])
+def test_value_head_size_may_differ_from_the_query_head_size(name, value_dim):
+    edge_index = PATTERNS[name]
+    n = int(edge_index.max()) + 1
+    gen = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(n, H, D, dtype=torch.float64, generator=gen).requires_grad_() for _ in range(2))
+    v = torch.randn(n, H, value_dim, dtype=torch.float64, generator=gen).requires_grad_()
+    out = sparse_attention(q, k, v, edge_index, backend="band")
+    ref = sparse_attention(q, k, v, edge_index, backend="reference")
     torch.testing.assert_close(out, ref)
     grad = torch.randn_like(out)
     torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad))
@@ -199,3 +215,11 @@ def test_a_window_as_wide_as_its_sequence_is_still_a_band():
     assert layout is not None and layout.half_width == 64 and layout.extra is None and layout.heavy is None
     q, k, v = (torch.randn(80, H, D, dtype=torch.float64) for _ in range(3))
     torch.testing.assert_close(sparse_attention(q, k, v, edge_index, backend="band"), dense_reference(q, k, v, edge_index))
+
+
+@pytest.mark.parametrize("backend", ["band", "auto"])
+def test_a_pyg_edge_index_runs_like_a_plain_tensor(backend):
+    edge_index = sliding_window(600, 16)  # 19.5k edges: "auto" takes the band on CPU
+    q, k, v = (torch.randn(600, H, D) for _ in range(3))
+    out = sparse_attention(q, k, v, EdgeIndex(edge_index, sparse_size=(600, 600)), backend=backend)
+    torch.testing.assert_close(out, sparse_attention(q, k, v, edge_index, backend=backend))
