@@ -56,7 +56,9 @@ class SparseAttnConv(MessagePassing):
             exactly 0 removes its edge; a target whose gates are all 0 gets no messages, as after
             :func:`~graph_sparse_attn.patterns.prune`).
         backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``).
-        **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing`.
+        **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing` (``aggr``
+            and ``flow`` only at their defaults). PyG's explain mode (``Explainer``, e.g.
+            ``GNNExplainer``) masks each edge's message as in ``TransformerConv``.
 
     Shapes:
         - input: ``x [N, F_in]`` or ``([N_src, F_src], [N_dst, F_dst])``; ``edge_index [2, E]``
@@ -82,6 +84,12 @@ class SparseAttnConv(MessagePassing):
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
+        # Messages are summed with softmax weights over each target's incoming edges: another
+        # aggregation or flow would be accepted by MessagePassing and silently not applied.
+        if kwargs["aggr"] != "add":
+            raise ValueError(f"aggr must be 'add' (attention sums its softmax-weighted messages), got {kwargs['aggr']!r}")
+        if kwargs.get("flow", "source_to_target") != "source_to_target":
+            raise ValueError(f"flow must be 'source_to_target' (row 0 of edge_index is the source), got {kwargs['flow']!r}")
         super().__init__(node_dim=0, **kwargs)
         if out_channels <= 0 or heads <= 0:
             raise ValueError(f"out_channels and heads must be positive, got {out_channels} and {heads}")
@@ -236,15 +244,37 @@ class SparseAttnConv(MessagePassing):
         need_weights: bool,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         """``(out [N_dst, H, C], alpha [E, H] or None)`` over any adjacency (run as Python when scripted)."""
+        if edge_attr is not None and self.lin_edge is None:
+            raise ValueError("edge_attr was given but the layer has no edge features: build it with edge_dim=...")
         edges, adj_values = edges_from_adjacency(edge_index, (key.size(0), query.size(0)))
         if edge_attr is None and adj_values is not None and adj_values.dim() > 1:
             edge_attr = adj_values
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
-        return edge_feature_attention(
+        explain = bool(getattr(self, "explain", False))  # a scripted layer has no explain mode
+        if explain and self.training and self.dropout > 0:
+            raise ValueError("explain mode needs the layer in eval() (attention dropout would not be masked alike)")
+        out, alpha = edge_feature_attention(
             query, key, value, edges, edge_attr, edge_weight,
             edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
-            dropout=self.dropout, training=self.training, need_weights=need_weights, backend=self.backend,
+            dropout=self.dropout, training=self.training, need_weights=need_weights or explain, backend=self.backend,
         )
+        if explain:
+            assert alpha is not None
+            out = self._explained_messages(value, edges, edge_attr, alpha, query.size(0))
+        return out, alpha if need_weights else None
+
+    @torch.jit.ignore
+    def _explained_messages(self, value: Tensor, edges: Union[Tensor, CSRPattern], edge_attr: Optional[Tensor],
+                            alpha: Tensor, num_dst: int) -> Tensor:
+        """PyG's explain mode: ``Σ_j m_ij α_ij (v_j + W_6 e_ij)`` with the explainer's edge mask ``m``
+        applied by `MessagePassing.explain_message`. Builds ``[E, H, C]``: for explaining only."""
+        edge_index = edges.edge_index if isinstance(edges, CSRPattern) else edges
+        messages = value.index_select(0, edge_index[0])
+        if self.lin_edge is not None:
+            assert edge_attr is not None
+            messages = messages + self.lin_edge(edge_attr.view(edge_index.size(1), -1)).view_as(messages)
+        messages = self.explain_message(messages * alpha.unsqueeze(-1), num_dst)
+        return messages.new_zeros(num_dst, *messages.shape[1:]).index_add_(0, edge_index[1], messages)
 
     @torch.jit.ignore
     def _attention_index(self, edge_index: Tensor, alpha: Tensor) -> Tensor:

@@ -1,6 +1,8 @@
 """`SparseAttnConv` against PyG's `TransformerConv` with copied weights."""
 import pytest
 import torch
+from torch_geometric.explain import Explainer, GNNExplainer
+from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
 from torch_geometric.nn import TransformerConv
 
 from graph_sparse_attn import CSRPattern, SparseAttnConv
@@ -112,6 +114,44 @@ def test_missing_or_misshapen_edge_attr_is_named():
         conv(x, edge_index + 100, edge_attr)
     with pytest.raises(ValueError, match=r"x must be \[N, in_channels\]"):  # [N, 1, F] would broadcast to [N, N, F]
         conv(x[:, None], edge_index, edge_attr)
+
+
+@pytest.mark.parametrize("prebuilt", [False, True], ids=["edge_index", "CSRPattern"])
+@pytest.mark.parametrize("kwargs", [{}, {"edge_dim": 3, "beta": True}])
+def test_explain_edge_masks_act_as_in_transformer_conv(kwargs, prebuilt):
+    """PyG's explain mode (what `Explainer`/`GNNExplainer` set) masks each edge's message alike."""
+    edge_index, edge_attr, gen = graph(12, 12, 40, kwargs.get("edge_dim"), seed=8)
+    x = torch.randn(12, 8, dtype=torch.float64, generator=gen)
+    ref, ours = make_pair(8, kwargs)
+    masks = []
+    for conv, edges in ((ref, edge_index), (ours, CSRPattern.from_edge_index(edge_index, 12) if prebuilt else edge_index)):
+        mask = torch.nn.Parameter(torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(9)))
+        set_masks(conv, mask, edge_index, apply_sigmoid=True)
+        out = conv(x, edges, edge_attr)
+        out.square().sum().backward()
+        clear_masks(conv)
+        masks.append((out, mask.grad))
+    (out_r, grad_r), (out_o, grad_o) = masks
+    torch.testing.assert_close(out_o, out_r)
+    torch.testing.assert_close(grad_o, grad_r)
+    assert not torch.allclose(out_o, ours(x, edge_index, edge_attr))  # the mask did change the output
+
+
+def test_explainer_runs_on_the_layer():
+    explainer = Explainer(SparseAttnConv(4, 3), GNNExplainer(epochs=2), explanation_type="model", edge_mask_type="object",
+                          model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"))
+    edge_index = torch.randint(0, 10, (2, 30), generator=torch.Generator().manual_seed(1))
+    assert explainer(torch.randn(10, 4), edge_index, index=0).edge_mask.shape == (30,)
+
+
+def test_options_that_would_be_ignored_are_refused():
+    with pytest.raises(ValueError, match="aggr must be 'add'"):
+        SparseAttnConv(4, 2, aggr="mean")
+    with pytest.raises(ValueError, match="flow must be 'source_to_target'"):
+        SparseAttnConv(4, 2, flow="target_to_source")
+    edge_index, edge_attr, _ = graph(10, 10, 30, 3, seed=6)
+    with pytest.raises(ValueError, match="edge_attr was given but the layer has no edge features"):
+        SparseAttnConv(4, 2).double()(torch.randn(10, 4, dtype=torch.float64), edge_index, edge_attr)
 
 
 def test_reset_parameters_and_repr():
