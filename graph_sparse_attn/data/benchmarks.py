@@ -142,6 +142,16 @@ def imdb(name: str, root: Path, *, seed: int, max_length: int, imdb_path: Option
 
 
 # ---------------------------------------------------------------------------- graphs
+def ogb_molecule_datasets() -> Tuple[str, ...]:
+    """The ``ogbg-mol*`` datasets in OGB's own table (``master.csv``): binary or regression targets on
+    atom/bond features, what `ogb_graph_property` and its model take (not ``ogbg-ppa``/``ogbg-code2``)."""
+    import ogb.graphproppred
+
+    with open(Path(ogb.graphproppred.__file__).with_name("master.csv")) as handle:
+        names = handle.readline().strip().split(",")[1:]
+    return tuple(name for name in names if name.startswith("ogbg-mol"))
+
+
 def ogb_graph_property(name: str, root: Path, *, seed: int, pe: Optional[Sequence] = None) -> GraphPropertyData:
     """An ``ogbg-*`` dataset through OGB's own loader and split (``root/ogbg_<name>``); ``pe``: see `positional_encoding`."""
     from ogb.graphproppred import PygGraphPropPredDataset

@@ -205,6 +205,7 @@ def config_from_args(argv: List[str]):
     given = argv[0] if argv and not argv[0].startswith("-") else None
     options = argv[1:] if given else argv
     from_file: List[str] = []
+    nulls: Dict[str, None] = {}  # the file's null options: no value, as config.json records one
     path = None
     try:
         config_file = _config_argument(options)
@@ -213,13 +214,18 @@ def config_from_args(argv: List[str]):
             if given is not None and given != file_task:
                 raise ValueError(f"config {config_file!r} is for task {file_task!r}, not {given!r}")
             given, from_file = file_task, _as_arguments(file_options)
+            nulls = {option.replace("-", "_"): None for option, value in file_options.items() if value is None}
         name = given or DEFAULT_TASK
         spec = find_task(name)
     except ValueError as error:  # UnknownTask too
         _Parser(prog="gsa train").error(str(error))
     parser = build_train_parser(spec)
-    if from_file:  # the file's values become the defaults: checked like typed options, shown by --help, overridden by options
-        parser.set_defaults(**vars(parser.parse_args(from_file)))
+    if from_file or nulls:  # the file's values become the defaults: checked like typed options, shown by --help, overridden by options
+        defaults = vars(parser.parse_args(from_file))
+        unknown = sorted(set(nulls) - set(defaults))
+        if unknown:
+            parser.error(f"config {str(path)!r} sets unknown option(s) {', '.join(unknown)}")
+        parser.set_defaults(**{**defaults, **nulls})
     args = parser.parse_args(options)
     args.config_file = None if path is None else str(path)
     refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not None]
@@ -247,7 +253,9 @@ def config_from_args(argv: List[str]):
     from .loop import config_differences
 
     saved = Path(config.run_dir, "config.json")
-    changed = config_differences(json.loads(saved.read_text()), config) if args.resume and saved.exists() else []
+    if args.resume and not saved.exists():  # most likely a mistyped --run-dir: training afresh would hide it
+        parser.error(f"--resume: {config.run_dir} holds no run to continue (no config.json); drop --resume to start one")
+    changed = config_differences(json.loads(saved.read_text()), config) if args.resume else []
     if changed:
         parser.error(f"--resume: {config.run_dir} was run with other options: {'; '.join(changed)}; "
                      "pass the options it was run with")

@@ -124,7 +124,7 @@ TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
              {"epochs": 5, "batch_size": 16, "lr": 5e-4, **_SEQUENCE_MODEL, "dropout": 0.1,
               "pattern": "longformer:window=64,global_indices=0", "max_length": 4096, "imdb_path": None, "num_train": None},
              fixed={"pooling": "mean"}),
-    TaskSpec("ogbg-<name>", "graph", "any OGB graph property dataset (ogbg-molhiv, ogbg-molbace, ogbg-molesol, ...)",
+    TaskSpec("ogbg-<name>", "graph", "any OGB molecule dataset (ogbg-molhiv, ogbg-molbace, ogbg-molesol, ...)",
              benchmarks.ogb_graph_property, graph_property_model, benchmarks.ogb_graph_metric,
              {**_GRAPH_BUDGET, **_GRAPH_MODEL, **_MOLECULE_RECIPE}),
     TaskSpec("peptides-func", "graph", "LRGB Peptides-func (10 binary tasks, AP)", benchmarks.peptides_func, graph_property_model,
@@ -147,13 +147,14 @@ class UnknownTask(ValueError):
 
 
 def find_task(name: str) -> TaskSpec:
-    """The table entry of ``name`` (any ``ogbg-*`` name uses the ``ogbg-<name>`` entry)."""
+    """The table entry of ``name`` (OGB's molecule datasets use the ``ogbg-<name>`` entry)."""
     if name in TASKS:
         return TASKS[name]
-    if name.startswith("ogbg-") and len(name) > len("ogbg-"):
+    if name in benchmarks.ogb_molecule_datasets():
         family = TASKS["ogbg-<name>"]
         return TaskSpec(name, family.kind, family.summary, family.load, family.model, family.metric, family.defaults, family.fixed)
-    raise UnknownTask(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    raise UnknownTask(f"unknown task {name!r}; known: {', '.join(TASKS)}, where <name> is one of OGB's molecule "
+                      f"datasets ({', '.join(benchmarks.ogb_molecule_datasets())})")
 
 
 def split_options(spec: TaskSpec, options: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -234,6 +235,10 @@ def _check_together(spec: TaskSpec, values: Mapping[str, Any]) -> None:
     """Refuse options that are valid one by one but not together, before any data is loaded."""
     if "dim" in values and "heads" in values and values["dim"] % values["heads"]:
         raise ValueError(f"--dim ({values['dim']}) must be divisible by --heads ({values['heads']})")
+    if values.get("min_length") is not None and values.get("max_length") is not None \
+            and values["max_length"] < values["min_length"] + 2:
+        raise ValueError(f"--max-length ({values['max_length']}) must be at least --min-length + 2 "
+                         f"({values['min_length'] + 2}): sequence lengths lie strictly between the two")
     if values.get("knn") is not None:
         if values.get("gate"):
             raise ValueError("--gate learns gates over a fixed pattern, --knn attends over a pattern built from the queries: choose one")

@@ -230,9 +230,19 @@ def test_command_line_options_override_a_config_file(tmp_path, monkeypatch):
     assert config.config_file == str(tmp_path / "mine.json")
 
 
+def test_null_in_a_config_file_means_no_value(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.json").write_text(json.dumps({"task": "ogbg-molhiv", "options": {"pe": None, "ffn-dim": None}}))
+    config, _ = config_from_args(["--config", "mine.json", "--run-dir", "run"])
+    assert config.data_options["pe"] is None and config.model_options["ffn_dim"] is None  # not the task's rwse:16 / 128
+    config, _ = config_from_args(["--config", "mine.json", "--ffn-dim", "32", "--run-dir", "run"])
+    assert config.model_options["ffn_dim"] == 32
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
+        ({"task": "listops", "options": {"no_such_option": None}}, "sets unknown option(s) no_such_option"),
         ({"task": "cora", "options": {"knn": 3}}, "--knn does not apply to cora"),
         ({"task": "listops", "options": {"epochs": 0}}, "positive"),
         ({"options": {}}, "must hold"),
