@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
@@ -108,6 +108,8 @@ class GraphTransformer(nn.Module):
             raise ValueError(f"task must be 'graph' or 'node', got {task!r}")
         if attention not in ATTENTION_PATTERNS:
             raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
+        if lap_pe and not pe_dim:
+            raise ValueError("lap_pe=True needs the encoding's size: pe_dim > 0")
         if pooling not in ("mean", "sum"):
             raise ValueError(f"pooling must be 'mean' or 'sum', got {pooling!r}")
         if min(hidden_channels, out_channels, depth, heads) <= 0 or min(k_hops, num_virtual, expander_degree, pe_dim) < 0:
@@ -261,12 +263,13 @@ class GraphTransformer(nn.Module):
 
     def _check_shapes(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor], batch: Optional[Tensor],
                       pe: Optional[Tensor]) -> None:
-        """Refuse inputs whose shapes do not fit the model (no host sync: shapes only)."""
+        """Refuse inputs that do not fit the model: shapes and dtypes, and atom features' range (see `_check_ogb_features`)."""
         if self.in_channels == "atom":
             if x.dim() != 2 or x.size(1) != NUM_ATOM_FEATURES or x.is_floating_point():
                 raise ValueError(f"x must be OGB atom features: long [N, {NUM_ATOM_FEATURES}], got {x.dtype} {list(x.shape)}")
-        elif x.dim() != 2 or x.size(1) != self.in_channels:
-            raise ValueError(f"x must have shape [N, in_channels]=[N, {self.in_channels}], got {list(x.shape)}")
+            _check_ogb_features(x, _ATOM_DIMS, "x", "an atom")
+        elif x.dim() != 2 or x.size(1) != self.in_channels or not x.is_floating_point():
+            raise ValueError(f"x must be floating-point [N, in_channels]=[N, {self.in_channels}], got {x.dtype} {list(x.shape)}")
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
         num_edges = edge_index.size(1)
@@ -298,7 +301,8 @@ class GraphTransformer(nn.Module):
         )
 
 
-NUM_ATOM_FEATURES = len(get_atom_feature_dims())
+_ATOM_DIMS = tuple(get_atom_feature_dims())
+NUM_ATOM_FEATURES = len(_ATOM_DIMS)
 # OGB bond features as one code each, b = Σ_f value_f · stride_f, and the table of all codes.
 _BOND_DIMS = tuple(get_bond_feature_dims())
 NUM_BOND_CODES = math.prod(_BOND_DIMS)
@@ -308,15 +312,19 @@ _ALL_BONDS = torch.cartesian_prod(*(torch.arange(d) for d in _BOND_DIMS))  # [B,
 
 def _bond_codes(edge_attr: Tensor) -> Tensor:
     """``[E]`` code of each bond's OGB features ``edge_attr [E, F]`` (long), checked against the feature sizes."""
-    dims = torch.tensor(_BOND_DIMS, device=edge_attr.device)
     if edge_attr.dim() != 2 or edge_attr.size(1) != len(_BOND_DIMS) or edge_attr.is_floating_point():
         raise ValueError(f"edge_attr must be OGB bond features: long [E, {len(_BOND_DIMS)}], got {edge_attr.dtype} {list(edge_attr.shape)}")
-    inside = ((edge_attr >= 0) & (edge_attr < dims)).all()
-    if edge_attr.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(inside, "edge_attr holds a bond feature outside OGB's feature sizes")
-    elif not bool(inside):
-        raise ValueError(f"edge_attr holds a bond feature outside OGB's feature sizes {list(_BOND_DIMS)}")
+    _check_ogb_features(edge_attr, _BOND_DIMS, "edge_attr", "a bond")
     return (edge_attr * _BOND_STRIDES.to(edge_attr.device)).sum(-1)
+
+
+def _check_ogb_features(values: Tensor, dims: Tuple[int, ...], name: str, kind: str) -> None:
+    """Refuse categorical features ``[*, F]`` outside ``[0, dims[f])`` (asynchronously on GPUs and under compile)."""
+    inside = ((values >= 0) & (values < torch.tensor(dims, device=values.device))).all()
+    if values.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(inside, f"{name} holds {kind} feature outside OGB's feature sizes")
+    elif not bool(inside):
+        raise ValueError(f"{name} holds {kind} feature outside OGB's feature sizes {list(dims)}")
 
 
 def _node_encoder(in_channels: Union[int, str], hidden: int) -> nn.Module:

@@ -299,13 +299,19 @@ def test_bond_features_through_a_table_equal_bond_features_per_edge(options, mon
             torch.testing.assert_close(a, b)
 
 
-def test_bond_features_outside_ogb_sizes_are_refused():
+def test_atom_and_bond_features_outside_ogb_sizes_are_refused():
     model = GraphTransformer("atom", 16, 2, depth=1, heads=2, edge_dim="bond")
     data = molecule(5, seed=0)
     bad = data.edge_attr.clone()
     bad[0, 0] = 99
-    with pytest.raises(ValueError, match="outside OGB's feature sizes"):
+    with pytest.raises(ValueError, match="edge_attr holds a bond feature outside OGB's feature sizes"):
         model(data.x, data.edge_index, bad)
+    bad = data.x.clone()
+    bad[1, 2] = -1
+    with pytest.raises(ValueError, match="x holds an atom feature outside OGB's feature sizes"):
+        model(bad, data.edge_index, data.edge_attr)
+    with pytest.raises(ValueError, match="lap_pe=True needs the encoding's size"):
+        GraphTransformer("atom", 16, 2, lap_pe=True)
 
 
 @pytest.mark.parametrize("edge_dim", ["bond", 3])
@@ -344,8 +350,10 @@ def test_graph_transformer_refuses_edge_features_it_has_no_encoder_for():
     edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
     with pytest.raises(ValueError, match="no edge_dim"):
         model(torch.randn(3, 6), edge_index, torch.randn(3, 4))
-    with pytest.raises(ValueError, match=r"x must have shape \[N, in_channels\]=\[N, 6\]"):
+    with pytest.raises(ValueError, match=r"x must be floating-point \[N, in_channels\]=\[N, 6\]"):
         model(torch.randn(3, 5), edge_index)
+    with pytest.raises(ValueError, match=r"x must be floating-point .* got torch.int64"):
+        model(torch.ones(3, 6, dtype=torch.long), edge_index)
     with pytest.raises(ValueError, match="expander_degree must be even"):
         GraphTransformer(6, 8, 3, attention="exphormer", expander_degree=3)
 
