@@ -207,7 +207,9 @@ class Trainer:
         path = self.run_dir / "last.pt"
         if not path.exists():
             return False
-        state = load_checkpoint(path, map_location=self.device)
+        # On CPU: the RNG states must stay there (CUDA and CPU generators take CPU byte tensors), and
+        # load_state_dict moves the model and optimiser tensors to their parameters' device.
+        state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

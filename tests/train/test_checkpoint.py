@@ -96,6 +96,16 @@ def test_neighbour_sampled_run_killed_mid_epoch_resumes_bit_exactly(tmp_path, mo
     assert_same_run(straight, resumed)
 
 
+def test_resume_loads_the_checkpoint_on_the_cpu_whatever_the_run_s_device(tmp_path):
+    """A CUDA run resumes too: the random states (CPU byte tensors, the only kind generators take) must not
+    follow the model to its device; load_state_dict moves model and optimiser tensors there itself."""
+    config = TrainConfig(task="synthetic", epochs=1, batch_size=8, run_dir=str(tmp_path / "run"))
+    Trainer(config, synthetic_node_task([3, 2])).fit()
+    resumed = Trainer(config, synthetic_node_task([3, 2]))
+    resumed.device = torch.device("meta")  # stands for a GPU here: no tensor may be loaded onto it
+    assert resumed.resume()
+
+
 def test_checkpoint_every_minutes_spaces_mid_epoch_checkpoints(tmp_path, monkeypatch):
     saved_at = []
     monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved_at.append(self.step))
