@@ -32,7 +32,7 @@ from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
 
-from ..io import atomic_write
+from ..io import atomic_save, atomic_write
 
 NUM_TASKS = 10
 FOLDER_NAME = "peptides-functional"
@@ -104,28 +104,46 @@ class PeptidesFunctional(InMemoryDataset):
     def process(self) -> None:
         smiles2graph = _smiles2graph()
         with gzip.open(self.raw_paths[0], "rt", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            if not {"smiles", "labels"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{self.raw_paths[0]} must have the columns smiles and labels, got {reader.fieldnames}")
+            rows = list(reader)
         data_list = []
-        for row in tqdm(rows, desc="Peptides-func: SMILES -> graphs", unit="mol"):
-            graph = smiles2graph(row["smiles"])
-            labels = json.loads(row["labels"])
-            if len(labels) != NUM_TASKS:
-                raise ValueError(f"{RAW_FILE_NAME}: labels must hold {NUM_TASKS} entries, got {row['labels']!r}")
+        for line, row in enumerate(tqdm(rows, desc="Peptides-func: SMILES -> graphs", unit="mol"), start=2):
+            try:
+                graph = smiles2graph(row["smiles"])  # RDKit gives None for a SMILES it cannot parse, OGB then fails
+                labels = json.loads(row["labels"])
+            except (AttributeError, ValueError, TypeError) as error:
+                raise ValueError(f"{RAW_FILE_NAME} line {line}: cannot read {row!r}: {error}") from None
+            if not isinstance(labels, list) or len(labels) != NUM_TASKS:
+                raise ValueError(f"{RAW_FILE_NAME} line {line}: labels must hold {NUM_TASKS} entries, got {row['labels']!r}")
             data = Data(x=torch.from_numpy(graph["node_feat"]).long(),
                         edge_index=torch.from_numpy(graph["edge_index"]).long(),
                         edge_attr=torch.from_numpy(graph["edge_feat"]).long(),
                         y=torch.tensor([labels], dtype=torch.float32))
             data_list.append(data if self.pre_transform is None else self.pre_transform(data))
-        self.save(data_list, self.processed_paths[0])
+        # InMemoryDataset.save's own format, written atomically: a run killed while writing must not
+        # leave a truncated file that every later run would load (and fail on).
+        data, slices = self.collate(data_list)
+        atomic_save((data.to_dict(), slices, data.__class__), self.processed_paths[0])
 
     def get_idx_split(self) -> Dict[str, Tensor]:
         """LRGB's stratified random split: ``{"train", "val", "test"}`` -> int64 graph indices
         (10,873 / 2,331 / 2,331, disjoint)."""
-        with open(self.split_path, "rb") as handle:
-            splits = pickle.load(handle)
+        try:
+            with open(self.split_path, "rb") as handle:
+                splits = pickle.load(handle)
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+            raise ValueError(f"{self.split_path} is not a readable split pickle ({error}); delete it to download it again") from None
         if not isinstance(splits, dict) or set(splits) != set(SPLITS):
             raise ValueError(f"{self.split_path} must hold a dict with keys {SPLITS}, got {type(splits).__name__}")
-        return {name: torch.as_tensor(splits[name], dtype=torch.long) for name in SPLITS}
+        splits = {name: torch.as_tensor(splits[name], dtype=torch.long).flatten() for name in SPLITS}
+        every = torch.cat(list(splits.values()))
+        if every.numel() and (int(every.min()) < 0 or int(every.max()) >= len(self)):
+            raise ValueError(f"{self.split_path} indexes graphs outside [0, {len(self)}): it does not match {RAW_FILE_NAME}")
+        if every.unique().numel() != every.numel():
+            raise ValueError(f"{self.split_path}: the splits {SPLITS} must be disjoint")
+        return splits
 
 
 def average_precision(y_pred: Tensor, y_true: Tensor) -> float:

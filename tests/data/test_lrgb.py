@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import math
+import pickle
 import shutil
 import socket
 import sys
@@ -273,3 +274,54 @@ def test_average_precision_rejects_bad_input():
 def test_average_precision_on_cuda():
     y_pred, y_true = random_problem(3)
     assert average_precision(y_pred.cuda(), y_true.cuda()) == pytest.approx(average_precision(y_pred, y_true))
+
+
+# ---------------------------------------------------------------------------- malformed releases
+def tiny_release(root: Path, rows, splits=None) -> Path:
+    """A release of ``rows`` ``(smiles, labels)`` with a split pickle (``splits``: raw bytes or a dict)."""
+    folder = root / lrgb.FOLDER_NAME
+    (folder / "raw").mkdir(parents=True)
+    with gzip.open(folder / "raw" / lrgb.RAW_FILE_NAME, "wt", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["smiles", "labels"])
+        writer.writerows(rows)
+    splits = {"train": [0], "val": [1], "test": [2]} if splits is None else splits
+    (folder / lrgb.SPLIT_FILE_NAME).write_bytes(splits if isinstance(splits, bytes) else pickle.dumps(splits))
+    return root
+
+
+LABELS = json.dumps([0, 1] * 5)
+
+
+def test_a_tiny_release_round_trips_through_the_processed_file(tmp_path):
+    pytest.importorskip("rdkit", reason="processing SMILES needs rdkit (the project's `lrgb` extra)")
+    root = tiny_release(tmp_path, [("CCO", LABELS), ("CC(=O)N", LABELS), ("c1ccccc1", LABELS)])
+    first = PeptidesFunctional(root)
+    again = PeptidesFunctional(root)  # read back from the processed file, not processed again
+    assert len(again) == 3 and torch.equal(again[2].x, first[2].x) and again[0].y.shape == (1, lrgb.NUM_TASKS)
+    assert {k: v.tolist() for k, v in again.get_idx_split().items()} == {"train": [0], "val": [1], "test": [2]}
+    assert not list((root / lrgb.FOLDER_NAME / "processed").glob(".*.tmp"))  # the atomic write left no temporary
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([("CCO", LABELS), ("not-a-smiles((", LABELS), ("CC", LABELS)], "line 3: cannot read"),
+    ([("CCO", LABELS), ("CC", "[0, 1"), ("CC", LABELS)], "line 3: cannot read"),
+    ([("CCO", LABELS), ("CC", "[0, 1]"), ("CC", LABELS)], "line 3: labels must hold 10 entries"),
+])
+def test_unreadable_rows_are_named_by_line(tmp_path, rows, message):
+    pytest.importorskip("rdkit", reason="processing SMILES needs rdkit (the project's `lrgb` extra)")
+    with pytest.raises(ValueError, match=message):
+        PeptidesFunctional(tiny_release(tmp_path, rows))
+
+
+@pytest.mark.parametrize("splits,message", [
+    (pickle.dumps({"train": [0], "val": [1], "test": [2]})[:-5], "not a readable split pickle"),
+    ({"train": [0], "val": [1], "test": [3]}, r"outside \[0, 3\)"),  # a csv shorter than the split: a partial download
+    ({"train": [0, 1], "val": [1], "test": [2]}, "must be disjoint"),
+])
+def test_bad_split_files_are_refused_naming_the_file(tmp_path, splits, message):
+    pytest.importorskip("rdkit", reason="processing SMILES needs rdkit (the project's `lrgb` extra)")
+    dataset = PeptidesFunctional(tiny_release(tmp_path, [("CCO", LABELS), ("CC", LABELS), ("CCC", LABELS)], splits))
+    with pytest.raises(ValueError, match=message) as error:
+        dataset.get_idx_split()
+    assert lrgb.SPLIT_FILE_NAME in str(error.value)
