@@ -87,7 +87,7 @@ def _missing_data_error(path: Path, reason: str) -> FileNotFoundError:
 
 
 def _read_folder(path: Path, split: str, max_length: int) -> List[_Review]:
-    base = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    base = _folder_base(path)
     reviews = []
     for label_name, label in LABELS.items():
         folder = base / split / label_name
@@ -123,9 +123,19 @@ def _pack(reviews: List[_Review]) -> IMDBBytesDataset:
 
 
 def _cache_file(cache_dir: Path, path: Path, split: str, max_length: int) -> Path:
-    status = path.stat()
-    source = hashlib.sha1(f"{path.resolve()}:{status.st_size}:{status.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir / f"imdb_{split}_max{max_length}_{source}.pt"
+    """The cache of ``split`` read from ``path``, keyed by the source's path, size and modification time;
+    for a folder, by every review file's (a folder's own time misses a file edited in place)."""
+    files = [path] if path.is_file() else sorted(file for label in LABELS for file in (_folder_base(path) / split / label).glob("*.txt"))
+    source = hashlib.sha1(str(path.resolve()).encode())
+    for file in files:
+        status = file.stat()
+        source.update(f"{file.name}:{status.st_size}:{status.st_mtime_ns};".encode())
+    return cache_dir / f"imdb_{split}_max{max_length}_{source.hexdigest()[:12]}.pt"
+
+
+def _folder_base(path: Path) -> Path:
+    """The ``aclImdb/`` folder: ``path`` itself or its ``aclImdb/`` subfolder."""
+    return path / "aclImdb" if (path / "aclImdb").is_dir() else path
 
 
 def load_imdb(
@@ -165,6 +175,9 @@ def load_imdb(
         raise ValueError(f"path {path} is neither a folder nor a readable tar archive ({error})") from None
     if not reviews:
         raise _missing_data_error(path, f"of the {split!r} split not found (no {split}/{{neg,pos}}/<id>_<rating>.txt)")
+    missing = [name for name, label in LABELS.items() if all(review[0] != label for review in reviews)]
+    if missing:  # a partial copy or extraction: a one-class split would train and score silently wrong
+        raise _missing_data_error(path, f"holds no {split}/{missing[0]}/<id>_<rating>.txt reviews (both labels are needed)")
     dataset = _pack(reviews)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

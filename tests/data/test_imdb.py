@@ -1,6 +1,8 @@
 """LRA Text (IMDB bytes): real archive counts and labels, synthetic folder vs tarball, truncation, cache, errors."""
 import collections
+import os
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -96,6 +98,25 @@ def test_cache_is_written_once_and_reused(synthetic_tarball, tmp_path, monkeypat
     assert as_rows(again) == as_rows(first) and again.names == first.names
     with pytest.raises(AssertionError, match="cache"):
         load_imdb(synthetic_tarball, "train", max_length=17, cache_dir=cache)
+
+
+def test_folder_cache_sees_reviews_added_or_edited(synthetic_folder, tmp_path):
+    cache, reviews = tmp_path / "cache", synthetic_folder / "aclImdb" / "train"
+    first = load_imdb(synthetic_folder, "train", max_length=64, cache_dir=cache)
+    (reviews / "neg" / "12_1.txt").write_bytes(b"new")
+    added = load_imdb(synthetic_folder, "train", max_length=64, cache_dir=cache)
+    assert len(added) == len(first) + 1
+    edited = reviews / "pos" / "2_8.txt"
+    status = edited.stat()
+    edited.write_bytes(b"rewritten")
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # a later time, however coarse the clock
+    assert b"rewritten" in [decode_bytes(tokens) for tokens, _ in load_imdb(synthetic_folder, "train", max_length=64, cache_dir=cache)]
+
+
+def test_a_split_missing_one_label_is_refused(synthetic_folder):
+    shutil.rmtree(synthetic_folder / "aclImdb" / "train" / "neg")
+    with pytest.raises(FileNotFoundError, match="holds no train/neg/"):
+        load_imdb(synthetic_folder, "train")
 
 
 def test_missing_path_names_the_download(tmp_path):
