@@ -301,7 +301,10 @@ def _read_tsv(path: Path) -> ListOpsDataset:
             expression, tab, label = line.rstrip("\n").rpartition("\t")
             if not tab or label not in DIGITS:
                 raise ValueError(f"{path}:{line_number} must be 'expression<TAB>label' with a label in 0..9")
-            chunks.append(_token_ids(expression))
+            try:
+                chunks.append(_token_ids(expression))
+            except ValueError as error:
+                raise ValueError(f"{path}:{line_number}: {error}") from None
             labels.append(int(label))
     lengths = torch.tensor([len(chunk) for chunk in chunks], dtype=torch.long)
     offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])

@@ -1,6 +1,7 @@
 """Token sequences as graphs: batches of disjoint chains with their attention pattern built once."""
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -75,9 +76,10 @@ class SequenceGraphCollator:
         cls_token: Optional[int] = None,
         cache_bytes: int = 512 * 2**20,
     ) -> None:
-        self.pattern = pattern
-        self.pattern_params = dict(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
-        check_pattern(pattern, self.pattern_params)
+        # A private copy behind read-only properties: the cache holds patterns of this spec only.
+        self._pattern = pattern
+        self._pattern_params = copy.deepcopy(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
+        check_pattern(pattern, self._pattern_params)
         self.cls_token = cls_token
         # Bounded in bytes, not entries: every length up to LRA Text's 4,096 bytes would hold about
         # 4.5 GB, while building one such pattern anew takes about 1.5 ms.
@@ -85,12 +87,21 @@ class SequenceGraphCollator:
         self._cache: "OrderedDict[int, Tensor]" = OrderedDict()
         self._cached_bytes = 0
 
+    @property
+    def pattern(self) -> str:
+        return self._pattern
+
+    @property
+    def pattern_params(self) -> Dict[str, Any]:
+        """A copy of the pattern's parameters (changing it changes nothing: build another collator)."""
+        return copy.deepcopy(self._pattern_params)
+
     def _build(self, length: int) -> Tensor:
-        return build_pattern(self.pattern, length, **self.pattern_params)
+        return build_pattern(self._pattern, length, **self._pattern_params)
 
     def pattern_for_length(self, length: int) -> Tensor:
         """``edge_index`` ``[2, E]`` int64 of one sequence of ``length`` nodes (cached unless the pattern is random)."""
-        if self.pattern in RANDOM_PATTERNS:
+        if self._pattern in RANDOM_PATTERNS:
             return self._build(length)
         compact = self._cache.get(length)
         if compact is not None:

@@ -166,6 +166,15 @@ def test_files_are_lra_tsv_and_match_the_dataset(tiny_root, tiny_splits):
             assert int(stored_label) == label == evaluate_expression(expression)
 
 
+@pytest.mark.parametrize("line,message", [("[MAX 1 2 ]\t12", "must be 'expression<TAB>label'"),
+                                          ("[MAXX 1 2 ]\t2", "unknown token")])
+def test_a_malformed_cache_file_is_named_with_its_line(tmp_path, line, message):
+    path = tmp_path / "val.tsv"
+    path.write_text(f"Source\tTarget\n[MIN 3 4 ]\t3\n{line}\n")
+    with pytest.raises(ValueError, match=f"val.tsv:3.*{message}"):
+        listops._read_tsv(path)
+
+
 def test_second_load_reads_the_cache(tiny_root, tiny_splits, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated although the files exist")

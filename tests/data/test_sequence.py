@@ -42,6 +42,18 @@ def test_fixed_patterns_are_cached_per_length_and_random_ones_are_not(monkeypatc
     assert rand.pattern_for_length(10) is not rand.pattern_for_length(10)
 
 
+def test_the_cached_spec_cannot_change_under_the_cache():
+    params = {"window": 1, "global_indices": [0]}
+    collate = SequenceGraphCollator("longformer", params)
+    collate.pattern_for_length(10)
+    params["global_indices"].append(5)  # the caller's list: not the collator's
+    collate.pattern_params["global_indices"].append(7)  # a copy
+    for length in (10, 11):  # cached and fresh alike
+        assert torch.equal(collate.pattern_for_length(length), longformer(length, 1, [0]))
+    with pytest.raises(AttributeError):
+        collate.pattern = "window"
+
+
 def test_cache_is_bounded_in_bytes_and_drops_the_least_recently_used(monkeypatch):
     built = counting_builds(monkeypatch)
     # window=1 over n nodes has 3n - 2 edges: 8 bytes each as int32 pairs.
