@@ -216,7 +216,8 @@ class Trainer:
         self.epoch, self.step, self.best, self.history = state["epoch"], state["step"], state["best"], state["history"]
         self.progress = dict(state["progress"])
         for split, loader_state in state["loaders"].items():
-            self.loaders[split].load_state_dict(loader_state)
+            if hasattr(self.loaders[split], "load_state_dict"):  # not evaluation splits drawn anew each pass
+                self.loaders[split].load_state_dict(loader_state)
         set_rng_state(state["rng"])
         return True
 

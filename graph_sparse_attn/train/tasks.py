@@ -6,7 +6,7 @@ builder and a metric, all chosen by the task table (`table.py`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..data.benchmarks import GraphPropertyData, Metric, NodeData, SequenceData
 from . import distributed as dist_utils
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
+    from ..data.sampling import NeighborSampler
 
 Loaders = Dict[str, Any]
 ModelBuilder = Callable[[Any, Dict[str, Any]], nn.Module]
@@ -172,6 +177,21 @@ class GraphPropertyTask(Task):
         return F.binary_cross_entropy_with_logits(prediction[labelled], target[labelled])
 
 
+class _SameDrawsEachPass:
+    """An evaluation split's sampled batches, drawn from ``seed`` anew on every pass: scores of different
+    epochs compare like with like, and ``gsa evaluate`` reproduces those a run recorded."""
+
+    def __init__(self, sampler: "NeighborSampler", seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Data]:
+        self.sampler.generator.manual_seed(self.seed)
+        return iter(self.sampler)
+
+
 class NodeClassificationTask(Task):
     """Node classification on one graph (Planetoid, OGB ``ogbn-*``).
 
@@ -199,7 +219,8 @@ class NodeClassificationTask(Task):
 
         index = self.data.split_idx
         return {"train": sampler(index["train"][dist_utils.rank()::dist_utils.world_size()], True),
-                "val": sampler(index["val"], False), "test": sampler(index["test"], False)}
+                "val": _SameDrawsEachPass(sampler(index["val"], False), seed),
+                "test": _SameDrawsEachPass(sampler(index["test"], False), seed)}
 
     def forward(self, model, batch, split):
         if self.num_neighbors is None:

@@ -282,3 +282,7 @@ def test_planetoid_node_task_full_graph_and_neighbour_sampled(tmp_path, extra):
     assert len(records) == 3 and records[0]["test_accuracy"] is not None
     assert all(r["test_accuracy"] is None or 0.0 <= r["test_accuracy"] <= 1.0 for r in records)
     assert records[-1]["train_loss"] < records[0]["train_loss"]
+    # Re-scoring the best checkpoint reproduces the recorded scores: sampled evaluation splits draw
+    # the same neighbourhoods on every pass.
+    summary, result = json.loads((run / "summary.json").read_text()), json.loads(gsa("evaluate", str(run), cwd=tmp_path).stdout)
+    assert (result["val"], result["test"]) == pytest.approx((summary["val"], summary["test"]), abs=1e-9)
