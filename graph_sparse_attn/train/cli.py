@@ -165,6 +165,10 @@ def _tasks_help() -> str:
     return "\n".join(f"  {name:<15} {spec.summary} [{spec.kind}]" for name, spec in TASKS.items())
 
 
+# The default of options that do not apply to the task: given at all (even as --pe none), they are refused.
+_NOT_GIVEN = object()
+
+
 def build_train_parser(spec: TaskSpec) -> _Parser:
     """``gsa train TASK``'s parser: the options that apply to ``spec`` with its defaults, the others hidden (and refused)."""
     parser = _Parser(prog=f"gsa train {spec.name}", formatter_class=_HelpFormatter,
@@ -178,7 +182,7 @@ def build_train_parser(spec: TaskSpec) -> _Parser:
         if name in accepted:
             groups[group].add_argument(*flags, dest=name, default=accepted[name], **keywords)
         else:  # parsed (so it can be named in the refusal), never shown
-            groups[group].add_argument(*flags, dest=name, default=None, **{**keywords, "help": argparse.SUPPRESS})
+            groups[group].add_argument(*flags, dest=name, default=_NOT_GIVEN, **{**keywords, "help": argparse.SUPPRESS})
             inapplicable.append(name)
     parser.set_defaults(inapplicable=inapplicable)
     groups["run"].add_argument("--resume", action="store_true",
@@ -228,7 +232,7 @@ def config_from_args(argv: List[str]):
         parser.set_defaults(**{**defaults, **nulls})
     args = parser.parse_args(options)
     args.config_file = None if path is None else str(path)
-    refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not None]
+    refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not _NOT_GIVEN]
     if refused:
         parser.error(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to {name} "
                      f"({KINDS[spec.kind]}); see 'gsa train {name} --help'")

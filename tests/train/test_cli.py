@@ -71,6 +71,7 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "listops", "--knn", "2", "--gate"], "choose one"),
         (["train", "listops", "--knn", "2", "--pattern", "window:window=3"], "--pattern does not apply with --knn"),
         (["train", "listops", "--device", "meta"], "training runs on cpu or cuda"),
+        (["train", "listops", "--pe", "none"], "--pe does not apply to listops"),  # given, though its value is None
         (["train", "listops", "--max-length", "100"], "--max-length (100) must be at least --min-length + 2 (102)"),
         # a mistyped dataset name fails here, not after a network probe for a dataset OGB does not have
         (["train", "ogbg-molhivv"], "unknown task 'ogbg-molhivv'"),
