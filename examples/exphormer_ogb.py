@@ -50,6 +50,11 @@ def main() -> None:
     with torch.serialization.safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage]):
         dataset = PygGraphPropPredDataset(args.name, root=args.root, pre_transform=pre_transform,
                                           transform=AddExpanderPattern(args.expander_degree))
+    first = dataset[0]
+    if "attn_index" not in first or int(first.num_virtual) != args.num_virtual:
+        # PyG only warns when processed/ was made with another pre_transform (a `gsa train` run's, say).
+        raise SystemExit(f"{dataset.processed_dir} was processed without this example's pre_transform "
+                         f"(graph pattern + {args.num_virtual} virtual node(s)): delete it or use another --root")
     split = dataset.get_idx_split()
     train = dataset[split["train"]]
     valid = dataset[split["valid"][torch.randperm(len(split["valid"]))[: args.subset]]]

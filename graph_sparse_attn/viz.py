@@ -12,6 +12,8 @@ import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .ops.pattern import check_edge_index  # noqa: E402
+
 PathLike = Union[str, Path]
 
 
@@ -23,9 +25,12 @@ def mask_image(edge_index: Tensor, num_nodes: int, resolution: int = 512) -> Ten
     """
     if num_nodes <= 0:
         raise ValueError(f"num_nodes must be positive, got {num_nodes}")
+    if resolution < 1:
+        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    # An index outside [0, num_nodes) would land in a neighbouring row's cell.
+    src, dst = check_edge_index(edge_index, num_nodes, num_nodes).cpu()
     size = min(num_nodes, resolution)
     block = -(-num_nodes // size)
-    src, dst = edge_index.cpu()
     cells = torch.zeros(size * size, dtype=torch.float64)
     cells.index_add_(0, (dst // block) * size + src // block, torch.ones(src.numel(), dtype=torch.float64))
     return (cells / block**2).clamp_max(1.0).view(size, size)
@@ -92,7 +97,9 @@ def draw_graph(
         seed: seed of the spring layout, for reproducible pictures.
         max_width: line width of the largest weight.
     """
-    num_nodes = int(edge_index.max()) + 1 if num_nodes is None else num_nodes
+    if num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    edge_index = check_edge_index(edge_index, num_nodes, num_nodes)
     if weights is not None:
         weights = weights.detach().float().cpu()
         weights = weights.mean(-1) if weights.dim() == 2 else weights

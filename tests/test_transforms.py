@@ -327,6 +327,10 @@ def test_model_sorts_once_and_accepts_a_prebuilt_pattern():
         plain = Batch.from_data_list([AddGraphPattern()(g) for g in graphs])  # no virtual nodes
         model(*common, attn_index=CSRPattern.from_edge_index(plain.attn_index, plain.num_nodes),
               attn_type=plain.attn_type, attn_edge=plain.attn_edge)
+    with pytest.raises(ValueError, match="has no virtual edges but the model has num_virtual=1"):
+        # The same pattern as an edge_index (no node count of its own): a stale cache's, built without virtual nodes.
+        stale = Batch.from_data_list([AddExpanderPattern(2, seed_per_graph=0)(AddGraphPattern()(g)) for g in graphs])
+        model(*common, attn_index=stale.attn_index, attn_type=stale.attn_type, attn_edge=stale.attn_edge, num_graphs=3)
     with pytest.raises(ValueError, match="must have shape \\[E'\\]"):
         model(*common, attn_index=batch.attn_index, attn_type=batch.attn_type[:-1], attn_edge=batch.attn_edge)
     with pytest.raises(ValueError, match="needs attn_type"):
@@ -400,3 +404,7 @@ def test_exphormer_example_runs_offline_on_a_copy(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step 2: loss" in proc.stdout and "validation rocauc on 64 graphs" in proc.stdout
+    # processed/ now holds this pre_transform's graphs: another one (PyG only warns) must stop the example.
+    stale = subprocess.run([sys.executable, str(REPO / "examples" / "exphormer_ogb.py"), "--root", str(tmp_path), "--name",
+                            "ogbg-molbace", "--num-virtual", "2", "--steps", "1"], capture_output=True, text=True, timeout=600)
+    assert stale.returncode != 0 and "was processed without this example's pre_transform" in stale.stderr

@@ -1,4 +1,5 @@
 """Pattern pictures: the image matches the mask, and PNG files are written."""
+import pytest
 import torch
 
 from graph_sparse_attn.viz import compare_patterns, draw_graph, mask_image, plot_mask
@@ -29,3 +30,13 @@ def test_pictures_are_saved(tmp_path):
     for name in ("mask.png", "compare.png", "graph.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+@pytest.mark.parametrize("edge_index", [torch.tensor([[10], [0]]), torch.tensor([[-1], [3]]), torch.tensor([[0], [10]])])
+def test_indices_outside_the_nodes_are_refused_not_drawn_elsewhere(edge_index):
+    with pytest.raises(ValueError, match="edge_index"):
+        mask_image(edge_index, 10)
+    with pytest.raises(ValueError, match="edge_index"):
+        draw_graph(edge_index, 10)
+    with pytest.raises(ValueError, match="resolution must be >= 1"):
+        mask_image(torch.tensor([[0], [1]]), 10, resolution=0)

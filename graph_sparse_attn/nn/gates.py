@@ -48,9 +48,16 @@ def l1_penalty(gate: Tensor) -> Tensor:
 
 
 class _Gate(nn.Module):
-    def __init__(self, hard_concrete: bool) -> None:
+    def __init__(self, hard_concrete: bool, init: float) -> None:
         super().__init__()
-        self.hard_concrete = hard_concrete
+        if not 0.0 < init < 1.0:  # NaN fails this too
+            raise ValueError(f"init must be in (0, 1), got {init}")
+        self.hard_concrete, self.init = hard_concrete, init
+
+    @property
+    def init_logit(self) -> float:
+        """The logit that starts a gate at ``init``: :math:`\\log(\\text{init} / (1 - \\text{init}))`."""
+        return math.log(self.init / (1 - self.init))
 
     def _gate(self, logits: Tensor) -> Tensor:
         return hard_concrete(logits, self.training) if self.hard_concrete else torch.sigmoid(logits)
@@ -74,17 +81,15 @@ class EdgeGate(_Gate):
     """
 
     def __init__(self, num_edges: int, heads: int = 1, *, init: float = 0.9, hard_concrete: bool = False) -> None:
-        super().__init__(hard_concrete)
+        super().__init__(hard_concrete, init)
         if num_edges < 0 or heads <= 0:
             raise ValueError(f"num_edges must be >= 0 and heads > 0, got {num_edges} and {heads}")
-        if not 0.0 < init < 1.0:
-            raise ValueError(f"init must be in (0, 1), got {init}")
-        self.num_edges, self.heads, self.init = num_edges, heads, init
+        self.num_edges, self.heads = num_edges, heads
         self.weight = nn.Parameter(torch.empty(num_edges, heads))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.constant_(self.weight, math.log(self.init / (1 - self.init)))
+        nn.init.constant_(self.weight, self.init_logit)
 
     def logits(self) -> Tensor:
         return self.weight
@@ -133,21 +138,19 @@ class RelativePositionGate(_Gate):
     def __init__(
         self, heads: int = 1, *, num_buckets: int = 64, max_distance: int = 1024, init: float = 0.9, hard_concrete: bool = False
     ) -> None:
-        super().__init__(hard_concrete)
+        super().__init__(hard_concrete, init)
         if heads <= 0:
             raise ValueError(f"heads must be positive, got {heads}")
         if num_buckets < 4 or num_buckets % 2:
             raise ValueError(f"num_buckets must be an even number >= 4, got {num_buckets}")
         if max_distance <= num_buckets // 4:
             raise ValueError(f"max_distance must exceed num_buckets // 4 = {num_buckets // 4}, got {max_distance}")
-        if not 0.0 < init < 1.0:
-            raise ValueError(f"init must be in (0, 1), got {init}")
-        self.heads, self.num_buckets, self.max_distance, self.init = heads, num_buckets, max_distance, init
+        self.heads, self.num_buckets, self.max_distance = heads, num_buckets, max_distance
         self.weight = nn.Parameter(torch.empty(num_buckets, heads))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.constant_(self.weight, math.log(self.init / (1 - self.init)))
+        nn.init.constant_(self.weight, self.init_logit)
 
     def bucket(self, edge_index: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """``[E]`` bucket of each edge's offset ``pos[i] − pos[j]``."""
@@ -184,17 +187,17 @@ class MLPGate(_Gate):
     """
 
     def __init__(self, edge_dim: int, heads: int = 1, *, hidden_channels: int = 32, init: float = 0.9, hard_concrete: bool = False) -> None:
-        super().__init__(hard_concrete)
+        super().__init__(hard_concrete, init)
         if edge_dim <= 0 or heads <= 0 or hidden_channels <= 0:
             raise ValueError(f"edge_dim, heads and hidden_channels must be positive, got {edge_dim}, {heads}, {hidden_channels}")
-        self.edge_dim, self.heads, self.init = edge_dim, heads, init
+        self.edge_dim, self.heads = edge_dim, heads
         self.mlp = nn.Sequential(nn.Linear(edge_dim, hidden_channels), nn.GELU(), nn.Linear(hidden_channels, heads))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for layer in (self.mlp[0], self.mlp[2]):
             layer.reset_parameters()
-        nn.init.constant_(self.mlp[2].bias, math.log(self.init / (1 - self.init)))
+        nn.init.constant_(self.mlp[2].bias, self.init_logit)
 
     def logits(self, edge_attr: Tensor) -> Tensor:
         if edge_attr.dim() != 2 or edge_attr.size(1) != self.edge_dim:

@@ -14,6 +14,7 @@ from ..patterns._utils import check_batch
 from ..transforms import (
     ATTENTION_PATTERNS,
     NUM_EDGE_TYPES,
+    VIRTUAL_EDGE,
     AttentionPattern,
     attention_pattern,
     batch_edge_ids,
@@ -223,6 +224,8 @@ class GraphTransformer(nn.Module):
             )
         if attn_type.shape != (pattern.num_edges,) or (attn_edge is not None and attn_edge.shape != (pattern.num_edges,)):
             raise ValueError(f"attn_type and attn_edge must have shape [E']=[{pattern.num_edges}]")
+        if num_virtual:  # e.g. a dataset cache processed before AddVirtualNodes joined its pre_transform
+            _check_has_virtual_edges(attn_type, num_virtual)
         attn_type = pattern.caller_to_sorted(attn_type)
         if self.edge_encoder is not None:
             graph = pattern_batch(batch, num_graphs, num_virtual)[pattern.row]
@@ -316,6 +319,19 @@ def _bond_codes(edge_attr: Tensor) -> Tensor:
         raise ValueError(f"edge_attr must be OGB bond features: long [E, {len(_BOND_DIMS)}], got {edge_attr.dtype} {list(edge_attr.shape)}")
     _check_ogb_features(edge_attr, _BOND_DIMS, "edge_attr", "a bond")
     return (edge_attr * _BOND_STRIDES.to(edge_attr.device)).sum(-1)
+
+
+def _check_has_virtual_edges(attn_type: Tensor, num_virtual: int) -> None:
+    """Refuse a given pattern without virtual edges for a model with virtual nodes (they would be isolated)."""
+    message = (f"attn_type has no virtual edges but the model has num_virtual={num_virtual}: "
+               f"build the pattern with AddVirtualNodes({num_virtual}) (a stale processed/ cache?)")
+    if attn_type.numel() == 0:  # an empty batch
+        return
+    found = (attn_type == VIRTUAL_EDGE).any()
+    if attn_type.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(found, message)
+    elif not bool(found):
+        raise ValueError(message)
 
 
 def _check_ogb_features(values: Tensor, dims: Tuple[int, ...], name: str, kind: str) -> None:

@@ -1,4 +1,5 @@
 """Learnable patterns: gate modules, penalties, gated SparseAttnConv, and a train-then-prune demo."""
+import math
 
 import pytest
 import torch
@@ -46,6 +47,15 @@ def test_gate_modules_shapes_ranges_and_gradients():
     offsets = long_edges[1] - long_edges[0]
     for off in range(-3, 4):
         assert torch.unique(long_gate[offsets == off], dim=0).size(0) == 1
+
+
+@pytest.mark.parametrize("build", [lambda init: EdgeGate(3, init=init), lambda init: RelativePositionGate(init=init),
+                                   lambda init: MLPGate(2, init=init)])
+def test_every_gate_starts_at_init_and_refuses_one_outside_0_1(build):
+    assert build(0.25).init_logit == pytest.approx(math.log(0.25 / 0.75))
+    for bad in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="init must be in \\(0, 1\\)"):
+            build(bad)
 
 
 def test_hard_concrete_gates_hit_exact_zero_and_one_and_penalty_tracks_logits():
