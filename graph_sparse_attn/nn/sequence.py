@@ -217,10 +217,12 @@ class SequenceTransformer(nn.Module):
         if self.position == "learned" and last >= self.max_length:
             raise ValueError(f"a sequence is longer than max_length={self.max_length} (learned positions)")
 
-    def gate_penalty(self, edge_index: Tensor, pos: Tensor) -> Tensor:
-        """Sum of the layers' gate sparsity penalties (zero without gates)."""
+    def gate_penalty(self, edge_index: Union[Tensor, CSRPattern], pos: Tensor) -> Tensor:
+        """Sum of the layers' gate sparsity penalties over the pattern ``forward`` was given (zero without gates)."""
         if self.gates is None:
             return torch.zeros(())
+        if isinstance(edge_index, CSRPattern):
+            edge_index = edge_index.edge_index
         return sum(g.penalty(edge_index, pos) for g in self.gates)
 
     def extra_repr(self) -> str:

@@ -6,6 +6,7 @@ from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch_geometric.data import Batch, Data
 
 from graph_sparse_attn.data.sequence import SequenceGraphCollator
+from graph_sparse_attn.ops import CSRPattern
 from graph_sparse_attn.nn import GraphTransformer, SequenceTransformer, SparseTransformerLayer
 from graph_sparse_attn.nn.sequence import positions_in_sequence
 from graph_sparse_attn.patterns import sliding_window
@@ -411,3 +412,12 @@ def test_knn_models_and_layers_refuse_a_pattern_they_would_ignore():
 def test_transformer_layer_refuses_bad_settings_and_inputs(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_sequence_gate_penalty_over_an_edge_index_or_its_pattern():
+    model = SequenceTransformer(20, 3, dim=16, depth=2, heads=2, max_length=64, gate=True)
+    edge_index, pos = sliding_window(12, 2), torch.arange(12)
+    expected = sum(gate.penalty(edge_index, pos) for gate in model.gates)
+    torch.testing.assert_close(model.gate_penalty(edge_index, pos), expected)
+    torch.testing.assert_close(model.gate_penalty(CSRPattern.from_edge_index(edge_index, 12), pos), expected)
+    assert float(SequenceTransformer(20, 3, dim=16, depth=1, heads=2, max_length=64).gate_penalty(edge_index, pos)) == 0.0
