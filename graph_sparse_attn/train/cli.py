@@ -127,7 +127,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                                    + _pattern_names())),
     ("model", "position", dict(choices=("learned", "sinusoidal"),
                                help="absolute positions: learned (one embedding per position) or fixed sinusoidal (no parameters)")),
-    ("model", "gate", dict(action="store_true", help="learnable relative-position gates (a learnable pattern)")),
+    ("model", "gate", dict(action=argparse.BooleanOptionalAction, help="learnable relative-position gates (a learnable pattern)")),
     ("model", "knn", dict(type=_positive_int, metavar="K", help="dynamic kNN attention with K keys per query (none given: off)")),
     ("model", "attention", dict(choices=_attention_choices(), help="attention pattern over the graph")),
     ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local GINE branch to each block (GraphGPS)")),
@@ -148,7 +148,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                             help="attention kernel (sparse_attention's backend=); 'auto' takes 'compiled' (fused CPU kernels, "
                                  f"compiled in the first step) for CPU runs of {COMPILED_MIN_STEPS:,} steps or more, "
                                  "except over window patterns, which it runs on 'band'")),
-    ("run", "deterministic", dict(action="store_true", help="use deterministic algorithms only")),
+    ("run", "deterministic", dict(action=argparse.BooleanOptionalAction, help="use deterministic algorithms only")),
     ("run", "config_file", dict(metavar="NAME|PATH", flags=("--config",),
                                 help="start from a configuration file: a shipped one (" + ", ".join(shipped_configs())
                                      + ") or a JSON file {\"task\": ..., \"options\": {...}}; options given here override it")),
@@ -285,7 +285,7 @@ def _as_arguments(options: Dict[str, Any]) -> List[str]:
     for name, value in options.items():
         flag = _flag(name)
         if isinstance(value, bool):
-            arguments += [flag] if value else ([f"--no-{flag[2:]}"] if name == "gps" else [])
+            arguments += [flag if value else f"--no-{flag[2:]}"]  # every bool option has its --no- form
         elif isinstance(value, (list, tuple)):
             arguments += [flag, ",".join(str(v) for v in value)]
         elif value is not None:

@@ -228,6 +228,8 @@ def test_command_line_options_override_a_config_file(tmp_path, monkeypatch):
     assert config.model_options["dim"] == 24 and config.model_options["depth"] == 1 and config.model_options["gate"] is True
     assert config.model_options["pattern"] == ["window", {"window": 3}] and config.data_options["num_train"] == 50
     assert config.config_file == str(tmp_path / "mine.json")
+    config, _ = config_from_args(["listops", "--config", "mine.json", "--no-gate", "--run-dir", "run"])
+    assert config.model_options["gate"] is False  # a file's switch can be turned off again
 
 
 def test_null_in_a_config_file_means_no_value(tmp_path, monkeypatch):
