@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -100,8 +101,8 @@ def measure_point(method: str, graph: str, num_nodes: int, repeats: int) -> dict
             x.grad = None
     except (MemoryError, RuntimeError) as error:
         return {"status": "out of memory" if is_oom(error) else f"error: {error}"}
-    steady = sorted(times[1:]) if repeats else times
-    return {"status": "ok", "edges": edge_index.size(1), "seconds": steady[len(steady) // 2], "peak_mb": peak_mb_since(baseline_kb)}
+    return {"status": "ok", "edges": edge_index.size(1), "seconds": statistics.median(times[1:] if repeats else times),
+            "peak_mb": peak_mb_since(baseline_kb)}
 
 
 def _fits(method: str, num_nodes: int) -> bool:
@@ -194,10 +195,10 @@ def main() -> None:
         + "\n\n".join(tables)
     )
     print(markdown)
-    out_dir = HERE / "out"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / "attention.json").write_text(json.dumps(rows, indent=1))
-    if not args.quick:
+    if not args.quick:  # a smoke run's rows must not replace a full run's
+        out_dir = HERE / "out"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "attention.json").write_text(json.dumps(rows, indent=1))
         plot(rows, HERE / "attention.png")
         update_results("attention", markdown + "\n\n![attention benchmark](attention.png)")
 

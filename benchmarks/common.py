@@ -21,8 +21,13 @@ def rss_kb(field: str = "VmRSS") -> int:
 
 
 def start_memory_probe() -> int:
-    """Cap the address space, reset the peak-RSS watermark and return the baseline RSS (KiB)."""
+    """Cap the address space, return freed heap to the OS, reset the peak-RSS watermark and return the
+    baseline RSS (KiB). Without the trim, memory a warm-up freed but glibc kept would serve the measured
+    repetitions without raising the peak, hiding part of their memory (unevenly across methods)."""
+    from graph_sparse_attn.train.heap import release_freed_heap
+
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_GB << 30, resource.RLIM_INFINITY))
+    release_freed_heap()
     Path("/proc/self/clear_refs").write_text("5")
     return rss_kb("VmRSS")
 

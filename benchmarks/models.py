@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 
 from common import MEMORY_LIMIT_GB, is_oom, peak_mb_since, run_point, start_memory_probe, update_results
@@ -84,8 +85,7 @@ def measure_point(method: str, total_tokens: int, repeats: int) -> dict:
             times.append(time.perf_counter() - start)
     except (MemoryError, RuntimeError) as error:
         return {"status": "out of memory" if is_oom(error) else f"error: {error}"}
-    steady = sorted(times[1:])
-    seconds = steady[len(steady) // 2]
+    seconds = statistics.median(times[1:])
     return {"status": "ok", "sequences": len(lengths), "padded_tokens": len(lengths) * max(lengths),
             "seconds": seconds, "tokens_per_s": total_tokens / seconds, "peak_mb": peak_mb_since(baseline_kb)}
 

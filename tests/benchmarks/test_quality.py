@@ -140,6 +140,8 @@ def test_set_overrides_the_default_and_ablations_tabulate_variants(tmp_path, cap
     configs = {variant: json.loads((out / variant / "default-seed0.json").read_text())["config"] for variant in ("baseline", "dropout-0.5")}
     assert configs["dropout-0.5"]["model_options"]["dropout"] == 0.5
     assert configs["baseline"]["model_options"]["dropout"] == 0.1
+    # The base recipe is spelled out: today's default encoding (RWSE) must not leak into it.
+    assert configs["baseline"]["data_options"]["pe"] is None and configs["baseline"]["batch_size"] == 64
     assert "| dropout-0.5 | dropout=0.5 |" in table and "test rmse ↓" in table
 
 
