@@ -103,7 +103,8 @@ def _attention_backward_op(
 def _(backend, grad_out, q, k, v, out, lse, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bias, gate,
       dropout_p, seed, need_dlogits, need_dgate):
     edge_grad = lambda needed: q.new_empty(q.size(1), col.numel()) if needed else q.new_empty(0)  # noqa: E731
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), edge_grad(need_dlogits), edge_grad(need_dgate)
+    # Contiguous, as the real kernel returns them (empty_like would copy a permuted input's strides).
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), edge_grad(need_dlogits), edge_grad(need_dgate)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -169,7 +170,7 @@ def _edge_softmax_backward_op(
 
 @_edge_softmax_backward_op.register_fake
 def _(grad_probs, probs, q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, gate, need_dgate):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(probs), torch.empty_like(probs) if need_dgate else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), probs.new_empty(probs.shape), probs.new_empty(probs.shape if need_dgate else 0)
 
 
 def _setup_edge_softmax(ctx, inputs, output) -> None:

@@ -28,6 +28,22 @@ def test_custom_ops_pass_opcheck(backend, with_edges):
                           (q, k, *tensors, pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()))
 
 
+def test_backward_ops_pass_opcheck_on_permuted_inputs():
+    """Head-major projections viewed as [N, H, D] reach the ops with permuted strides; the backward ops'
+    fake kernels must promise the contiguous gradients the real ones return (inductor checks strides)."""
+    pattern, _, _, _, bias, gate = _case()
+    bias, gate = bias.detach(), gate.detach()  # the backward ops have no backward of their own
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 7, d, dtype=torch.float64, generator=gen).transpose(0, 1) for d in (3, 3, 4))
+    tensors = (*fused._pattern_tensors(pattern), pattern.num_src, pattern.has_duplicates)
+    out, lse = torch.ops.graph_sparse_attn.attention("csr", q, k, v, *tensors, bias, gate, 0.0, None)
+    torch.library.opcheck(torch.ops.graph_sparse_attn.attention_backward.default,
+                          ("csr", torch.randn_like(out), q, k, v, out, lse, *tensors, bias, gate, 0.0, None, True, True))
+    probs = torch.ops.graph_sparse_attn.edge_softmax(q, k, *tensors, bias, gate, lse)
+    torch.library.opcheck(torch.ops.graph_sparse_attn.edge_softmax_backward.default,
+                          (torch.randn_like(probs), probs, q, k, *tensors, gate, True))
+
+
 @pytest.mark.parametrize("backend", ["csr"])
 def test_dropout_seed_is_a_tensor_and_replays(backend):
     pattern, q, k, v, _, _ = _case()
