@@ -177,6 +177,17 @@ class GraphPropertyTask(Task):
         return F.binary_cross_entropy_with_logits(prediction[labelled], target[labelled])
 
 
+def _rank_shard(seeds: Tensor) -> Tensor:
+    """This rank's training seeds: every rank gets ``ceil(M / K)`` (the first seeds repeat to fill the
+    last ranks, as in `DistributedSampler`), so all ranks run the same number of steps; unequal counts
+    would leave one rank waiting in a gradient all-reduce the others never join."""
+    ranks, count = dist_utils.world_size(), seeds.numel()
+    if count == 0:
+        return seeds
+    needed = -(-count // ranks) * ranks
+    return seeds.repeat(-(-needed // count))[:needed][dist_utils.rank()::ranks]
+
+
 class _SameDrawsEachPass:
     """An evaluation split's sampled batches, drawn from ``seed`` anew on every pass: scores of different
     epochs compare like with like, and ``gsa evaluate`` reproduces those a run recorded."""
@@ -218,7 +229,7 @@ class NodeClassificationTask(Task):
                                    shuffle=shuffle, generator=torch.Generator().manual_seed(seed), x=graph.x, y=graph.y)
 
         index = self.data.split_idx
-        return {"train": sampler(index["train"][dist_utils.rank()::dist_utils.world_size()], True),
+        return {"train": sampler(_rank_shard(index["train"]), True),
                 "val": _SameDrawsEachPass(sampler(index["val"], False), seed),
                 "test": _SameDrawsEachPass(sampler(index["test"], False), seed)}
 
