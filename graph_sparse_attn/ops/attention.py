@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import band_kernel, compiled_kernel, csr_kernel, gather_kernel
 from .dispatch import band_candidate, check_backend, resolve_backend
-from .fused import _NO_SEED, _dropout_keep, edge_softmax, fused_attention
+from .fused import _NO_SEED, dropped_weights, edge_softmax, fused_attention
 from .pattern import CSRPattern, check_edge_index, derived_layout
 from .reference import reference_attention
 
@@ -200,7 +200,7 @@ def attention_with_weights(
     if not need_weights:
         return out.to(query.dtype), None, None
     alpha = edge_softmax(q, k, pattern, bias, gate, lse)
-    weights = alpha * _dropout_keep(seed, alpha, dropout_p) if dropout_p > 0 else alpha
+    weights = dropped_weights(alpha, dropout_p, seed) if dropout_p > 0 else alpha
     alpha, weights = (pattern.sorted_to_caller(t.t()).to(query.dtype) for t in (alpha, weights))
     return out.to(query.dtype), alpha, weights
 

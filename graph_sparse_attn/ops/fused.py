@@ -202,3 +202,34 @@ def edge_softmax(
     return torch.ops.graph_sparse_attn.edge_softmax(
         q, k, *_pattern_tensors(pattern), pattern.num_src, pattern.has_duplicates, bias, gate, lse.detach()
     )
+
+
+@torch.library.custom_op("graph_sparse_attn::dropped_weights", mutates_args=())
+def _dropped_weights_op(alpha: Tensor, dropout_p: float, seed: Tensor) -> Tensor:
+    return (alpha * _dropout_keep(seed, alpha, dropout_p)).contiguous()
+
+
+@_dropped_weights_op.register_fake
+def _(alpha, dropout_p, seed):
+    return alpha.new_empty(alpha.shape)
+
+
+def _setup_dropped_weights(ctx, inputs, output) -> None:
+    _, dropout_p, seed = inputs
+    ctx.save_for_backward(seed)
+    ctx.dropout_p = dropout_p
+
+
+def _dropped_weights_backward(ctx, grad: Tensor):
+    (seed,) = ctx.saved_tensors
+    return torch.ops.graph_sparse_attn.dropped_weights(grad, ctx.dropout_p, seed), None, None
+
+
+torch.library.register_autograd("graph_sparse_attn::dropped_weights", _dropped_weights_backward, setup_context=_setup_dropped_weights)
+
+
+def dropped_weights(alpha: Tensor, dropout_p: float, seed: Tensor) -> Tensor:
+    """``alpha [H, E]`` (sorted order) times the dropout multipliers the kernels drew from ``seed``: the
+    weights a fused call used. A custom op, so that regenerating the mask from ``seed`` (a host read)
+    breaks no ``torch.compile`` graph."""
+    return torch.ops.graph_sparse_attn.dropped_weights(alpha, dropout_p, seed)

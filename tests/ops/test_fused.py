@@ -72,6 +72,20 @@ def test_compiled_function_calling_sparse_attention_has_no_graph_breaks():
         torch.testing.assert_close(g, r)
 
 
+def test_fused_dropout_with_returned_weights_compiles_without_graph_breaks():
+    # The weights after dropout regenerate the kernels' mask from the seed: inside a custom op, not in traced code.
+    pattern, q, k, v, _, _ = _case()
+
+    def f(q, k, v):
+        out, alpha = sparse_attention(q, k, v, pattern, dropout=0.3, training=True, return_attention=True, backend="csr")
+        return out.square().sum() + alpha.sum()
+
+    explanation = torch._dynamo.explain(f)(q, k, v)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    alpha = torch.rand(2, 9, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.graph_sparse_attn.dropped_weights.default, (alpha, 0.3, torch.tensor([5])))
+
+
 def test_gathered_pass_with_dropout_compiles_without_graph_breaks():
     # Small patterns run the gather backend (plain tensor operations, traced by the compiler). Its
     # dropout mask comes from the global RNG, not from a seed read on the host.
