@@ -336,7 +336,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     record = {
         "model": model, "seed": seed, "dataset": args.dataset, "metric": task.metric, "higher_is_better": task.higher_is_better,
         "parameters": sum(p.numel() for p in trainer.model.parameters()), "steps": trainer.step, "summary": summary,
-        "history": trainer.history, "resumed": resumed,
+        "history": trainer.history, "resumed": resumed, "torch_threads": torch.get_num_threads(),
         # Training and evaluation of the whole run; unknown for a resumed run (the killed part's time is lost).
         "wall_seconds": None if resumed else time.perf_counter() - start,
         "config": dataclasses.asdict(config),
@@ -370,12 +370,16 @@ def _mean_std(values: List[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def hardware(device: str) -> str:
+def hardware(device: str, records: Dict[str, List[dict]]) -> str:
+    """The machine, and the torch threads the runs themselves used (recorded per run: the process that
+    writes the table may have another setting than the runs had)."""
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.get_device_name()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "CPU")
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    threads = sorted({r.get("torch_threads") for rs in records.values() for r in rs} - {None})
+    used = f"{'/'.join(map(str, threads))} torch thread(s) per run" if threads else "torch threads per run not recorded"
+    return f"{model}, {os.cpu_count()} cores, {used}"
 
 
 def format_table(records: Dict[str, List[dict]], args: argparse.Namespace, command: str, notes: List[str]) -> str:
@@ -413,7 +417,7 @@ def format_table(records: Dict[str, List[dict]], args: argparse.Namespace, comma
     text = (f"## Equal-budget quality, {args.dataset} (`{command}`)\n\n"
             f"{budget}; test {metric} at the best validation epoch (OGB `Evaluator`, {'higher' if higher else 'lower'} is better), "
             f"mean ± sample std over seeds; wall time = training + evaluation of an uninterrupted run (resumed runs left out), train time excludes evaluation. Each model trains with its own recipe "
-            f"(see `benchmarks/quality.py`). Hardware: {hardware(args.device)}.\n\n" + "\n".join(lines))
+            f"(see `benchmarks/quality.py`). Hardware: {hardware(args.device, records)}.\n\n" + "\n".join(lines))
     if notes:
         text += "\n\n" + "\n".join(notes)
     return text

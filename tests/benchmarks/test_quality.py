@@ -104,6 +104,7 @@ def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys, mo
     assert record["metric"] == "rmse" and record["higher_is_better"] is False and record["steps"] == 2
     assert (out / "val_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "test rmse ↓" in first
+    assert f"{record['torch_threads']} torch thread(s) per run" in first  # the runs' own setting, recorded with them
     with pytest.raises(SystemExit) as refused:
         quality.main([*base, "--seeds", "0", "1"])
     assert refused.value.code == 2 and "--resume" in capsys.readouterr().err
