@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from common import HERE, update_results
 
 from graph_sparse_attn.io import atomic_write_text
@@ -41,6 +42,10 @@ REFERENCES = {
     "imdb": ("accuracy", 0.65, "LRA Transformer 0.6427"),
     "peptides-func": ("AP", 0.65, "GraphGPS 0.6535"),
 }
+
+# The machine a finished run is recorded with (the sweep trains on the machine it runs on).
+HARDWARE = (torch.cuda.get_device_name() if torch.cuda.is_available()
+            else f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU")
 
 # Seeds each task trains by default: OGB's table averages 3 for ogbg-molhiv; the others start with one.
 DEFAULT_SEEDS = {"ogbg-molhiv": 3}
@@ -85,22 +90,26 @@ BUDGETS = {
 }
 
 
-def run(task: str, args: list, seed: int, run_dir: Path, budget: str, train: bool = True) -> dict:
+def run(task: str, roots: list, options: list, seed: int, run_dir: Path, budget: str, train: bool = True) -> dict:
     """Train once, or reuse a finished run: its ``summary.json`` in ``run_dir`` or its entry in ``LEDGER``.
 
     Run directories are not committed, so each finished run's summary is also copied into the
-    committed ledger: a fresh checkout still tabulates it, and an interrupted sweep resumes from
-    ``last.pt``.
+    committed ledger, with the budget's ``options`` it ran with and the machine: a fresh checkout
+    still tabulates it, and an interrupted sweep resumes from ``last.pt``. A ledger entry run with
+    other options than the budget's today is reported as stale, not tabulated.
     """
     key = f"{task}-seed{seed}"
     summary = run_dir / "summary.json"
     if not summary.exists():
         recorded = read_ledger().get(budget, {}).get(key)
         if recorded is not None:
+            if recorded.get("options") != options:
+                return {"status": f"stale: {key} was run with {' '.join(recorded.get('options') or ['unrecorded options'])}"}
             return {"status": "ok", **recorded}
         if not train:
             return {"status": "unfinished (resumes from last.pt)" if (run_dir / "last.pt").exists() else "not run"}
-        command = [sys.executable, "-m", "graph_sparse_attn", "train", task, *args, "--seed", str(seed), "--run-dir", str(run_dir)]
+        command = [sys.executable, "-m", "graph_sparse_attn", "train", task, *roots, *options, "--seed", str(seed),
+                   "--run-dir", str(run_dir)]
         if (run_dir / "last.pt").exists():
             command.append("--resume")
         # The run's progress bars and messages go to its own log, to follow with `tail -f` while it trains.
@@ -110,7 +119,7 @@ def run(task: str, args: list, seed: int, run_dir: Path, budget: str, train: boo
             returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
         if returncode != 0:
             return {"status": f"failed: {log.read_text().strip().splitlines()[-1:]} (see {log})"}
-    result = json.loads(summary.read_text())
+    result = {**json.loads(summary.read_text()), "options": options, "hardware": HARDWARE}
     record_in_ledger(budget, key, result)
     return {"status": "ok", **result}
 
@@ -169,12 +178,13 @@ def main() -> None:
         results = []
         for seed in seeds:
             run_dir = Path(args.out) / args.budget / f"{task}-seed{seed}"
-            result = run(task, [*roots[task], *BUDGETS[args.budget][task]], seed, run_dir, args.budget, train=train)
+            result = run(task, roots[task], BUDGETS[args.budget][task], seed, run_dir, args.budget, train=train)
             print(task, seed, result, flush=True)
             results.append(result)
         rows.append((task, results))
 
-    hardware = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU"
+    machines = sorted({r["hardware"] for _, results in rows for r in results if r["status"] == "ok"})
+    hardware = "; ".join(machines) or "no finished runs"
     lines = ["| task | metric | ours (test, best val epoch) | seeds | training time per run | reference | target | budget (CLI options) |",
              "|---|---|---|---|---|---|---|---|"]
     for task, results in rows:

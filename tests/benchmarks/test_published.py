@@ -12,28 +12,33 @@ published = pytest.importorskip("published")
 def test_a_finished_run_outlives_its_run_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
     run_dir = tmp_path / "runs" / "cpu" / "listops-seed0"
-    assert published.run("listops", [], 0, run_dir, "cpu", train=False) == {"status": "not run"}
+    options = ["--epochs", "5"]
+    assert published.run("listops", [], options, 0, run_dir, "cpu", train=False) == {"status": "not run"}
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_bytes(b"")
-    assert published.run("listops", [], 0, run_dir, "cpu", train=False)["status"].startswith("unfinished")
+    assert published.run("listops", [], options, 0, run_dir, "cpu", train=False)["status"].startswith("unfinished")
 
     summary = {"task": "listops", "metric": "accuracy", "epochs": 5, "best_epoch": 4, "val": 0.4, "test": 0.38, "train_seconds": 60.0}
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    assert published.run("listops", [], 0, run_dir, "cpu", train=False) == {"status": "ok", **summary}
-    assert json.loads(published.LEDGER.read_text()) == {"cpu": {"listops-seed0": summary}}
+    recorded = {**summary, "options": options, "hardware": published.HARDWARE}
+    assert published.run("listops", [], options, 0, run_dir, "cpu", train=False) == {"status": "ok", **recorded}
+    assert json.loads(published.LEDGER.read_text()) == {"cpu": {"listops-seed0": recorded}}
 
     for path in run_dir.iterdir():  # a fresh checkout: no run directory
         path.unlink()
     run_dir.rmdir()
     # Read back, not trained again (train=True would start a run if the ledger were ignored).
-    assert published.run("listops", ["--no-such-option"], 0, run_dir, "cpu", train=True) == {"status": "ok", **summary}
-    assert published.run("listops", [], 0, run_dir, "small", train=False) == {"status": "not run"}
+    assert published.run("listops", ["--no-such-option"], options, 0, run_dir, "cpu", train=True) == {"status": "ok", **recorded}
+    assert published.run("listops", [], options, 0, run_dir, "small", train=False) == {"status": "not run"}
+    # A budget changed since the run: its entry is reported, not tabulated as if it had run with today's options.
+    stale = published.run("listops", [], ["--epochs", "6"], 0, run_dir, "cpu", train=False)
+    assert stale == {"status": "stale: listops-seed0 was run with --epochs 5"}
 
 
 def test_a_failed_run_reports_the_last_line_of_its_log(tmp_path, monkeypatch):
     monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
     run_dir = tmp_path / "listops-seed0"
-    result = published.run("listops", ["--no-such-option"], 0, run_dir, "cpu", train=True)
+    result = published.run("listops", [], ["--no-such-option"], 0, run_dir, "cpu", train=True)
     assert result["status"].startswith("failed:") and "--no-such-option" in result["status"]
     assert "--no-such-option" in (run_dir / "train.log").read_text() and not published.LEDGER.exists()
 
