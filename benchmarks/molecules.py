@@ -424,7 +424,7 @@ def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, com
         f"{DATASET} training split, {args.batches} fixed batches of {facts['graphs']:.0f} molecules (mean "
         f"{facts['nodes']:,.0f} nodes, {facts['edges']:,.0f} edges); width {DIM}, {DEPTH} blocks, {HEADS} heads, "
         f"AtomEncoder/BondEncoder, AdamW; one step = forward + backward + optimiser step. Median of {args.steps} "
-        f"steps per model after {args.warmup} warm-up steps, models interleaved step by step. Device: "
+        f"steps per model after {args.warmup} warm-up steps, models interleaved step by step (the order reversed every round). Device: "
         f"{facts['device']}. (a) and (c) run the attention backend a `gsa train` run of theirs takes: `{facts['cli_backend']}`."
         f"\n\n" + "\n".join(lines)
         + f"\n\nThe drop-in alone on the same batches ({DIM} → {HEADS} heads × {DIM // HEADS}, median of {args.layer_steps} interleaved "
