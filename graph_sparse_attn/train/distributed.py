@@ -36,8 +36,9 @@ def is_main() -> bool:
 
 
 def local_device(requested: str) -> torch.device:
-    """``auto`` → this rank's CUDA device when present, else CPU; ``cpu``, ``cuda`` or ``cuda:K``
-    when this machine has it (``ValueError`` otherwise; ``RuntimeError`` for a string torch cannot read)."""
+    """``auto`` → this rank's CUDA device when present, else CPU; ``cpu``, ``cuda`` (this rank's
+    device, ``cuda:$LOCAL_RANK``: under torchrun each rank its own GPU) or ``cuda:K`` when this machine
+    has it (``ValueError`` otherwise; ``RuntimeError`` for a string torch cannot read)."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -46,7 +47,9 @@ def local_device(requested: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("this machine has no CUDA device (this torch build or driver sees none)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.index >= torch.cuda.device_count():
             raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
         raise ValueError(f"training runs on cpu or cuda, got {device.type}")
