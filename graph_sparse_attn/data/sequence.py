@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
-from ..patterns._utils import check_size
+from ..patterns._utils import check_generator, check_size
 from ..patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 
 Sample = Tuple[Tensor, int]
@@ -60,7 +60,7 @@ class SequenceGraphCollator:
     Each sequence becomes a chain of ``L`` nodes (plus a leading ``cls_token`` when given) whose
     attention edges are the named positional pattern (`patterns.registry`), built once per
     length and cached, least recently used first out, within ``cache_bytes`` (random patterns are
-    drawn afresh each batch). The batch holds
+    drawn afresh each batch, from ``generator``, else the global RNG). The batch holds
     ``x [T]`` token ids, ``pos [T]`` positions restarting at 0 in every sequence, ``batch [T]``,
     ``ptr [B + 1]``, ``edge_index [2, E]`` sorted by (target, source) and ``y [B]``. Memory is
     O(total tokens × pattern degree): nothing is padded to the longest sequence.
@@ -75,12 +75,15 @@ class SequenceGraphCollator:
         *,
         cls_token: Optional[int] = None,
         cache_bytes: int = 512 * 2**20,
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         # A private copy behind read-only properties: the cache holds patterns of this spec only.
         self._pattern = pattern
         self._pattern_params = copy.deepcopy(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
         check_pattern(pattern, self._pattern_params)
         self.cls_token = cls_token
+        check_generator(generator)
+        self.generator = generator
         # Bounded in bytes, not entries: every length up to LRA Text's 4,096 bytes would hold about
         # 4.5 GB, while building one such pattern anew takes about 1.5 ms.
         self.cache_bytes = check_size(cache_bytes, "cache_bytes")
@@ -97,7 +100,8 @@ class SequenceGraphCollator:
         return copy.deepcopy(self._pattern_params)
 
     def _build(self, length: int) -> Tensor:
-        return build_pattern(self._pattern, length, **self._pattern_params)
+        extra = {"generator": self.generator} if self._pattern in RANDOM_PATTERNS else {}
+        return build_pattern(self._pattern, length, **self._pattern_params, **extra)
 
     def pattern_for_length(self, length: int) -> Tensor:
         """``edge_index`` ``[2, E]`` int64 of one sequence of ``length`` nodes (cached unless the pattern is random)."""

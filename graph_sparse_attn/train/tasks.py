@@ -6,7 +6,7 @@ builder and a metric, all chosen by the task table (`table.py`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +15,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..data.benchmarks import GraphPropertyData, Metric, NodeData, SequenceData
 from . import distributed as dist_utils
-
-if TYPE_CHECKING:
-    from torch_geometric.data import Data
-
-    from ..data.sampling import NeighborSampler
 
 Loaders = Dict[str, Any]
 ModelBuilder = Callable[[Any, Dict[str, Any]], nn.Module]
@@ -135,12 +130,15 @@ class SequenceClassificationTask(Task):
         super().__init__(name, data, metric, build_model, model_options)
         pattern_name, pattern_params = model_options["pattern"]
         self.collate = SequenceGraphCollator(pattern_name, pattern_params, cls_token=data.cls_token)
+        # Evaluation draws random patterns (bigbird, random) from its own generator, reseeded every pass.
+        self.eval_collate = SequenceGraphCollator(pattern_name, pattern_params, cls_token=data.cls_token,
+                                                  generator=torch.Generator())
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
         splits = self.data.splits
         return {"train": ResumableLoader(splits["train"], batch_size, seed, collate_fn=self.collate),
-                "val": _eval_loader(splits["val"], batch_size, collate_fn=self.collate),
-                "test": _eval_loader(splits["test"], batch_size, collate_fn=self.collate)}
+                **{split: _SameDrawsEachPass(_eval_loader(splits[split], batch_size, collate_fn=self.eval_collate),
+                                             self.eval_collate.generator, seed) for split in ("val", "test")}}
 
     def forward(self, model, batch, split):
         edge_index = None if self.model_options.get("knn") is not None else batch.edge_index
@@ -189,18 +187,19 @@ def _rank_shard(seeds: Tensor) -> Tensor:
 
 
 class _SameDrawsEachPass:
-    """An evaluation split's sampled batches, drawn from ``seed`` anew on every pass: scores of different
-    epochs compare like with like, and ``gsa evaluate`` reproduces those a run recorded."""
+    """An evaluation split whose random draws (sampled neighbourhoods, random attention edges) come
+    from ``generator`` reseeded with ``seed`` on every pass: scores of different epochs compare like
+    with like, and ``gsa evaluate`` reproduces those a run recorded."""
 
-    def __init__(self, sampler: "NeighborSampler", seed: int) -> None:
-        self.sampler, self.seed = sampler, seed
+    def __init__(self, batches: Iterable, generator: torch.Generator, seed: int) -> None:
+        self.batches, self.generator, self.seed = batches, generator, seed
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.batches)
 
-    def __iter__(self) -> Iterator[Data]:
-        self.sampler.generator.manual_seed(self.seed)
-        return iter(self.sampler)
+    def __iter__(self) -> Iterator:
+        self.generator.manual_seed(self.seed)
+        return iter(self.batches)
 
 
 class NodeClassificationTask(Task):
@@ -230,8 +229,8 @@ class NodeClassificationTask(Task):
 
         index = self.data.split_idx
         return {"train": sampler(_rank_shard(index["train"]), True),
-                "val": _SameDrawsEachPass(sampler(index["val"], False), seed),
-                "test": _SameDrawsEachPass(sampler(index["test"], False), seed)}
+                **{split: _SameDrawsEachPass(evaluated, evaluated.generator, seed)
+                   for split, evaluated in (("val", sampler(index["val"], False)), ("test", sampler(index["test"], False)))}}
 
     def forward(self, model, batch, split):
         if self.num_neighbors is None:
