@@ -24,8 +24,9 @@ no atomics, no scatter-add over edges.
 Shapes are dynamic (``dynamic=True``, no duck sizing) and blocks are padded to at least two
 rows and two slots, so a kernel compiled once serves every graph. Kernels specialise on dtype,
 heads and head dims and on which of bias/gate/dropout are given (and whether shared across
-heads); each such signature compiles its own copy once. Only a one-edge graph or a single
-head add a variant (sizes of 1 are specialised by dynamo).
+heads); each such signature compiles its own copy once. Sizes of 1 (one node, one edge, one
+head), which dynamo specialises, get copies of their own too. Node tensors enter contiguous, so
+their memory layout (permuted or packed views) never adds a variant.
 """
 from __future__ import annotations
 
@@ -240,7 +241,7 @@ def _signature(arg) -> Hashable:
     if not isinstance(arg, Tensor):
         return arg
     if arg.dim() == 3:  # node tensors [N, H, D]
-        return arg.dtype, tuple(arg.shape[1:])
+        return arg.dtype, tuple(arg.shape[1:]), arg.size(0) == 1
     return arg.dtype, arg.dim(), arg.size(0) == 1
 
 
@@ -262,7 +263,9 @@ def _compiled(fn: Callable, signature: Hashable) -> Callable:
 def _run(fn: Callable, *args):
     # Detached aliases are never views: a view's `_base` would enter the guards, and a caller
     # passing a view one step and a fresh tensor the next would recompile.
-    args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+    # Node tensors [N, H, D] contiguous: each new stride pattern would recompile the same copy until
+    # dynamo's recompile limit, a hard error under fullgraph.
+    args = tuple((a.detach().contiguous() if a.dim() == 3 else a.detach()) if isinstance(a, Tensor) else a for a in args)
     for t in args:  # node tensors [N, H, D]: heads and head dims stay static, for exact vector loops
         if isinstance(t, Tensor) and t.dim() == 3:
             torch._dynamo.mark_static(t, 1)

@@ -104,7 +104,8 @@ def resolve_backend(backend: str, device: torch.device, num_edges: int, num_dst:
       count dominates) or when ``E · width <= GATHER_SPARSE_MAX_ELEMENTS`` and the mean in-degree
       ``E / num_dst`` is at most ``GATHER_SPARSE_MAX_DEGREE`` (small sparse graphs: molecule
       batches); else ``"compiled"`` when ``E >= COMPILED_MIN_EDGES`` and a C++ compiler is found;
-      else ``"csr"``.
+      else ``"csr"``;
+    * on other devices, the CPU rule without ``"compiled"`` (a CPU-only backend).
 
     A forced ``"compiled"`` outside CPU is refused, and without a compiler falls back to ``"csr"``
     with a one-time warning;
@@ -116,7 +117,7 @@ def resolve_backend(backend: str, device: torch.device, num_edges: int, num_dst:
         size = num_edges * width
         if size <= GATHER_MAX_ELEMENTS or (size <= GATHER_SPARSE_MAX_ELEMENTS and num_edges <= GATHER_SPARSE_MAX_DEGREE * num_dst):
             return "gather"
-        if num_edges >= COMPILED_MIN_EDGES and kernel_module("compiled").available():
+        if num_edges >= COMPILED_MIN_EDGES and device.type == "cpu" and kernel_module("compiled").available():
             return "compiled"
         return "csr"
     check_backend_runs_on(backend, device)

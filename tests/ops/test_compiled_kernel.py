@@ -169,6 +169,28 @@ def test_changing_graph_sizes_do_not_recompile(gen):
     assert counters["stats"]["unique_graphs"] - before == 0
 
 
+def test_memory_layouts_of_q_k_v_do_not_recompile(gen):
+    """Each stride pattern used to recompile the same kernel: past dynamo's limit of 8, a hard error."""
+    q, k, v, pattern, _, _, _, grad_out = make_inputs(random_graph(12, 12, 50, gen), 12, 12, flags="plain")
+    reference_out, _ = compiled_kernel.forward(q, k, v, pattern, None, None, None)
+    before = counters["stats"]["unique_graphs"]
+
+    def layouts(t):  # the same values as permuted or packed views
+        n, h, d = t.shape
+        yield t.permute(1, 0, 2).contiguous().permute(1, 0, 2)            # from [H, N, D]
+        yield t.permute(0, 2, 1).contiguous().permute(0, 2, 1)            # from [N, D, H]
+        yield t.permute(2, 0, 1).contiguous().permute(1, 2, 0)            # from [D, N, H]
+        yield torch.cat([t, t], dim=2)[..., :d]                           # a slice of a packed tensor
+        yield torch.cat([t.reshape(n, -1), t.reshape(n, -1)], 1)[:, h * d:].view(n, h, d)
+
+    for k_view in layouts(k):
+        for v_view in layouts(v):
+            out, lse = compiled_kernel.forward(q, k_view, v_view, pattern, None, None, None)
+            torch.testing.assert_close(out, reference_out)
+    compiled_kernel.backward(grad_out, q, next(layouts(k)), next(layouts(v)), out, lse, pattern, None, None, None, False)
+    assert counters["stats"]["unique_graphs"] - before <= 1  # at most the backward's first compile
+
+
 def test_sparse_attention_builds_the_layout_once_per_pattern(gen, monkeypatch):
     from graph_sparse_attn import sparse_attention
 

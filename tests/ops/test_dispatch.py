@@ -23,6 +23,8 @@ def test_auto_rule_on_cpu(monkeypatch):
     monkeypatch.setattr(dispatch, "COMPILED_MIN_EDGES", middle)
     expected = "compiled" if compiled_kernel.available() else "csr"
     assert dispatch.resolve_backend("auto", cpu, middle, middle // dense, width) == expected
+    # "auto" never picks what a forced backend would be refused on: compiled is CPU-only.
+    assert dispatch.resolve_backend("auto", torch.device("mps"), middle, middle // dense, width) == "csr"
 
 
 @pytest.mark.parametrize("available", [True, False])
