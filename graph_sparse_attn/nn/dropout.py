@@ -48,15 +48,17 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """:func:`dropout` as a module, a drop-in for :class:`torch.nn.Dropout` (any shape)."""
+    """:func:`dropout` as a module, a drop-in for :class:`torch.nn.Dropout` (any shape; ``inplace``
+    writes the result into the input, as there)."""
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         _check_probability(p)
-        self.p = float(p)
+        self.p, self.inplace = float(p), inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
+        out = dropout(x, self.p, self.training)
+        return x.copy_(out) if self.inplace and out is not x else out
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}" if self.inplace else f"p={self.p}"

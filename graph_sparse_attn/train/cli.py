@@ -286,8 +286,8 @@ def _as_arguments(options: Dict[str, Any]) -> List[str]:
         flag = _flag(name)
         if isinstance(value, bool):
             arguments += [flag if value else f"--no-{flag[2:]}"]  # every bool option has its --no- form
-        elif isinstance(value, (list, tuple)):
-            arguments += [flag, ",".join(str(v) for v in value)]
+        elif isinstance(value, (list, tuple)):  # as config.json records them: ["rwse", 16], ["window", {"window": 3}], [15, 10]
+            arguments += [flag, _spell(value)]
         elif value is not None:
             arguments += [flag, str(value)]
     return arguments

@@ -86,3 +86,16 @@ def test_probability_outside_unit_interval_is_refused(p):
         dropout(torch.ones(3), p)
     with pytest.raises(ValueError, match="dropout probability p"):
         Dropout(p)
+
+
+def test_inplace_writes_into_the_input_as_torch_dropout():
+    x = torch.randn(64, 8)
+    torch.manual_seed(1)
+    expected = Dropout(0.3)(x.clone())
+    torch.manual_seed(1)
+    y = x.clone()
+    out = Dropout(0.3, inplace=True)(y)
+    assert out is y and torch.equal(y, expected)
+    leaf = torch.randn(40, 3, requires_grad=True)
+    Dropout(0.5, inplace=True)(leaf * 1.0).sum().backward()  # in-place on a non-leaf, as torch allows
+    assert set(leaf.grad.unique().tolist()) == {0.0, 2.0}  # the mask and scale reach the gradient

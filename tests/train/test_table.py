@@ -232,6 +232,18 @@ def test_command_line_options_override_a_config_file(tmp_path, monkeypatch):
     assert config.model_options["gate"] is False  # a file's switch can be turned off again
 
 
+def test_a_config_file_takes_values_in_the_form_config_json_records_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recorded = {"pe": ["rwse", 16], "dim": 32}
+    (tmp_path / "graph.json").write_text(json.dumps({"task": "ogbg-molhiv", "options": recorded}))
+    config, _ = config_from_args(["--config", "graph.json", "--run-dir", "run"])
+    assert config.data_options["pe"] == ["rwse", 16]
+    pattern = ["longformer", {"window": 3, "global_indices": [0, 5]}]
+    (tmp_path / "sequence.json").write_text(json.dumps({"task": "listops", "options": {"pattern": pattern}}))
+    config, _ = config_from_args(["--config", "sequence.json", "--run-dir", "run"])
+    assert config.model_options["pattern"] == pattern
+
+
 def test_null_in_a_config_file_means_no_value(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.json").write_text(json.dumps({"task": "ogbg-molhiv", "options": {"pe": None, "ffn-dim": None}}))
