@@ -260,12 +260,19 @@ def _compiled(fn: Callable, signature: Hashable) -> Callable:
     return torch.compile(clone, dynamic=True, fullgraph=True, options={"assert_indirect_indexing": False})
 
 
+def _kernel_argument(arg):
+    """``arg`` as the kernels take it: tensors detached, node tensors ``[N, H, D]`` also contiguous (each
+    new stride pattern would recompile the same copy until dynamo's recompile limit, a hard error under
+    fullgraph)."""
+    if not isinstance(arg, Tensor):
+        return arg
+    return arg.detach().contiguous() if arg.dim() == 3 else arg.detach()
+
+
 def _run(fn: Callable, *args):
     # Detached aliases are never views: a view's `_base` would enter the guards, and a caller
     # passing a view one step and a fresh tensor the next would recompile.
-    # Node tensors [N, H, D] contiguous: each new stride pattern would recompile the same copy until
-    # dynamo's recompile limit, a hard error under fullgraph.
-    args = tuple((a.detach().contiguous() if a.dim() == 3 else a.detach()) if isinstance(a, Tensor) else a for a in args)
+    args = tuple(_kernel_argument(a) for a in args)
     for t in args:  # node tensors [N, H, D]: heads and head dims stay static, for exact vector loops
         if isinstance(t, Tensor) and t.dim() == 3:
             torch._dynamo.mark_static(t, 1)

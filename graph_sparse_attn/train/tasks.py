@@ -227,10 +227,12 @@ class NodeClassificationTask(Task):
             return NeighborSampler(graph.edge_index, graph.num_nodes, self.num_neighbors, input_nodes=seeds, batch_size=batch_size,
                                    shuffle=shuffle, generator=torch.Generator().manual_seed(seed), x=graph.x, y=graph.y)
 
+        def evaluation(seeds: Tensor) -> _SameDrawsEachPass:
+            batches = sampler(seeds, False)
+            return _SameDrawsEachPass(batches, batches.generator, seed)
+
         index = self.data.split_idx
-        return {"train": sampler(_rank_shard(index["train"]), True),
-                **{split: _SameDrawsEachPass(evaluated, evaluated.generator, seed)
-                   for split, evaluated in (("val", sampler(index["val"], False)), ("test", sampler(index["test"], False)))}}
+        return {"train": sampler(_rank_shard(index["train"]), True), "val": evaluation(index["val"]), "test": evaluation(index["test"])}
 
     def forward(self, model, batch, split):
         if self.num_neighbors is None:
