@@ -325,7 +325,11 @@ def _train(argv: List[str]) -> int:
     if trainer.backend != config.backend:
         print(f"attention backend: {trainer.backend} (--backend {config.backend} for a run this long; "
               "its kernels compile in the first step)", file=sys.stderr)
-    if resume and trainer.resume():
+    try:
+        resumed = resume and trainer.resume()
+    except ValueError as error:  # a checkpoint this launch cannot continue (another number of processes)
+        _Parser(prog="gsa train").error(f"--resume: {error}")
+    if resumed:
         print(f"resumed {config.run_dir} at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}", file=sys.stderr)
     summary = trainer.fit()
     if summary.get("epochs"):

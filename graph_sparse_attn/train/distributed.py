@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -63,6 +63,25 @@ def mean_across_ranks(value: float, device: Optional[torch.device] = None) -> fl
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor) / world_size()
+
+
+def gather_objects(value: Any) -> List[Any]:
+    """Every rank's ``value``, in rank order (``[value]`` when not distributed); every rank must call it."""
+    if not is_distributed():
+        return [value]
+    gathered: List[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
+    """Whether ``flag`` holds on some rank (``flag`` when not distributed), so that all ranks take the same
+    branch around a collective call; every rank must call it."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor)
 
 
 def barrier() -> None:

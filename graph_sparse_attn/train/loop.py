@@ -187,7 +187,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state(self) -> Dict[str, Any]:
-        """Everything `resume` needs (loader states: those loaders that expose ``state_dict``)."""
+        """Everything `resume` needs. Under data parallelism every rank must call it: ``ranks`` holds each
+        rank's own loader positions (of loaders that expose ``state_dict``) and random states."""
+        own = {"loaders": {split: loader.state_dict() for split, loader in self.loaders.items() if hasattr(loader, "state_dict")},
+               "rng": rng_state()}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -195,10 +198,9 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "progress": dict(self.progress),
-            "loaders": {split: loader.state_dict() for split, loader in self.loaders.items() if hasattr(loader, "state_dict")},
+            "ranks": dist_utils.gather_objects(own),
             "best": self.best,
             "history": self.history,
-            "rng": rng_state(),
             "config": asdict(self.config),
         }
 
@@ -210,21 +212,27 @@ class Trainer:
         # On CPU: the RNG states must stay there (CUDA and CPU generators take CPU byte tensors), and
         # load_state_dict moves the model and optimiser tensors to their parameters' device.
         state = load_checkpoint(path)
+        ranks = dist_utils.world_size()
+        if len(state["ranks"]) != ranks:  # each rank's batch size, data shard and random states depend on it
+            raise ValueError(f"{path} was written by {len(state['ranks'])} data-parallel process(es); "
+                             f"resume it with as many, not {ranks}")
+        own = state["ranks"][dist_utils.rank()]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.best, self.history = state["epoch"], state["step"], state["best"], state["history"]
         self.progress = dict(state["progress"])
-        for split, loader_state in state["loaders"].items():
+        for split, loader_state in own["loaders"].items():
             if hasattr(self.loaders[split], "load_state_dict"):  # not evaluation splits drawn anew each pass
                 self.loaders[split].load_state_dict(loader_state)
-        set_rng_state(state["rng"])
+        set_rng_state(own["rng"])
         return True
 
     def save_checkpoint(self) -> None:
-        """Write ``last.pt`` now (rank 0), mid-epoch or not."""
+        """Write ``last.pt`` now (rank 0), mid-epoch or not; every rank must call it."""
+        state = self.state()
         if dist_utils.is_main():
-            atomic_save(self.state(), self.run_dir / "last.pt")
+            atomic_save(state, self.run_dir / "last.pt")
         self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------------ loop
@@ -266,7 +274,8 @@ class Trainer:
                 if self.finished:
                     break
                 epoch_ends = progress["batches"] == len(loader)  # the epoch-end checkpoint follows
-                if not epoch_ends and time.monotonic() - self._last_checkpoint >= 60 * self.config.checkpoint_every:
+                due = time.monotonic() - self._last_checkpoint >= 60 * self.config.checkpoint_every
+                if not epoch_ends and dist_utils.any_rank(due, self.device):  # ranks' clocks differ; all must gather
                     self.save_checkpoint()
         finally:
             bar.close()
@@ -322,8 +331,10 @@ class Trainer:
                 self.best = val
             record["best_val"] = self.best
             self.history.append(record)
+            state = self.state()  # on every rank: it gathers each rank's loader positions and random states
             if main:
-                self._write_epoch(record, improved)
+                self._write_epoch(state, improved)
+            self._last_checkpoint = time.monotonic()
             dist_utils.barrier()
             epochs.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{val:.4f}")
         final = self.summary()
@@ -349,12 +360,10 @@ class Trainer:
             "train_samples_per_s": sum(r["train_samples"] for r in self.history) / max(sum(r["train_seconds"] for r in self.history), 1e-9),
         }
 
-    def _write_epoch(self, record: Dict[str, Any], improved: bool) -> None:
-        state = self.state()
+    def _write_epoch(self, state: Dict[str, Any], improved: bool) -> None:
         if improved:
             atomic_save(state, self.run_dir / "best.pt")
         atomic_save(state, self.run_dir / "last.pt")
-        self._last_checkpoint = time.monotonic()
         # Rewritten whole from the checkpointed history, so a kill between files cannot duplicate lines.
         atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
         from ..viz import plot_curves

@@ -1,6 +1,10 @@
 """Checkpoints inside an epoch and exact resume: a run stopped mid-epoch ends where an uninterrupted one does."""
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,7 +58,7 @@ def test_listops_killed_mid_epoch_resumes_bit_exactly(tmp_path, monkeypatch):
         with pytest.raises(Killed):
             Trainer(config("killed"), make_task(config("killed"))).fit()
     saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
-    assert (saved["epoch"], saved["progress"]["batches"], saved["loaders"]["train"]) == (1, 2, {"position": 2})
+    assert (saved["epoch"], saved["progress"]["batches"], saved["ranks"][0]["loaders"]["train"]) == (1, 2, {"position": 2})
 
     resumed = Trainer(config("killed"), make_task(config("killed")))
     assert resumed.resume() and resumed.progress["batches"] == 2
@@ -62,6 +66,28 @@ def test_listops_killed_mid_epoch_resumes_bit_exactly(tmp_path, monkeypatch):
     assert_same_run(straight, resumed)
     records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_data_parallel_run_killed_mid_epoch_resumes_exactly(tmp_path):
+    """Each rank resumes its own random state: the ranks' dropout masks and random attention edges
+    differ, so loading rank 0's state on every rank would train other weights than the straight run."""
+    worker = Path(__file__).with_name("ddp_resume_worker.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)]
+    proc = subprocess.run(torchrun, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["step"] == 8 and result["ranks_saved"] == 2 and result["ranks_draw_differently"]
+    assert result["steps"] == [12, 12] and result["different_weights"] == []
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path):
+    config = resolve_config("listops", {**TINY_LISTOPS, "root": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"), "epochs": 1})
+    Trainer(config, make_task(config)).fit()
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    saved["ranks"].append(saved["ranks"][0])  # as if two processes had written it
+    atomic_save(saved, tmp_path / "run" / "last.pt")
+    with pytest.raises(ValueError, match="written by 2 data-parallel process.*resume it with as many, not 1"):
+        Trainer(config, make_task(config)).resume()
 
 
 def synthetic_node_task(num_neighbors):
