@@ -252,6 +252,11 @@ def attention_pattern(
       ``expander_degree``-regular expander + ``num_virtual`` virtual nodes per graph, linked both ways;
     * ``"full"``: every pair of nodes of each graph (GraphGPS's full attention), graph edges typed as such.
 
+    Parts are concatenated, not merged: a pair that two parts both hold (a graph self loop and the
+    added self loop, a graph edge the expander also draws) is attended twice, once per edge type,
+    as repeated pairs are (:func:`~graph_sparse_attn.sparse_attention`); the type embeddings tell the
+    copies apart.
+
     For a batch the result equals ``Batch.from_data_list`` of the graphs' transforms
     (:class:`AddGraphPattern` + :class:`AddExpanderPattern` + :class:`AddVirtualNodes`,
     :class:`AddKHopPattern` or :class:`AddFullPattern`), expander draws included (see :func:`expander_part`).

@@ -93,6 +93,7 @@ def strided(
     causal = check_flag(causal, "causal")
     seg = segments(num_nodes, batch, resolve_device(batch, device))
     pos, length, start = seg.pos, seg.length, seg.start
+    stride = min(stride, max(num_nodes, 1))  # strides past the longest sequence all mean "everything"; no int64 overflow
     local_first = (pos - stride + 1).clamp(min=0)
     local_last = pos if causal else torch.minimum(pos + stride - 1, length - 1)
     # Runs per target: earlier multiples of the stride (step s), the local band (step 1), later multiples.
@@ -413,6 +414,7 @@ def _sample_sources(
     """
     length = seg.length
     num_targets = length.numel()
+    num_random = min(num_random, seg.pos.numel())  # r ≥ L takes a whole sequence: no [r, N] draws past the longest
     check_generator(generator)
     draw_device = generator.device if generator is not None else length.device
     # Draw-major [r, N] so that each draw is read, written and compared contiguously.

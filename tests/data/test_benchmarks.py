@@ -40,6 +40,9 @@ def test_laplacian_eigenvectors_are_padded_for_small_graphs():
     ratios = (laplacian @ vectors) / vectors
     assert torch.allclose(ratios, ratios[:1].expand_as(ratios), atol=1e-4)  # L v = λ v, column by column
     assert torch.allclose(vectors.norm(dim=0), torch.ones(3, dtype=torch.float64), atol=1e-5)
+    # ... and they are the 3 of smallest eigenvalue after the trivial one (λ = 0, eigenvector ∝ √deg), in order
+    eigenvalues = (vectors * (laplacian @ vectors)).sum(0)
+    torch.testing.assert_close(eigenvalues, torch.linalg.eigvalsh(laplacian)[1:4], atol=1e-4, rtol=0)
 
 
 def test_encoding_a_dataset_is_seeded_and_leaves_the_global_rng_alone():

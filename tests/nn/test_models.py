@@ -14,8 +14,9 @@ from graph_sparse_attn.patterns import sliding_window
 
 def assert_all_parameters_get_gradients(model, loss):
     loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-    assert not missing, f"no finite gradient for {missing}"
+    missing = [name for name, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.any())]
+    assert not missing, f"no finite non-zero gradient for {missing}"
 
 
 def test_positions_restart_in_every_sequence():
@@ -210,7 +211,13 @@ def test_graph_transformer_takes_pyg_positional_encodings():
 
     torch.manual_seed(0)
     transform = T.Compose([T.AddRandomWalkPE(walk_length=4, attr_name="rw"), T.AddLaplacianEigenvectorPE(k=3, attr_name="lap")])
-    batch = Batch.from_data_list([transform(molecule(n, seed=n)) for n in (6, 7)])
+
+    def with_chord(data):  # a bare ring gives every atom the same random-walk encoding (BatchNorm makes it zero)
+        chord = torch.tensor([[0, 2], [2, 0]])
+        return Data(x=data.x, edge_index=torch.cat([data.edge_index, chord], 1), edge_attr=torch.cat([data.edge_attr, data.edge_attr[:2]]))
+
+    batch = Batch.from_data_list([transform(with_chord(molecule(n, seed=n))) for n in (6, 7)])
+    assert not torch.allclose(batch.rw, batch.rw[:1].expand_as(batch.rw))
     for pe, lap_pe in ((batch.rw, False), (batch.lap, True)):
         model = GraphTransformer("atom", 16, 2, depth=1, heads=2, edge_dim="bond", pe_dim=pe.size(1), lap_pe=lap_pe)
         out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=pe)

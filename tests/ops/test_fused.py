@@ -49,9 +49,14 @@ def test_dropout_seed_is_a_tensor_and_replays(backend):
     pattern, q, k, v, _, _ = _case()
     seed = torch.tensor([1234])
     tensors = fused._pattern_tensors(pattern)
-    run = lambda: torch.ops.graph_sparse_attn.attention(backend, q, k, v, *tensors, pattern.num_src, pattern.has_duplicates,  # noqa: E731
-                                                        None, None, 0.5, seed)[0]
-    assert torch.equal(run(), run())
+    run = lambda p=0.5, seed=seed: torch.ops.graph_sparse_attn.attention(  # noqa: E731
+        backend, q, k, v, *tensors, pattern.num_src, pattern.has_duplicates, None, None, p, seed)[0]
+    first = run()
+    torch.manual_seed(99)  # the mask comes from the seed tensor, not from the global generator
+    torch.rand(10)
+    assert torch.equal(run(), first)
+    assert not torch.equal(run(seed=torch.tensor([1235])), first)
+    assert not torch.equal(run(p=0.0), first)
 
 
 def test_compiled_function_calling_sparse_attention_has_no_graph_breaks():

@@ -81,7 +81,8 @@ def test_sliding_window_matches_definition(num_nodes, batch, window, dilation, i
 
 
 @pytest.mark.parametrize("num_nodes,batch", cases())
-@pytest.mark.parametrize("stride,is_causal", [(1, True), (3, True), (3, False), (4, False), (20, True)])
+@pytest.mark.parametrize("stride,is_causal", [(1, True), (3, True), (3, False), (4, False), (20, True), (20, False),
+                                              (2**63 - 1, False)])  # pos + stride once overflowed int64
 def test_strided_matches_definition(num_nodes, batch, stride, is_causal):
     def rule(pi, pj, length):
         return ((pi - pj) % stride == 0 or abs(pi - pj) < stride) and (not is_causal or pj <= pi)
@@ -157,7 +158,7 @@ def test_bigbird_is_union_of_window_global_and_the_same_random_draws(num_nodes, 
 
 
 @pytest.mark.parametrize("num_nodes,batch", cases())
-@pytest.mark.parametrize("num_random", [0, 1, 3, 20])
+@pytest.mark.parametrize("num_random", [0, 1, 3, 20, 2**40])  # 2**40: whole sequences, without 2**40 draws per token
 def test_random_draws_distinct_sources_from_the_own_segment(num_nodes, batch, num_random):
     out = random(num_nodes, num_random, generator=torch.Generator().manual_seed(0), batch=batch)
     seg = positions(num_nodes, batch)
