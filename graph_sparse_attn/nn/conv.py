@@ -21,7 +21,7 @@ else:  # TorchScript resolves the overloads of `forward` by argument types, as f
 
 
 class SparseAttnConv(MessagePassing):
-    r"""Graph transformer convolution (Shi et al. 2021) on the memory-lean ``csr`` attention kernel.
+    r"""Graph transformer convolution (Shi et al. 2021) on :func:`~graph_sparse_attn.sparse_attention`'s kernels (``backend="auto"`` by default).
 
     .. math::
         \mathbf{x}^{\prime}_i = \mathbf{W}_1 \mathbf{x}_i +
@@ -34,7 +34,7 @@ class SparseAttnConv(MessagePassing):
 
     It has :class:`~torch_geometric.nn.conv.TransformerConv`'s constructor, parameter names and
     outputs, so ``SparseAttnConv(...).load_state_dict(transformer_conv.state_dict())`` migrates a
-    model. Unlike it, no ``[E, H, C]`` tensor is built: edge features enter through
+    model. Unlike it, large patterns (``E·H·C > 2²⁴``) build no ``[E, H, C]`` tensor: edge features enter through
     :math:`\mathbf{q}_i^\top \mathbf{W}_6 \mathbf{e}_{ij} = (\mathbf{W}_6^\top \mathbf{q}_i)^\top \mathbf{e}_{ij}`
     and :math:`\sum_j \alpha_{ij} \mathbf{W}_6 \mathbf{e}_{ij} = \mathbf{W}_6 \sum_j \alpha_{ij} \mathbf{e}_{ij}`.
 

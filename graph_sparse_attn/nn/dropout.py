@@ -2,7 +2,8 @@
 
 ATen's CPU dropout draws one Bernoulli variate per element from the generator, about 6 ns each.
 On molecule batches that made a fifth of a GPS training step. Cutting a full-range 64-bit draw
-into four 16-bit lanes gives the same mask at about a quarter of the cost.
+into four 16-bit lanes gives the same mask at about a third of the cost (1.4 against 4.0 ms for
+`[3313, 128]` on one thread).
 """
 from __future__ import annotations
 

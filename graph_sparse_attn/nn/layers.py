@@ -57,7 +57,8 @@ class SparseMultiheadAttention(nn.Module):
 
     with :math:`\alpha^h_{ij} = \mathrm{softmax}_j((\mathbf{q}^h_i)^\top(\mathbf{k}^h_j + \mathbf{W}^h_E
     \mathbf{e}_{ij})/\sqrt{C} + b_{ij})`, optionally gated (see :func:`~graph_sparse_attn.sparse_attention`);
-    edge features enter without ``[E, H, C]`` tensors.
+    edge features enter as in :func:`~graph_sparse_attn.ops.edge_features.edge_feature_attention` (no
+    ``[E, H, C]`` tensor above ``E·H·C = 2²⁴``).
 
     ``backend`` picks the kernel as in :func:`~graph_sparse_attn.sparse_attention` (default ``"auto"``).
 
