@@ -1,6 +1,8 @@
 """benchmarks/quality.py: the reference models against brute force, and a tiny sweep that resumes."""
+import argparse
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -116,6 +118,9 @@ def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys, mo
     assert json.loads((out / "gpsconv-seed0.json").read_text())["marker"] == 1  # finished runs are not redone
     assert (out / "gpsconv-seed1.json").exists()
     assert "| 0, 1 |" in resumed
+    for model in ("gin-vn", "gpsconv"):  # each row's figure is the mean ± std of its runs' recorded test metric
+        tests = [json.loads((out / f"{model}-seed{seed}.json").read_text())["summary"]["test"] for seed in (0, 1)]
+        assert f"| {statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f} |" in resumed
 
     written = {}
     monkeypatch.setattr(quality, "HERE", tmp_path)  # --write: RESULTS.md block and plot, here in tmp_path
@@ -126,6 +131,26 @@ def test_sweep_writes_runs_refuses_to_overwrite_and_resumes(tmp_path, capsys, mo
     assert (tmp_path / "quality-ogbg-molfreesolv.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_table_rows_and_pairs_are_the_records_means(higher_is_better):
+    def run(model, seed, test):
+        summary = {"test": test, "val": test + 0.01, "best_epoch": seed + 1, "train_seconds": 10.0, "train_samples_per_s": 100.0}
+        return {"model": model, "seed": seed, "metric": "m", "higher_is_better": higher_is_better, "parameters": 1000,
+                "wall_seconds": 12.0, "summary": summary}
+
+    tests = {"default": [0.80, 0.70], "gin-vn": [0.72, 0.74], "ours-gps": [0.60, 0.62], "gpsconv": [0.65, 0.66]}
+    records = {model: [run(model, seed, value) for seed, value in enumerate(values)] for model, values in tests.items()}
+    args = argparse.Namespace(epochs=3, max_steps=0, dataset="ogbg-molx", device="cpu")
+    table = quality.format_table(records, args, "python benchmarks/quality.py", [])
+    assert f"| {quality.MODELS['default']} | 1,000 | 0.7500 ± 0.0707 | 0.7600 ± 0.0707 | 1, 2 |" in table
+    assert f"| {quality.MODELS['gin-vn']} | 1,000 | 0.7300 ± 0.0141 |" in table
+    first, second = ("met", "not met") if higher_is_better else ("not met", "met")
+    assert f"| {quality.MODELS['default']} vs {quality.MODELS['gin-vn']} | +0.0200 | {first} |" in table
+    assert f"| {quality.MODELS['ours-gps']} vs {quality.MODELS['gpsconv']} | -0.0450 | {second} |" in table
+    assert ("test m ↑" if higher_is_better else "test m ↓") in table
+
+
+@pytest.mark.skipif(not (SHARED_OGB / "ogbg_molfreesolv").exists(), reason="../shared/data/ogb/ogbg_molfreesolv is absent")
 def test_set_overrides_the_default_and_ablations_tabulate_variants(tmp_path, capsys):
     ablations = pytest.importorskip("ablations")
     root = tmp_path / "data"

@@ -12,8 +12,9 @@ def path_graph(n):
 
 
 def test_accuracy_is_the_fraction_of_correct_argmaxes():
-    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert accuracy(logits, torch.tensor([1, 1, 1])) == pytest.approx(2 / 3)
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])  # argmaxes 1, 0, 1, 0
+    assert accuracy(logits, torch.tensor([1, 1, 0, 0])) == pytest.approx(2 / 4)
+    assert accuracy(logits, torch.tensor([1, 0, 1, 0])) == 1.0
 
 
 def test_rwse_is_the_diagonal_of_random_walk_powers():
@@ -53,9 +54,11 @@ def test_encoding_a_dataset_is_seeded_and_leaves_the_global_rng_alone():
     assert all(torch.equal(a.pe, b.pe) for a, b in zip(first, again))
 
 
-@pytest.mark.parametrize("kind,dim", [("spectral", 4), ("rwse", 0), ("lap", True)])
-def test_bad_encodings_are_named(kind, dim):
-    with pytest.raises(ValueError, match="pe"):
+@pytest.mark.parametrize("kind,dim,match", [("spectral", 4, "pe kind must be one of .*'spectral'"),
+                                            ("rwse", 0, "pe dim must be a positive int, got 0"),
+                                            ("lap", True, "pe dim must be a positive int, got True")])
+def test_bad_encodings_are_named(kind, dim, match):
+    with pytest.raises(ValueError, match=match):
         positional_encoding(kind, dim)
 
 

@@ -92,6 +92,10 @@ def test_splits_are_the_disjoint_lrgb_partition(processed):
     assert together.unique().numel() == together.numel() == NUM_GRAPHS
     assert int(together.min()) == 0 and int(together.max()) == NUM_GRAPHS - 1
     assert len(dataset[splits["val"]]) == SPLIT_SIZES["val"]
+    with open(SHARED / lrgb.SPLIT_FILE_NAME, "rb") as handle:  # the release's own partition, index for index
+        release = pickle.load(handle)
+    for name, index in splits.items():
+        assert torch.equal(index, torch.as_tensor(release[name]).long().flatten()), name
 
 
 def test_graphs_match_a_direct_smiles2graph_of_their_row(processed):

@@ -62,15 +62,15 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "listops", "--pattern", "random:num_random=2,generator=3"], "takes no parameter(s) ['generator']"),
         (["train", "listops", "--pattern", "longformer:window=3,global_indices=a+b"], "lists hold integers"),
         # numbers that would train wrongly rather than fail
-        (["train", "listops", "--grad-clip", "-1"], "finite non-negative"),
-        (["train", "listops", "--weight-decay", "-1"], "finite non-negative"),
-        (["train", "listops", "--lr", "inf"], "finite positive"),
-        (["train", "listops", "--seed", "-5"], "non-negative integer"),
+        (["train", "listops", "--grad-clip", "-1"], "argument --grad-clip: must be a finite non-negative number, got -1.0"),
+        (["train", "listops", "--weight-decay", "-1"], "argument --weight-decay: must be a finite non-negative number"),
+        (["train", "listops", "--lr", "inf"], "argument --lr: must be a finite positive number, got inf"),
+        (["train", "listops", "--seed", "-5"], "argument --seed: must be a non-negative integer, got -5"),
         # options valid alone, not together
         (["train", "listops", "--heads", "3"], "--dim (64) must be divisible by --heads (3)"),
-        (["train", "listops", "--knn", "2", "--gate"], "choose one"),
+        (["train", "listops", "--knn", "2", "--gate"], "--gate learns gates over a fixed pattern, --knn attends"),
         (["train", "listops", "--knn", "2", "--pattern", "window:window=3"], "--pattern does not apply with --knn"),
-        (["train", "listops", "--device", "meta"], "training runs on cpu or cuda"),
+        (["train", "listops", "--device", "meta"], "--device meta: training runs on cpu or cuda"),
         (["train", "listops", "--pe", "none"], "--pe does not apply to listops"),  # given, though its value is None
         (["train", "listops", "--max-length", "100"], "--max-length (100) must be at least --min-length + 2 (102)"),
         # a mistyped dataset name fails here, not after a network probe for a dataset OGB does not have
@@ -84,7 +84,8 @@ def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err  # one line, naming the argument
     assert not any(tmp_path.iterdir()), "nothing may be written before arguments are accepted"
 
 
@@ -194,6 +195,22 @@ def copy_shared(name, tmp_path):
     return root
 
 
+def rescore_best_checkpoint(run, score):
+    """``score(prediction, target)`` of the test split under ``run``'s ``best.pt``, outside the trainer's scoring
+    path: what the summary reports must be the official metric of the model's own predictions."""
+    from graph_sparse_attn.train.loop import TrainConfig
+    from graph_sparse_attn.train.table import make_task
+
+    state = torch.load(run / "best.pt", weights_only=False)
+    task = make_task(TrainConfig(**state["config"]))
+    model = task.build_model("auto")
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        pairs = [task.forward(model, batch, "test") for batch in task.loaders(64, seed=0)["test"]]
+    return score(torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]))
+
+
 def test_ogb_graph_task_with_official_metric(tmp_path):
     root = copy_shared("ogbg_molbace", tmp_path)
     run = tmp_path / "run"
@@ -202,6 +219,12 @@ def test_ogb_graph_task_with_official_metric(tmp_path):
     assert "rocauc" in proc.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metric"] == "rocauc" and 0.0 <= summary["test"] <= 1.0
+    from ogb.graphproppred import Evaluator
+
+    def rocauc(prediction, target):
+        return Evaluator("ogbg-molbace").eval({"y_true": target.numpy(), "y_pred": prediction.numpy()})["rocauc"]
+
+    assert summary["test"] == pytest.approx(rescore_best_checkpoint(run, rocauc), abs=1e-6)
 
 
 @pytest.mark.parametrize("pe", ["rwse:4", "lap:3"])
@@ -226,6 +249,7 @@ def test_missing_dataset_offline_fails_fast_with_instructions(tmp_path):
         pytest.skip("this machine can reach the OGB server, so the dataset was downloaded")
     assert proc.returncode == 1
     assert "ogbg_molhiv" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot be reached" in proc.stderr and "csv_mol_download" in proc.stderr and "RELEASE_v1.txt" in proc.stderr
     assert time.time() - start < 60
 
 
@@ -257,6 +281,12 @@ def test_peptides_func_task_reports_average_precision(tmp_path):
     assert "test ap" in proc.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metric"] == "ap" and 0.0 < summary["test"] <= 1.0
+    from sklearn.metrics import average_precision_score
+
+    def mean_ap(prediction, target):  # Peptides-func's labels are complete: every task has both classes
+        return sum(average_precision_score(target[:, t], prediction[:, t]) for t in range(target.size(1))) / target.size(1)
+
+    assert summary["test"] == pytest.approx(rescore_best_checkpoint(run, mean_ap), abs=1e-6)
 
 
 def test_default_run_directories_never_collide(tmp_path, monkeypatch):
