@@ -1,7 +1,8 @@
 """Sparse attention in five steps: op, reusable pattern, PyG layer, learnable gates, pictures.
 
-Run: python examples/quickstart.py   (writes patterns.png next to this file)
+Run: python examples/quickstart.py   (writes patterns.png next to this file; --out PATH elsewhere)
 """
+import argparse
 from pathlib import Path
 
 import torch
@@ -9,6 +10,10 @@ import torch
 from graph_sparse_attn import CSRPattern, SparseAttnConv, patterns, sparse_attention
 from graph_sparse_attn.nn import RelativePositionGate
 from graph_sparse_attn.viz import compare_patterns
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--out", type=Path, default=Path(__file__).with_name("patterns.png"), help="where to draw the patterns (PNG)")
+args = parser.parse_args()
 
 torch.manual_seed(0)
 n, heads, dim = 512, 4, 16
@@ -38,7 +43,6 @@ out = sparse_attention(q, k, v, window, edge_gate=gate, gate_mode="log")
 print(f"gated attention {tuple(out.shape)}; prune with patterns.prune(window, gate, 0.5)")
 
 # 5. Look at the patterns.
-path = Path(__file__).with_name("patterns.png")
 compare_patterns({"window ±8": window, "longformer": longformer, "bigbird": bigbird,
-                  "log_sparse": patterns.log_sparse(n, causal=False)}, n, path)
-print(f"wrote {path}")
+                  "log_sparse": patterns.log_sparse(n, causal=False)}, n, args.out)
+print(f"wrote {args.out}")
