@@ -133,7 +133,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local GINE branch to each block (GraphGPS)")),
     ("model", "norm", dict(choices=("layer", "batch"), help="block normalisation: pre-norm LayerNorm, or post-norm BatchNorm (GraphGPS)")),
     ("optimisation", "epochs", dict(type=_positive_int, help="training epochs")),
-    ("optimisation", "max_steps", dict(type=_non_negative_int, help="stop after this many optimiser steps (0: run all epochs)")),
+    ("optimisation", "max_steps", dict(type=_non_negative_int, help="stop after this many optimiser steps; the learning-rate schedule then ends there (0: run all epochs)")),
     ("optimisation", "batch_size", dict(type=_positive_int, help="global batch size (split across data-parallel ranks)")),
     ("optimisation", "lr", dict(type=_positive_float, help="peak learning rate")),
     ("optimisation", "optimizer", dict(choices=("adamw", "sgd"), help="AdamW, or SGD with momentum 0.9")),
@@ -321,7 +321,10 @@ def _train(argv: List[str]) -> int:
     task = _task_or_report(config, "train")
     if task is None:
         return 1
-    trainer = Trainer(config, task)
+    try:
+        trainer = Trainer(config, task)
+    except ValueError as error:  # options this launch cannot run (a batch the data-parallel processes do not divide)
+        _Parser(prog="gsa train").error(str(error))
     if trainer.backend != config.backend:
         print(f"attention backend: {trainer.backend} (--backend {config.backend} for a run this long; "
               "its kernels compile in the first step)", file=sys.stderr)

@@ -94,13 +94,18 @@ def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequenc
 WINDOW_PATTERNS = frozenset({"window", "longformer"})
 
 
-def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int) -> str:
-    """The attention backend a run of ``config`` takes: `backend_for_steps` over the steps it will train
-    (``epochs`` x ``steps_per_epoch``, at most ``max_steps``) and whether its pattern is a window."""
+def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The optimiser steps a run of ``config`` trains: ``epochs`` x ``steps_per_epoch``, at most ``max_steps``."""
     steps = config.epochs * steps_per_epoch
+    return min(steps, config.max_steps or steps)
+
+
+def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int) -> str:
+    """The attention backend a run of ``config`` takes: `backend_for_steps` over its `planned_steps` and
+    whether its pattern is a window."""
     pattern = config.model_options.get("pattern")
     windows = pattern is not None and pattern[0] in WINDOW_PATTERNS
-    return backend_for_steps(config.backend, device, min(steps, config.max_steps or steps), windows)
+    return backend_for_steps(config.backend, device, planned_steps(config, steps_per_epoch), windows)
 
 
 def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -119,11 +124,12 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> 
 
 
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``config.warmup_steps``, then ``config.schedule`` over the remaining steps of all epochs."""
+    """Linear warm-up over ``config.warmup_steps``, then ``config.schedule`` over the rest of the run's
+    `planned_steps` (so a cosine reaches zero at ``max_steps`` when that ends the run first)."""
     if config.schedule not in ("cosine", "linear", "constant"):
         raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {config.schedule!r}")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(config.schedule, config.warmup_steps, config.epochs * steps_per_epoch))
+        optimizer, _lr_lambda(config.schedule, config.warmup_steps, planned_steps(config, steps_per_epoch)))
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -168,7 +174,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.loaders = task.loaders(config.batch_size // dist_utils.world_size(), seed=config.seed)
+        ranks = dist_utils.world_size()
+        if config.batch_size % ranks:  # a floored per-rank batch would silently train another global batch size
+            raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {ranks} data-parallel processes")
+        self.loaders = task.loaders(config.batch_size // ranks, seed=config.seed)
         # The attention kernel is a run option (like the device), not part of the model's definition.
         self.backend = run_backend(config, self.device, len(self.loaders["train"]))
         self.model = task.build_model(self.backend).to(self.device)
@@ -321,7 +330,8 @@ class Trainer:
                 break
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             val = record["val_" + self.task.metric] = self.evaluate("val")
-            improved = self.best is None or (val > self.best if self.task.higher_is_better else val < self.best)
+            # NaN (a diverged epoch) is never the best: a later real score must still count as an improvement.
+            improved = not math.isnan(val) and (self.best is None or (val > self.best if self.task.higher_is_better else val < self.best))
             # The reported test metric is the one at the best validation epoch, so the test split
             # is only scored when validation improves (it can be the costliest pass of an epoch).
             record["test_" + self.task.metric] = self.evaluate("test") if improved else None
@@ -346,8 +356,12 @@ class Trainer:
         metric = self.task.metric
         if not self.history:
             return {"task": self.config.task, "metric": metric, "epochs": 0}
+        scored = [r for r in self.history if not math.isnan(r["val_" + metric])]
+        if not scored:  # every epoch diverged: no best epoch to report
+            return {"task": self.config.task, "metric": metric, "backend": self.backend, "epochs": self.epoch,
+                    "best_epoch": None, "val": math.nan, "test": math.nan, **self._throughput()}
         pick = max if self.task.higher_is_better else min
-        best = pick(self.history, key=lambda r: r["val_" + metric])
+        best = pick(scored, key=lambda r: r["val_" + metric])
         return {
             "task": self.config.task,
             "metric": metric,
@@ -356,9 +370,12 @@ class Trainer:
             "best_epoch": best["epoch"],
             "val": best["val_" + metric],
             "test": best["test_" + metric],
-            "train_seconds": sum(r["train_seconds"] for r in self.history),
-            "train_samples_per_s": sum(r["train_samples"] for r in self.history) / max(sum(r["train_seconds"] for r in self.history), 1e-9),
+            **self._throughput(),
         }
+
+    def _throughput(self) -> Dict[str, float]:
+        seconds = sum(r["train_seconds"] for r in self.history)
+        return {"train_seconds": seconds, "train_samples_per_s": sum(r["train_samples"] for r in self.history) / max(seconds, 1e-9)}
 
     def _write_epoch(self, state: Dict[str, Any], improved: bool) -> None:
         if improved:

@@ -1,6 +1,8 @@
 """Checkpoints inside an epoch and exact resume: a run stopped mid-epoch ends where an uninterrupted one does."""
 import copy
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -196,10 +198,44 @@ def test_optimiser_and_scheduler_builders():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.25, 0.5, 0.5, 0.375, 0.25, 0.125])
+    # max_steps ends the run before its epochs do: the schedule spans those steps (warm-up 2, then linear to 0 at step 4)
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_scheduler(TrainConfig(task="t", lr=0.5, warmup_steps=2, schedule="linear", epochs=2, max_steps=4), optimizer, 3)
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.25, 0.5, 0.5, 0.25])
     with pytest.raises(ValueError, match="optimizer"):
         build_optimizer(TrainConfig(task="t", optimizer="lamb"), model.parameters())
     with pytest.raises(ValueError, match="schedule"):
         build_scheduler(TrainConfig(task="t", schedule="step"), optimizer, 3)
+
+
+def test_a_diverged_epoch_is_never_the_best(tmp_path, monkeypatch):
+    config = resolve_config("listops", {**TINY_LISTOPS, "root": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"), "epochs": 3})
+    trainer = Trainer(config, make_task(config))
+    scores = iter([math.nan, 0.4, 0.5, 0.3])  # val 1 (diverged), val 2 and its test, val 3
+    monkeypatch.setattr(trainer, "evaluate", lambda split: next(scores))
+    summary = trainer.fit()
+    assert (summary["best_epoch"], summary["val"], summary["test"]) == (2, 0.4, 0.5)
+    assert [r["best_val"] for r in trainer.history][1:] == [0.4, 0.4]
+
+    config = dataclasses.replace(config, run_dir=str(tmp_path / "nan"), epochs=1)
+    trainer = Trainer(config, make_task(config))
+    monkeypatch.setattr(trainer, "evaluate", lambda split: math.nan)
+    summary = trainer.fit()
+    assert summary["best_epoch"] is None and math.isnan(summary["val"]) and math.isnan(summary["test"])
+
+
+def test_a_batch_the_data_parallel_processes_do_not_divide_is_refused(tmp_path, monkeypatch):
+    from graph_sparse_attn.train import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    config = resolve_config("listops", {**TINY_LISTOPS, "root": str(tmp_path / "data"), "run_dir": str(tmp_path / "run")})
+    with pytest.raises(ValueError, match="--batch-size 8 must be divisible by the 3 data-parallel processes"):
+        Trainer(config, make_task(config))
 
 
 def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
