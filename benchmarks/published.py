@@ -26,12 +26,15 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from common import HERE, update_results
 
 from graph_sparse_attn.io import atomic_write_text
+from graph_sparse_attn.train.cli import config_from_args
+from graph_sparse_attn.train.loop import TrainConfig, config_differences
 
 # Summaries of finished runs by budget and run (``TASK-seedS``), committed beside RESULTS.md.
 LEDGER = HERE / "published-runs.json"
@@ -94,17 +97,28 @@ def run(task: str, roots: list, options: list, seed: int, run_dir: Path, budget:
     """Train once, or reuse a finished run: its ``summary.json`` in ``run_dir`` or its entry in ``LEDGER``.
 
     Run directories are not committed, so each finished run's summary is also copied into the
-    committed ledger, with the budget's ``options`` it ran with and the machine: a fresh checkout
-    still tabulates it, and an interrupted sweep resumes from ``last.pt``. A ledger entry run with
-    other options than the budget's today is reported as stale, not tabulated.
+    committed ledger, with the budget's ``options`` and the resolved configuration it ran with and the
+    machine: a fresh checkout still tabulates it, and an interrupted sweep resumes from ``last.pt``.
+    A finished run (directory or ledger entry) whose configuration is not the one the budget resolves
+    to today (other options, or task defaults changed since) is reported as stale, not tabulated.
     """
     key = f"{task}-seed{seed}"
     summary = run_dir / "summary.json"
-    if not summary.exists():
+
+    def changes(saved: dict) -> list:
+        return config_differences(saved, budget_config(task, roots, options, seed))
+
+    if summary.exists():
+        ran_with = json.loads((run_dir / "config.json").read_text())
+        if changes(ran_with):
+            return {"status": f"stale: {run_dir} was run with another configuration: {'; '.join(changes(ran_with))}"}
+    else:
         recorded = read_ledger().get(budget, {}).get(key)
         if recorded is not None:
             if recorded.get("options") != options:
                 return {"status": f"stale: {key} was run with {' '.join(recorded.get('options') or ['unrecorded options'])}"}
+            if "config" in recorded and changes(recorded["config"]):
+                return {"status": f"stale: {key} was run with another configuration: {'; '.join(changes(recorded['config']))}"}
             return {"status": "ok", **recorded}
         if not train:
             return {"status": "unfinished (resumes from last.pt)" if (run_dir / "last.pt").exists() else "not run"}
@@ -119,9 +133,17 @@ def run(task: str, roots: list, options: list, seed: int, run_dir: Path, budget:
             returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
         if returncode != 0:
             return {"status": f"failed: {log.read_text().strip().splitlines()[-1:]} (see {log})"}
-    result = {**json.loads(summary.read_text()), "options": options, "hardware": HARDWARE}
+    result = {**json.loads(summary.read_text()), "options": options, "hardware": HARDWARE,
+              "config": json.loads((run_dir / "config.json").read_text())}
     record_in_ledger(budget, key, result)
     return {"status": "ok", **result}
+
+
+def budget_config(task: str, roots: list, options: list, seed: int) -> TrainConfig:
+    """The configuration `gsa train` resolves today for one run of a budget (its run directory aside)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        config, _ = config_from_args([task, *roots, *options, "--seed", str(seed), "--run-dir", str(Path(scratch) / "run")])
+    return config
 
 
 def recorded_seeds(budget: str, task: str) -> set:

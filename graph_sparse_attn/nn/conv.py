@@ -45,7 +45,9 @@ class SparseAttnConv(MessagePassing):
         heads: number of attention heads ``H``.
         concat: concatenate the heads (``[N, H * C]``) or average them (``[N, C]``).
         beta: gate the skip connection with
-            :math:`\beta_i = \sigma(\mathbf{w}_5^\top[\mathbf{W}_1\mathbf{x}_i, \mathbf{m}_i, \mathbf{W}_1\mathbf{x}_i - \mathbf{m}_i])`.
+            :math:`\beta_i = \sigma(\mathbf{w}_5^\top[\mathbf{m}_i, \mathbf{W}_1\mathbf{x}_i, \mathbf{m}_i - \mathbf{W}_1\mathbf{x}_i])`
+            (``m_i`` the attention output; the order `TransformerConv` computes, though its docstring writes another),
+            :math:`\mathbf{x}'_i = \beta_i \mathbf{W}_1\mathbf{x}_i + (1 - \beta_i)\mathbf{m}_i`.
         dropout: dropout probability of the attention weights (in training).
         edge_dim: edge feature size, if any.
         bias: learn additive biases.

@@ -20,7 +20,13 @@ def test_a_finished_run_outlives_its_run_directory(tmp_path, monkeypatch):
 
     summary = {"task": "listops", "metric": "accuracy", "epochs": 5, "best_epoch": 4, "val": 0.4, "test": 0.38, "train_seconds": 60.0}
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    recorded = {**summary, "options": options, "hardware": published.HARDWARE}
+    # A leftover run of other options is not recorded under this budget's.
+    (run_dir / "config.json").write_text(published.budget_config("listops", [], ["--epochs", "3"], 0).to_json())
+    stale = published.run("listops", [], options, 0, run_dir, "cpu", train=False)
+    assert stale["status"].startswith("stale:") and "epochs (saved: 3, now: 5)" in stale["status"] and not published.LEDGER.exists()
+    ran_with = published.budget_config("listops", [], options, 0)
+    (run_dir / "config.json").write_text(ran_with.to_json())
+    recorded = {**summary, "options": options, "hardware": published.HARDWARE, "config": json.loads(ran_with.to_json())}
     assert published.run("listops", [], options, 0, run_dir, "cpu", train=False) == {"status": "ok", **recorded}
     assert json.loads(published.LEDGER.read_text()) == {"cpu": {"listops-seed0": recorded}}
 
@@ -28,11 +34,18 @@ def test_a_finished_run_outlives_its_run_directory(tmp_path, monkeypatch):
         path.unlink()
     run_dir.rmdir()
     # Read back, not trained again (train=True would start a run if the ledger were ignored).
-    assert published.run("listops", ["--no-such-option"], options, 0, run_dir, "cpu", train=True) == {"status": "ok", **recorded}
+    with monkeypatch.context() as patch:
+        patch.setattr(published.subprocess, "run", lambda *args, **kwargs: pytest.fail("trained again"))
+        assert published.run("listops", [], options, 0, run_dir, "cpu", train=True) == {"status": "ok", **recorded}
     assert published.run("listops", [], options, 0, run_dir, "small", train=False) == {"status": "not run"}
     # A budget changed since the run: its entry is reported, not tabulated as if it had run with today's options.
     stale = published.run("listops", [], ["--epochs", "6"], 0, run_dir, "cpu", train=False)
     assert stale == {"status": "stale: listops-seed0 was run with --epochs 5"}
+    # Same options, but the task's defaults changed since: the recorded configuration tells.
+    changed = {**recorded, "config": {**recorded["config"], "model_options": {**recorded["config"]["model_options"], "dim": 7}}}
+    published.record_in_ledger("cpu", "listops-seed0", changed)
+    stale = published.run("listops", [], options, 0, run_dir, "cpu", train=False)
+    assert stale["status"].startswith("stale: listops-seed0 was run with another configuration: model_options.dim (saved: 7")
 
 
 def test_a_failed_run_reports_the_last_line_of_its_log(tmp_path, monkeypatch):
