@@ -141,7 +141,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("optimisation", "schedule", dict(choices=("cosine", "linear", "constant"), help="learning-rate schedule after warm-up")),
     ("optimisation", "warmup_steps", dict(type=_non_negative_int, help="linear warm-up steps")),
     ("optimisation", "grad_clip", dict(type=_non_negative_float, help="gradient norm clip (0 disables)")),
-    ("run", "seed", dict(type=_non_negative_int, help="random seed")),
+    ("run", "seed", dict(type=_non_negative_int, help="random seed (initialisation, order, dropout; ListOps: the generated data too)")),
     ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
     ("run", "backend", dict(choices=KERNEL_BACKENDS,

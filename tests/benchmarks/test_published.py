@@ -64,3 +64,12 @@ def test_recorded_seeds_are_read_per_budget_and_task(tmp_path, monkeypatch):
     assert published.recorded_seeds("cpu", "listops") == {0, 1}
     assert published.recorded_seeds("small", "listops") == {2}
     assert published.recorded_seeds("cpu", "imdb") == {4}
+
+
+@pytest.mark.parametrize("budget", ["small", "cpu", "full"])
+def test_every_budget_resolves_to_a_configuration(budget):
+    for task, options in published.BUDGETS[budget].items():
+        config = published.budget_config(task, [], options, seed=0)
+        assert config.task == task
+    if budget == "full":  # the shipped published configurations, not options of our own
+        assert published.budget_config("ogbg-molhiv", [], published.BUDGETS["full"]["ogbg-molhiv"], 0).model_options["depth"] == 10
