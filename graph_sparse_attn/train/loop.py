@@ -221,6 +221,8 @@ class Trainer:
         # On CPU: the RNG states must stay there (CUDA and CPU generators take CPU byte tensors), and
         # load_state_dict moves the model and optimiser tensors to their parameters' device.
         state = load_checkpoint(path)
+        if "ranks" not in state:  # written before checkpoints held every rank's states: one process's
+            state["ranks"] = [{"loaders": state.pop("loaders"), "rng": state.pop("rng")}]
         ranks = dist_utils.world_size()
         if len(state["ranks"]) != ranks:  # each rank's batch size, data shard and random states depend on it
             raise ValueError(f"{path} was written by {len(state['ranks'])} data-parallel process(es); "

@@ -90,6 +90,12 @@ def test_resume_refuses_another_number_of_processes(tmp_path):
     atomic_save(saved, tmp_path / "run" / "last.pt")
     with pytest.raises(ValueError, match="written by 2 data-parallel process.*resume it with as many, not 1"):
         Trainer(config, make_task(config)).resume()
+    # A checkpoint of an earlier version (one process's loader and random states at the top level) still resumes.
+    earlier = {**saved, **saved["ranks"][0]}
+    del earlier["ranks"]
+    atomic_save(earlier, tmp_path / "run" / "last.pt")
+    resumed = Trainer(config, make_task(config))
+    assert resumed.resume() and torch.equal(torch.get_rng_state(), saved["ranks"][0]["rng"]["torch"])
 
 
 def synthetic_node_task(num_neighbors):
