@@ -60,7 +60,8 @@ class SparseAttnConv(MessagePassing):
         backend: attention kernel, as in :func:`~graph_sparse_attn.sparse_attention` (``"auto"``).
         **kwargs: extra arguments of :class:`~torch_geometric.nn.conv.MessagePassing` (``aggr``
             and ``flow`` only at their defaults). PyG's explain mode (``Explainer``, e.g.
-            ``GNNExplainer``) masks each edge's message as in ``TransformerConv``.
+            ``GNNExplainer``) masks each edge's message as in ``TransformerConv``, and message
+            forward hooks (``AttentionExplainer``) see its messages and ``_alpha`` as there.
 
     Shapes:
         - input: ``x [N, F_in]`` or ``([N_src, F_src], [N_dst, F_dst])``; ``edge_index [2, E]``
@@ -253,30 +254,63 @@ class SparseAttnConv(MessagePassing):
             edge_attr = adj_values
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         explain = bool(getattr(self, "explain", False))  # a scripted layer has no explain mode
-        if explain and self.training and self.dropout > 0:
-            raise ValueError("explain mode needs the layer in eval() (attention dropout would not be masked alike)")
+        per_edge = explain or self._message_hooks()
+        if per_edge and self.training and self.dropout > 0:
+            raise ValueError("explain mode and message hooks need the layer in eval() or dropout=0 (the per-edge messages "
+                             "they see would not carry the kernel's dropout mask)")
         out, alpha = edge_feature_attention(
             query, key, value, edges, edge_attr, edge_weight,
             edge_gate=edge_gate, edge_bias=edge_bias, gate_mode=self.gate_mode,
-            dropout=self.dropout, training=self.training, need_weights=need_weights or explain, backend=self.backend,
+            dropout=self.dropout, training=self.training, need_weights=need_weights or per_edge, backend=self.backend,
         )
-        if explain:
+        if per_edge:
             assert alpha is not None
-            out = self._explained_messages(value, edges, edge_attr, alpha, query.size(0))
+            out = self._per_edge_messages(query, key, value, edges, edge_attr, alpha, explain)
         return out, alpha if need_weights else None
 
     @torch.jit.ignore
-    def _explained_messages(self, value: Tensor, edges: Union[Tensor, CSRPattern], edge_attr: Optional[Tensor],
-                            alpha: Tensor, num_dst: int) -> Tensor:
-        """PyG's explain mode: ``Σ_j m_ij α_ij (v_j + W_6 e_ij)`` with the explainer's edge mask ``m``
-        applied by `MessagePassing.explain_message`. Builds ``[E, H, C]``: for explaining only."""
+    def _message_hooks(self) -> bool:
+        """Whether PyG message forward hooks are registered (`AttentionExplainer`, `to_hetero_with_bases`
+        register them); hooks of `propagate`'s other steps, which this layer does not run, are refused."""
+        others = [name for name in ("propagate_forward_pre", "propagate_forward", "message_forward_pre", "aggregate_forward_pre",
+                                    "aggregate_forward", "message_and_aggregate_forward_pre", "message_and_aggregate_forward",
+                                    "edge_update_forward_pre", "edge_update_forward")
+                  if getattr(self, f"_{name}_hooks", None)]
+        if others:
+            raise ValueError(f"SparseAttnConv runs PyG's message forward hooks only (register_message_forward_hook); "
+                             f"it has {', '.join(name + ' hooks' for name in others)} registered")
+        return bool(self._message_forward_hooks)
+
+    @torch.jit.ignore
+    def _per_edge_messages(self, query: Tensor, key: Tensor, value: Tensor, edges: Union[Tensor, CSRPattern],
+                           edge_attr: Optional[Tensor], alpha: Tensor, explain: bool) -> Tensor:
+        """`TransformerConv`'s per-edge path, for PyG's explain mode and message hooks: the messages
+        ``α_ij (v_j + W_6 e_ij)`` ``[E, H, C]`` go through each message forward hook (called as
+        `MessagePassing.propagate` calls it, with ``TransformerConv``'s message arguments and
+        ``self._alpha`` set meanwhile), then `MessagePassing.explain_message` (the explainer's edge mask)
+        in explain mode, and are summed per target. Builds ``[E, H, C]`` tensors: for explaining only."""
         edge_index = edges.edge_index if isinstance(edges, CSRPattern) else edges
-        messages = value.index_select(0, edge_index[0])
+        src, dst = edge_index
+        value_j = value.index_select(0, src)
         if self.lin_edge is not None:
             assert edge_attr is not None
-            messages = messages + self.lin_edge(edge_attr.view(edge_index.size(1), -1)).view_as(messages)
-        messages = self.explain_message(messages * alpha.unsqueeze(-1), num_dst)
-        return messages.new_zeros(num_dst, *messages.shape[1:]).index_add_(0, edge_index[1], messages)
+            value_j = value_j + self.lin_edge(edge_attr.view(edge_index.size(1), -1)).view_as(value_j)
+        messages = value_j * alpha.unsqueeze(-1)
+        if self._message_forward_hooks:
+            msg_kwargs = {"query_i": query.index_select(0, dst), "key_j": key.index_select(0, src),
+                          "value_j": value.index_select(0, src), "edge_attr": edge_attr, "index": dst, "ptr": None,
+                          "size_i": query.size(0)}
+            self._alpha = alpha
+            try:
+                for hook in self._message_forward_hooks.values():
+                    result = hook(self, (msg_kwargs,), messages)
+                    if result is not None:
+                        messages = result
+            finally:
+                self._alpha = None
+        if explain:
+            messages = self.explain_message(messages, query.size(0))
+        return messages.new_zeros(query.size(0), *messages.shape[1:]).index_add_(0, dst, messages)
 
     @torch.jit.ignore
     def _attention_index(self, edge_index: Tensor, alpha: Tensor) -> Tensor:

@@ -144,6 +144,53 @@ def test_explainer_runs_on_the_layer():
     assert explainer(torch.randn(10, 4), edge_index, index=0).edge_mask.shape == (30,)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"edge_dim": 3, "heads": 2}])
+def test_message_hooks_see_and_replace_messages_as_in_transformer_conv(kwargs):
+    """PyG's message forward hooks (`AttentionExplainer`, `to_hetero_with_bases`) run on the per-edge messages
+    with the same arguments and ``_alpha`` as in `TransformerConv`, and what they return is aggregated."""
+    edge_index, edge_attr, gen = graph(12, 12, 40, kwargs.get("edge_dim"), seed=10)
+    x = torch.randn(12, 8, dtype=torch.float64, generator=gen)
+    ref, ours = make_pair(8, kwargs)
+    scale = torch.rand(40, 1, 1, dtype=torch.float64, generator=gen)
+    seen = {}
+
+    def hook(module, inputs, messages):
+        seen[module] = (sorted(inputs[0]), module._alpha.clone())
+        return messages * scale
+
+    outs = []
+    for conv in (ref, ours):
+        handle = conv.register_message_forward_hook(hook)
+        outs.append(conv(x, edge_index, edge_attr))
+        handle.remove()
+        assert conv._alpha is None
+    torch.testing.assert_close(outs[1], outs[0])
+    assert seen[ours][0] == seen[ref][0]
+    torch.testing.assert_close(seen[ours][1], seen[ref][1])
+    assert not torch.allclose(outs[1], ours(x, edge_index, edge_attr))  # the hook's output was used
+
+
+def test_attention_explainer_reads_the_layer_s_attention():
+    from torch_geometric.explain import AttentionExplainer
+
+    edge_index, _, gen = graph(10, 10, 30, None, seed=11)
+    x = torch.randn(10, 4, dtype=torch.float64, generator=gen)
+    masks = []
+    for conv in make_pair(4, {}):
+        explainer = Explainer(conv, AttentionExplainer(), explanation_type="model", edge_mask_type="object",
+                              model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"))
+        masks.append(explainer(x, edge_index).edge_mask)
+    torch.testing.assert_close(masks[1], masks[0])
+    assert masks[1].abs().sum() > 0
+
+
+def test_hooks_of_steps_the_layer_does_not_run_are_refused():
+    conv = SparseAttnConv(4, 2)
+    conv.register_aggregate_forward_hook(lambda module, inputs, out: out)
+    with pytest.raises(ValueError, match="message forward hooks only.*aggregate_forward hooks registered"):
+        conv(torch.randn(5, 4), torch.tensor([[0, 1], [1, 2]]))
+
+
 def test_options_that_would_be_ignored_are_refused():
     with pytest.raises(ValueError, match="aggr must be 'add'"):
         SparseAttnConv(4, 2, aggr="mean")
