@@ -49,8 +49,12 @@ def run_point(script: str, args: List[str], timeout: float) -> dict:
 
 
 def is_oom(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out (not, e.g., a CUDA "illegal memory access")."""
+    import torch
+
     text = str(error).lower()
-    return isinstance(error, MemoryError) or "memory" in text or "alloc" in text
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or any(
+        phrase in text for phrase in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 def update_results(section: str, markdown: str, path: Path = HERE / "RESULTS.md") -> None:

@@ -19,8 +19,19 @@ On one CUDA GPU, in about 7 minutes, this script
 3. runs the ogbg-molhiv training-step benchmark (``benchmarks/molecules.py --device cuda``) if
    that script is present;
 
-and writes everything, with the command and the GPU's name, to ``benchmarks/RESULTS-gpu.md``.
-It exits with status 1 when the tests fail, and at once (status 2) on a machine without CUDA.
+and writes everything, with the command and the GPU's name, to ``--output`` (default
+``benchmarks/RESULTS-gpu.md``) after each phase, so a run cut short keeps what it measured. It
+exits with status 1 when the tests fail, an attention point errs (other than running out of
+memory) or the molhiv step fails, and at once (status 2) on a machine without CUDA.
+
+The package runs from this checkout (no install needed). The molhiv step reads ogbg-molhiv from
+``--molecules-root`` (default ``datasets``): on a lent machine, carry ``datasets/ogbg_molhiv``'s
+``raw``, ``split`` and ``mapping`` folders (``processed`` is rebuilt there, encodings included); without
+them the step is skipped and says so. On the device tool, write to ``$OUT`` to get the file back::
+
+    python benchmarks/gpu.py --output "$OUT/RESULTS-gpu.md"
+
+A new run replaces the whole file: update the figures that README.md and RESULTS.md quote from it.
 
 Usage::
 
@@ -58,6 +69,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward passes per point, after one warm-up")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the test suite")
     parser.add_argument("--skip-molecules", action="store_true", help="do not run the molecule training-step benchmark")
+    parser.add_argument("--molecules-root", default="datasets", help="data root holding ogbg_molhiv for the molecule step")
+    parser.add_argument("--output", type=Path, help="where to write the report (default: benchmarks/RESULTS-gpu.md; "
+                                                    "--dry-run-cpu writes only when this is given)")
     args = parser.parse_args(argv)
     if args.repeats <= 0:
         parser.error("--repeats must be positive")
@@ -73,8 +87,11 @@ if ARGS is not None and ARGS.dry_run_cpu:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(ROOT))  # the package from this checkout, installed or not
 from attention import HEAD_DIM, HEADS, IN_CHANNELS, WINDOW  # noqa: E402  (one home for the layer sizes)
 from common import is_oom  # noqa: E402
+
+from graph_sparse_attn.io import atomic_write_text  # noqa: E402
 
 
 class Deadline:
@@ -109,9 +126,12 @@ def require_cuda() -> torch.device:
 def run_tests(device: torch.device, timeout: float, dry_run: bool) -> dict:
     """Run the op test suite on ``device`` in a subprocess; ``{"status", "summary", "command"}``."""
     # The compiled backend's own tests are CPU-only (inductor C++ kernels): they add nothing here.
-    targets = ["tests/ops/test_triton_kernel.py"] if dry_run else ["tests/ops", "--ignore=tests/ops/test_compiled_kernel.py"]
+    # Tests of the CPU-only compiled backend elsewhere (its parametrisations) are deselected too: each costs
+    # an inductor compile and checks nothing on the GPU.
+    targets = (["tests/ops/test_triton_kernel.py"] if dry_run
+               else ["tests/ops", "--ignore=tests/ops/test_compiled_kernel.py", "-k", "not compiled", "--durations=10"])
     command = [sys.executable, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider"]
-    env = {**os.environ, "GSA_TEST_DEVICE": device.type}
+    env = {**_with_checkout_on_path(os.environ), "GSA_TEST_DEVICE": device.type}
     shown = f"GSA_TEST_DEVICE={device.type} " + shlex.join(["python", *command[1:]])
     try:
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
@@ -213,6 +233,8 @@ def _first_line(error: BaseException) -> str:
 
 def measure(method: str, num_nodes: int, device: torch.device, repeats: int) -> dict:
     """Median forward+backward seconds and peak memory (MB above inputs and weights; CUDA only)."""
+    if method == "flex" and device.type == "cpu":  # the dry run: check_agreement still runs its forward
+        return {"status": "skipped: FlexAttention has no CPU backward"}
     torch.manual_seed(0)
     try:
         graph = build_graph(method, num_nodes, device)
@@ -241,7 +263,7 @@ def measure(method: str, num_nodes: int, device: torch.device, repeats: int) -> 
             result["edges"] = graph.num_edges
         return result
     except Exception as error:  # noqa: BLE001 -- any failure of one point is recorded, the run goes on
-        if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or (isinstance(error, RuntimeError) and is_oom(error)):
+        if is_oom(error):
             return {"status": "OOM"}
         return {"status": f"error: {type(error).__name__}", "detail": _first_line(error)}
     finally:
@@ -272,8 +294,9 @@ def check_agreement(num_nodes: int, device: torch.device) -> Dict[str, str]:
     return {m: out if isinstance(out, str) else f"{(out - dense).abs().max().item():.2e}" for m, out in outputs.items()}
 
 
-def run_attention(device: torch.device, sizes, repeats: int, deadline: Deadline, reserve: float) -> List[dict]:
-    rows: List[dict] = []
+def run_attention(device: torch.device, sizes, repeats: int, deadline: Deadline, reserve: float, rows: List[dict],
+                  after_each: Callable[[], object]) -> List[dict]:
+    """Measure every method at every size into ``rows`` (calling ``after_each`` after each size)."""
     failed: Dict[str, str] = {}  # method -> why it is not tried at larger N
     for num_nodes in sizes:
         for method in METHODS:
@@ -287,6 +310,7 @@ def run_attention(device: torch.device, sizes, repeats: int, deadline: Deadline,
                     failed[method] = f"skipped ({result['status']} at N={num_nodes:,})"
             rows.append({"method": method, "num_nodes": num_nodes, **result})
             print(f"{method:>11} N={num_nodes:>9,}: {result}", flush=True)
+        after_each()
     return rows
 
 
@@ -306,7 +330,7 @@ def format_attention(rows: List[dict], sizes) -> str:
         edges = next((f"{r['edges']:,}" for r in rows if r["num_nodes"] == num_nodes and "edges" in r), "")
         cells = []
         for method in METHODS:
-            r = next(r for r in rows if r["method"] == method and r["num_nodes"] == num_nodes)
+            r = next((r for r in rows if r["method"] == method and r["num_nodes"] == num_nodes), {"status": "not run"})
             if r["status"] == "ok":
                 cells += [f"{1000 * r['seconds']:.2f}", "—" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"]
             else:
@@ -320,15 +344,20 @@ def format_attention(rows: List[dict], sizes) -> str:
 # ----------------------------------------------------------------------------- 3. molecules
 
 
-def run_molecules(device: torch.device, timeout: float, dry_run: bool) -> Optional[dict]:
-    script = HERE / "molecules.py"
-    if not script.exists():
-        return None
+def _with_checkout_on_path(env) -> dict:
+    """``env`` with this checkout first on ``PYTHONPATH``, so subprocesses import the package from it."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])}
+
+
+def run_molecules(device: torch.device, timeout: float, dry_run: bool, root: str) -> dict:
     size = ["--steps", "2", "--warmup", "1", "--batches", "1", "--batch-size", "8"] if dry_run else ["--steps", "10", "--warmup", "2"]
-    command = [sys.executable, str(script), "--device", device.type, *size]
+    command = [sys.executable, str(HERE / "molecules.py"), "--device", device.type, "--root", root, *size]
     shown = shlex.join(["python", "benchmarks/molecules.py", *command[2:]])
+    folder = (ROOT / root if not Path(root).is_absolute() else Path(root)) / "ogbg_molhiv"
+    if not (folder / "raw").is_dir():
+        return {"command": shown, "status": f"skipped: no ogbg-molhiv at {folder} (see the docstring: carry its raw files)", "output": ""}
     try:
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1))
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=_with_checkout_on_path(os.environ))
     except subprocess.TimeoutExpired:
         return {"command": shown, "status": f"timed out after {timeout:.0f} s", "output": ""}
     if proc.returncode != 0:
@@ -366,10 +395,10 @@ def report(command: str, device: torch.device, tests: Optional[dict], agreement:
         "MB = peak allocated GPU memory above inputs and weights. triton/csr get a `CSRPattern` built once, "
         "flex a block mask built once, dense a boolean `[N, N]` mask.\n\n"
         f"Same weights, N={sizes[0]:,}: largest |out − dense SDPA out| "
-        + ", ".join(f"{m} {d}" for m, d in agreement.items()) + ".\n\n" + format_attention(rows, sizes)
+        + (", ".join(f"{m} {d}" for m, d in agreement.items()) or "not measured") + ".\n\n" + format_attention(rows, sizes)
     )
     if molecules is None:
-        parts.append("## ogbg-molhiv training step\n\nNot run: `benchmarks/molecules.py` is absent.")
+        parts.append("## ogbg-molhiv training step\n\nNot run (--skip-molecules, or not reached).")
     elif molecules["status"] == "ok":
         parts.append(f"## ogbg-molhiv training step\n\n`{molecules['command']}`\n\n{molecules['output']}")
     else:
@@ -387,21 +416,42 @@ def main(args: argparse.Namespace) -> int:
     command = shlex.join(["python", "benchmarks/gpu.py", *sys.argv[1:]])
     print(f"{command}: {describe(device)}", flush=True)
 
-    tests = None
-    if not args.skip_tests:
-        tests = run_tests(device, min(TESTS_BUDGET, deadline.left()), args.dry_run_cpu)
-        print(f"tests: {tests['status']}\n{tests['summary']}", flush=True)
-    reserve = 0.0 if args.skip_molecules else MOLECULES_BUDGET
-    agreement = check_agreement(sizes[0], device)
-    print(f"agreement with dense SDPA at N={sizes[0]:,}: {agreement}", flush=True)
-    rows = run_attention(device, sizes, args.repeats, deadline, reserve)
-    molecules = None if args.skip_molecules else run_molecules(device, deadline.left(), args.dry_run_cpu)
+    output = args.output if args.output is not None or args.dry_run_cpu else HERE / "RESULTS-gpu.md"
+    tests, agreement, rows, molecules = None, {}, [], None
 
-    markdown = report(command, device, tests, agreement, rows, sizes, molecules, args.repeats, time.monotonic() - started)
-    print(markdown)
-    if not args.dry_run_cpu:
-        (HERE / "RESULTS-gpu.md").write_text(markdown)
-    return 0 if tests is None or tests["status"] == "passed" else 1
+    def write_report() -> str:
+        markdown = report(command, device, tests, agreement, rows, sizes, molecules, args.repeats, time.monotonic() - started)
+        if output is not None:
+            atomic_write_text(markdown, output)
+        return markdown
+
+    try:  # the report is rewritten after each phase and once more however the run ends
+        if not args.skip_tests:
+            tests = run_tests(device, min(TESTS_BUDGET, deadline.left()), args.dry_run_cpu)
+            print(f"tests: {tests['status']}\n{tests['summary']}", flush=True)
+            write_report()
+        reserve = 0.0 if args.skip_molecules else MOLECULES_BUDGET
+        agreement = check_agreement(sizes[0], device)
+        print(f"agreement with dense SDPA at N={sizes[0]:,}: {agreement}", flush=True)
+        run_attention(device, sizes, args.repeats, deadline, reserve, rows, after_each=write_report)
+        if not args.skip_molecules:
+            # A slow attention point may have eaten into the reserve: the step still gets half of it.
+            molecules = run_molecules(device, max(deadline.left(), MOLECULES_BUDGET / 2), args.dry_run_cpu, args.molecules_root)
+    finally:
+        print(write_report())
+    problems = problems_of(tests, rows, molecules)
+    print("problems: " + ("; ".join(problems) if problems else "none"), flush=True)
+    return 1 if problems else 0
+
+
+def problems_of(tests: Optional[dict], rows: List[dict], molecules: Optional[dict]) -> List[str]:
+    """What makes the check fail: failed tests, attention points that erred (running out of memory or
+    time is a measurement, not a failure) and a molecule step that failed or timed out."""
+    problems = [] if tests is None or tests["status"] == "passed" else [f"tests {tests['status']}"]
+    problems += [f"{r['method']} at N={r['num_nodes']:,}: {r['status']}" for r in rows if r["status"].startswith("error")]
+    if molecules is not None and molecules["status"].startswith(("failed", "timed out")):
+        problems.append(f"molhiv step {molecules['status']}")
+    return problems
 
 
 if __name__ == "__main__":
