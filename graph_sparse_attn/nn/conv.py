@@ -20,6 +20,20 @@ else:  # TorchScript resolves the overloads of `forward` by argument types, as f
     from torch.jit import _overload_method as overload
 
 
+def _message_hooks(conv: MessagePassing) -> bool:
+    """Whether PyG message forward hooks are registered on ``conv`` (`AttentionExplainer`,
+    `to_hetero_with_bases` register them); hooks of `propagate`'s other steps, which `SparseAttnConv`
+    does not run, are refused. A scripted layer (``torch.jit.script``) keeps no hooks."""
+    others = [name for name in ("propagate_forward_pre", "propagate_forward", "message_forward_pre", "aggregate_forward_pre",
+                                "aggregate_forward", "message_and_aggregate_forward_pre", "message_and_aggregate_forward",
+                                "edge_update_forward_pre", "edge_update_forward")
+              if getattr(conv, f"_{name}_hooks", None)]
+    if others:
+        raise ValueError(f"SparseAttnConv runs PyG's message forward hooks only (register_message_forward_hook); "
+                         f"it has {', '.join(name + ' hooks' for name in others)} registered")
+    return bool(getattr(conv, "_message_forward_hooks", None))
+
+
 class SparseAttnConv(MessagePassing):
     r"""Graph transformer convolution (Shi et al. 2021) on :func:`~graph_sparse_attn.sparse_attention`'s kernels (``backend="auto"`` by default).
 
@@ -254,7 +268,7 @@ class SparseAttnConv(MessagePassing):
             edge_attr = adj_values
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         explain = bool(getattr(self, "explain", False))  # a scripted layer has no explain mode
-        per_edge = explain or self._message_hooks()
+        per_edge = explain or _message_hooks(self)
         if per_edge and self.training and self.dropout > 0:
             raise ValueError("explain mode and message hooks need the layer in eval() or dropout=0 (the per-edge messages "
                              "they see would not carry the kernel's dropout mask)")
@@ -268,20 +282,6 @@ class SparseAttnConv(MessagePassing):
             out = self._per_edge_messages(query, key, value, edges, edge_attr, alpha, explain)
         return out, alpha if need_weights else None
 
-    @torch.jit.ignore
-    def _message_hooks(self) -> bool:
-        """Whether PyG message forward hooks are registered (`AttentionExplainer`, `to_hetero_with_bases`
-        register them); hooks of `propagate`'s other steps, which this layer does not run, are refused."""
-        others = [name for name in ("propagate_forward_pre", "propagate_forward", "message_forward_pre", "aggregate_forward_pre",
-                                    "aggregate_forward", "message_and_aggregate_forward_pre", "message_and_aggregate_forward",
-                                    "edge_update_forward_pre", "edge_update_forward")
-                  if getattr(self, f"_{name}_hooks", None)]
-        if others:
-            raise ValueError(f"SparseAttnConv runs PyG's message forward hooks only (register_message_forward_hook); "
-                             f"it has {', '.join(name + ' hooks' for name in others)} registered")
-        return bool(self._message_forward_hooks)
-
-    @torch.jit.ignore
     def _per_edge_messages(self, query: Tensor, key: Tensor, value: Tensor, edges: Union[Tensor, CSRPattern],
                            edge_attr: Optional[Tensor], alpha: Tensor, explain: bool) -> Tensor:
         """`TransformerConv`'s per-edge path, for PyG's explain mode and message hooks: the messages
