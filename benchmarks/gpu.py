@@ -295,7 +295,7 @@ def check_agreement(num_nodes: int, device: torch.device) -> Dict[str, str]:
 
 
 def run_attention(device: torch.device, sizes, repeats: int, deadline: Deadline, reserve: float, rows: List[dict],
-                  after_each: Callable[[], object]) -> List[dict]:
+                  after_each: Callable[[], object]) -> None:
     """Measure every method at every size into ``rows`` (calling ``after_each`` after each size)."""
     failed: Dict[str, str] = {}  # method -> why it is not tried at larger N
     for num_nodes in sizes:
@@ -311,7 +311,6 @@ def run_attention(device: torch.device, sizes, repeats: int, deadline: Deadline,
             rows.append({"method": method, "num_nodes": num_nodes, **result})
             print(f"{method:>11} N={num_nodes:>9,}: {result}", flush=True)
         after_each()
-    return rows
 
 
 def _ratio(rows: List[dict], num_nodes: int, ours: str, base: str, key: str) -> str:

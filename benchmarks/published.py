@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from common import HERE, update_results
@@ -105,21 +106,20 @@ def run(task: str, roots: list, options: list, seed: int, run_dir: Path, budget:
     key = f"{task}-seed{seed}"
     summary = run_dir / "summary.json"
 
-    def changes(saved: dict) -> list:
-        return config_differences(saved, budget_config(task, roots, options, seed))
+    def stale(saved: dict, name: object) -> Optional[dict]:
+        changes = config_differences(saved, budget_config(task, roots, options, seed))
+        return {"status": f"stale: {name} was run with another configuration: {'; '.join(changes)}"} if changes else None
 
     if summary.exists():
-        ran_with = json.loads((run_dir / "config.json").read_text())
-        if changes(ran_with):
-            return {"status": f"stale: {run_dir} was run with another configuration: {'; '.join(changes(ran_with))}"}
+        refused = stale(json.loads((run_dir / "config.json").read_text()), run_dir)
+        if refused:
+            return refused
     else:
         recorded = read_ledger().get(budget, {}).get(key)
         if recorded is not None:
             if recorded.get("options") != options:
                 return {"status": f"stale: {key} was run with {' '.join(recorded.get('options') or ['unrecorded options'])}"}
-            if "config" in recorded and changes(recorded["config"]):
-                return {"status": f"stale: {key} was run with another configuration: {'; '.join(changes(recorded['config']))}"}
-            return {"status": "ok", **recorded}
+            return (stale(recorded["config"], key) if "config" in recorded else None) or {"status": "ok", **recorded}
         if not train:
             return {"status": "unfinished (resumes from last.pt)" if (run_dir / "last.pt").exists() else "not run"}
         command = [sys.executable, "-m", "graph_sparse_attn", "train", task, *roots, *options, "--seed", str(seed),

@@ -292,13 +292,14 @@ class SparseAttnConv(MessagePassing):
         edge_index = edges.edge_index if isinstance(edges, CSRPattern) else edges
         src, dst = edge_index
         value_j = value.index_select(0, src)
+        messages = value_j
         if self.lin_edge is not None:
             assert edge_attr is not None
-            value_j = value_j + self.lin_edge(edge_attr.view(edge_index.size(1), -1)).view_as(value_j)
-        messages = value_j * alpha.unsqueeze(-1)
+            messages = messages + self.lin_edge(edge_attr.view(edge_index.size(1), -1)).view_as(value_j)
+        messages = messages * alpha.unsqueeze(-1)
         if self._message_forward_hooks:
             msg_kwargs = {"query_i": query.index_select(0, dst), "key_j": key.index_select(0, src),
-                          "value_j": value.index_select(0, src), "edge_attr": edge_attr, "index": dst, "ptr": None,
+                          "value_j": value_j, "edge_attr": edge_attr, "index": dst, "ptr": None,
                           "size_i": query.size(0)}
             self._alpha = alpha
             try:

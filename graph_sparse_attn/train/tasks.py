@@ -126,19 +126,28 @@ class SequenceClassificationTask(Task):
 
     def __init__(self, name: str, data: SequenceData, metric: Metric, build_model: ModelBuilder, model_options: Dict[str, Any]) -> None:
         from ..data.sequence import SequenceGraphCollator
+        from ..patterns.registry import RANDOM_PATTERNS
 
         super().__init__(name, data, metric, build_model, model_options)
         pattern_name, pattern_params = model_options["pattern"]
         self.collate = SequenceGraphCollator(pattern_name, pattern_params, cls_token=data.cls_token)
-        # Evaluation draws random patterns (bigbird, random) from its own generator, reseeded every pass.
-        self.eval_collate = SequenceGraphCollator(pattern_name, pattern_params, cls_token=data.cls_token,
-                                                  generator=torch.Generator())
+        # Evaluation draws random patterns (bigbird, random) from its own generator, reseeded every pass;
+        # fixed patterns share the training collator and its cache of patterns by length.
+        self.eval_collate = self.collate
+        if pattern_name in RANDOM_PATTERNS:
+            self.eval_collate = SequenceGraphCollator(pattern_name, pattern_params, cls_token=data.cls_token,
+                                                      generator=torch.Generator())
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
         splits = self.data.splits
+
+        def evaluation(split: str) -> Iterable:
+            batches = _eval_loader(splits[split], batch_size, collate_fn=self.eval_collate)
+            generator = self.eval_collate.generator
+            return batches if generator is None else _SameDrawsEachPass(batches, generator, seed)
+
         return {"train": ResumableLoader(splits["train"], batch_size, seed, collate_fn=self.collate),
-                **{split: _SameDrawsEachPass(_eval_loader(splits[split], batch_size, collate_fn=self.eval_collate),
-                                             self.eval_collate.generator, seed) for split in ("val", "test")}}
+                "val": evaluation("val"), "test": evaluation("test")}
 
     def forward(self, model, batch, split):
         edge_index = None if self.model_options.get("knn") is not None else batch.edge_index
