@@ -294,22 +294,32 @@ def attention_pattern(
 
 
 def positional_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, num_graphs: Optional[int] = None,
-                       generator: Optional[torch.Generator] = None, **params: Any) -> Tensor:
+                       generator: Optional[torch.Generator] = None, seed_per_graph: Optional[int] = None,
+                       **params: Any) -> Tensor:
     """The positional pattern ``name`` (:func:`~graph_sparse_attn.patterns.build_pattern`) of each
     sequence of ``batch`` (``None``: one sequence): ``[2, E]`` sorted by (target, source).
 
     A random pattern (``random``, ``bigbird``) is drawn sequence after sequence from ``generator``
     (``None``: the global RNG), so a batch's pattern equals its sequences' patterns drawn in turn,
-    as :class:`AddPositionalPattern` draws them.
+    as :class:`AddPositionalPattern` draws them. With ``seed_per_graph``, each sequence is drawn
+    from a generator freshly seeded with it instead (repeatable, independent of the batch).
     """
-    if name not in RANDOM_PATTERNS or batch is None:
+    if seed_per_graph is not None and generator is not None:
+        raise ValueError("give generator or seed_per_graph, not both")
+    if name not in RANDOM_PATTERNS or (batch is None and seed_per_graph is None):
         extra = {} if name not in RANDOM_PATTERNS else {"generator": generator}
         return build_pattern(name, num_nodes, batch=batch, **params, **extra)
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long)
     batch = check_batch(batch, num_nodes, num_graphs=num_graphs)
     num_graphs = int(batch[-1]) + 1 if num_graphs is None and num_nodes else (num_graphs or 0)
     sizes = _graph_counts(batch, num_graphs).tolist()
     starts = torch.cumsum(torch.tensor([0] + sizes[:-1], dtype=torch.long), 0).tolist()
-    parts = [build_pattern(name, size, generator=generator, **params).to(batch.device) + start for size, start in zip(sizes, starts)]
+
+    def draws() -> Optional[torch.Generator]:
+        return generator if seed_per_graph is None else torch.Generator().manual_seed(seed_per_graph)
+
+    parts = [build_pattern(name, size, generator=draws(), **params).to(batch.device) + start for size, start in zip(sizes, starts)]
     return torch.cat(parts, dim=1) if parts else torch.empty(2, 0, dtype=torch.long, device=batch.device)
 
 

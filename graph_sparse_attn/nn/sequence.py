@@ -156,9 +156,15 @@ class SequenceTransformer(nn.Module):
     def pattern(self, batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
         """The model's own pattern for the sequences of ``batch [T]``, used when ``forward`` is
         given none (:func:`~graph_sparse_attn.transforms.positional_pattern`, as
-        :class:`~graph_sparse_attn.transforms.AddPositionalPattern` builds it per sequence)."""
+        :class:`~graph_sparse_attn.transforms.AddPositionalPattern` builds it per sequence).
+        Training draws a random pattern from the ``pattern_seed`` generator (or the global RNG);
+        evaluation draws each sequence's from a generator seeded 0, so predictions are repeatable,
+        do not depend on the batch, and leave the training draws untouched."""
+        if self.training:
+            return positional_pattern(self.pattern_name, batch.numel(), batch=batch, num_graphs=num_graphs,
+                                      generator=self.generator, **self.pattern_params)
         return positional_pattern(self.pattern_name, batch.numel(), batch=batch, num_graphs=num_graphs,
-                                  generator=self.generator, **self.pattern_params)
+                                  seed_per_graph=0, **self.pattern_params)
 
     def forward(self, tokens: Tensor, batch: Tensor, edge_index: Union[Tensor, CSRPattern, None] = None,
                 pos: Optional[Tensor] = None, *, num_graphs: Optional[int] = None) -> Tensor:

@@ -9,7 +9,7 @@ from graph_sparse_attn.data.sequence import SequenceGraphCollator
 from graph_sparse_attn.ops import CSRPattern
 from graph_sparse_attn.nn import GraphTransformer, SequenceTransformer, SparseTransformerLayer
 from graph_sparse_attn.nn.sequence import positions_in_sequence
-from graph_sparse_attn.patterns import sliding_window
+from graph_sparse_attn.patterns import build_pattern, sliding_window
 
 
 def assert_all_parameters_get_gradients(model, loss):
@@ -117,6 +117,35 @@ def test_sequence_transformer_builds_its_default_pattern():
     with torch.no_grad():
         torch.testing.assert_close(model(tokens, batch), model(tokens, batch, model.pattern(batch)))
     assert "longformer" in repr(model)
+
+
+def test_sequence_transformer_random_pattern_is_repeatable_in_eval_and_leaves_training_draws_alone():
+    bigbird = ("bigbird", {"window": 1, "global_indices": [0], "num_random": 2})
+    torch.manual_seed(0)
+    model = SequenceTransformer(10, 3, dim=8, depth=2, heads=2, pooling="mean", dropout=0.0, pattern=bigbird, pattern_seed=7)
+    batch = torch.tensor([0] * 25 + [1] * 15)
+    tokens = torch.randint(0, 10, (40,))
+    model.eval()
+    with torch.no_grad():
+        first, second = model(tokens, batch), model(tokens, batch)
+        alone = model(tokens[25:], torch.zeros(15, dtype=torch.long))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first[1:], alone, rtol=1e-6, atol=1e-6)  # independent of its batch
+    # Each sequence is drawn from a generator seeded 0.
+    torch.testing.assert_close(model.pattern(batch[25:] - 1), build_pattern("bigbird", 15, generator=torch.Generator().manual_seed(0), **bigbird[1]))
+
+    def two_training_patterns(evaluate_between: bool):
+        model.generator.manual_seed(7)
+        model.train()
+        one = model.pattern(batch)
+        if evaluate_between:
+            model.eval()
+            model.pattern(batch)
+            model.train()
+        return one, model.pattern(batch)
+
+    for plain, evaluated in zip(two_training_patterns(False), two_training_patterns(True)):
+        assert torch.equal(plain, evaluated)
 
 
 def test_sequence_transformer_overfits_a_tiny_batch():
