@@ -7,7 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch import Tensor, nn
-from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
+from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 
 from ..ops import CSRPattern
 from ..patterns._utils import check_batch
@@ -41,8 +41,9 @@ class GraphTransformer(nn.Module):
 
     Each attention edge carries features: the encoded bond/edge features for graph edges, and
     a learned embedding of its type (graph edge, self loop, hop, expander, virtual). With
-    ``gps=True`` every block also runs a local GINE message-passing layer on the graph's edges
-    in parallel with attention (GraphGPS, Rampášek et al. 2022).
+    ``gps=True`` every block also runs a local message-passing layer on the graph's edges in
+    parallel with attention (GraphGPS, Rampášek et al. 2022): GINE over the encoded edge
+    features, or GIN when the model has none (``edge_dim=None``), as GraphGPS chooses.
 
     Args:
         in_channels: node feature size, or ``"atom"`` for OGB molecules (``AtomEncoder``).
@@ -135,7 +136,7 @@ class GraphTransformer(nn.Module):
         self.layers = nn.ModuleList(
             SparseTransformerLayer(
                 hidden_channels, heads, dropout=dropout, attn_dropout=attn_dropout, edge_dim=hidden_channels,
-                local=_gine(hidden_channels, activation) if gps else None, norm=norm, backend=backend, ffn_dim=ffn_dim,
+                local=_local_gnn(hidden_channels, activation, edge_dim is not None) if gps else None, norm=norm, backend=backend, ffn_dim=ffn_dim,
                 activation=activation,
             )
             for _ in range(depth)
@@ -206,7 +207,7 @@ class GraphTransformer(nn.Module):
             # The local branch reads per-bond features; attention reads bonds through a table (below).
             edge_features = self.edge_encoder(edge_attr) if self.gps or bond_codes is None else None
         else:
-            edge_features = torch.zeros(edge_index.size(1), self.hidden_channels, device=x.device, dtype=h.dtype)
+            edge_features = None  # the local branch is then GIN, which reads no edge features
 
         if attn_index is None:
             if attn_type is not None or attn_edge is not None:
@@ -365,10 +366,12 @@ def _edge_encoder(edge_dim: Union[int, str, None], hidden: int) -> Optional[nn.M
     return nn.Linear(edge_dim, hidden)
 
 
-def _gine(hidden: int, activation: str) -> GINEConv:
+def _local_gnn(hidden: int, activation: str, edge_features: bool) -> nn.Module:
+    """GraphGPS's local branch: GINE over the encoded edge features, or GIN without any (GINE over
+    zero features would hold a projection whose weight never gets a gradient)."""
     check_activation(activation)
     mlp = nn.Sequential(nn.Linear(hidden, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, hidden))
-    return GINEConv(mlp, edge_dim=hidden)
+    return GINEConv(mlp, edge_dim=hidden) if edge_features else GINConv(mlp)
 
 
 def _reset(module: nn.Module) -> None:

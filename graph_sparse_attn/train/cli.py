@@ -130,7 +130,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("model", "gate", dict(action=argparse.BooleanOptionalAction, help="learnable relative-position gates (a learnable pattern)")),
     ("model", "knn", dict(type=_positive_int, metavar="K", help="dynamic kNN attention with K keys per query (none given: off)")),
     ("model", "attention", dict(choices=_attention_choices(), help="attention pattern over the graph")),
-    ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local GINE branch to each block (GraphGPS)")),
+    ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local message-passing branch to each block (GraphGPS: GINE with edge features, else GIN)")),
     ("model", "norm", dict(choices=("layer", "batch"), help="block normalisation: pre-norm LayerNorm, or post-norm BatchNorm (GraphGPS)")),
     ("optimisation", "epochs", dict(type=_positive_int, help="training epochs")),
     ("optimisation", "max_steps", dict(type=_non_negative_int, help="stop after this many optimiser steps; the learning-rate schedule then ends there (0: run all epochs)")),

@@ -182,6 +182,20 @@ GRAPH_OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("edge_dim", [None, 3])
+def test_gps_local_branch_uses_gin_without_edge_features_and_every_parameter_learns(edge_dim):
+    from torch_geometric.nn import GINConv, GINEConv
+
+    torch.manual_seed(0)
+    model = GraphTransformer(5, 8, 2, depth=2, heads=2, gps=True, edge_dim=edge_dim)
+    ring = torch.arange(6)
+    edge_index = torch.cat([torch.stack([ring, (ring + 1) % 6]), torch.stack([(ring + 1) % 6, ring])], dim=1)
+    edge_attr = None if edge_dim is None else torch.randn(edge_index.size(1), edge_dim)
+    out = model(torch.randn(6, 5), edge_index, edge_attr)
+    assert all(type(layer.local) is (GINConv if edge_dim is None else GINEConv) for layer in model.layers)
+    assert_all_parameters_get_gradients(model, out.pow(2).sum())
+
+
 @pytest.mark.parametrize("options", GRAPH_OPTIONS)
 def test_graph_transformer_on_molecules_is_batch_invariant(options):
     torch.manual_seed(0)
