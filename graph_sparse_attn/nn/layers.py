@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from ..ops import CSRPattern
 from ..ops.attention import GATE_MODES
 from ..ops.dispatch import check_backend
+from ..patterns._utils import check_size
 from ..patterns.dynamic import METRICS, knn
 from ..ops.edge_features import edge_feature_attention
 from .dropout import Dropout
@@ -129,8 +130,7 @@ class KNNAttention(SparseMultiheadAttention):
 
     def __init__(self, dim: int, heads: int, k: int, *, metric: str = "dot", dropout: float = 0.0, backend: str = "auto") -> None:
         super().__init__(dim, heads, dropout=dropout, backend=backend)
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        check_size(k, "k", minimum=1)
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.k, self.metric = k, metric
@@ -138,7 +138,7 @@ class KNNAttention(SparseMultiheadAttention):
     def forward(self, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         query, key, value = self.project(x)
         with torch.no_grad():
-            flat = lambda t: t.detach().reshape(x.size(0), -1)  # noqa: E731
+            flat = lambda t: t.detach().flatten(1)  # noqa: E731
             edge_index = knn(flat(query), flat(key), self.k, batch=batch, key_batch=batch, metric=self.metric)
         return self.attend(query, key, value, edge_index)
 
@@ -229,9 +229,15 @@ class SparseTransformerLayer(nn.Module):
         return isinstance(self.attn, KNNAttention)
 
     def reset_parameters(self) -> None:
-        for module in (self.norm_attn, self.attn, self.local, self.norm_local, self.norm_ffn, self.ffn):
+        for module in (self.norm_attn, self.attn, self.norm_local, self.norm_ffn, self.ffn):
             if module is not None:
                 module.reset_parameters()
+        if self.local is not None:
+            # A user's local branch need not define reset_parameters: reset the submodules that do.
+            owners = [self.local] if hasattr(self.local, "reset_parameters") else self.local.modules()
+            for module in owners:
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
 
     def forward(
         self,

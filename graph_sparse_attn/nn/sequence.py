@@ -40,13 +40,15 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
-        self.register_buffer("inv_freq", torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2).float() / dim), persistent=False)
 
     def reset_parameters(self) -> None:
         """No parameters: the encoding is fixed."""
 
     def forward(self, pos: Tensor) -> Tensor:
-        angles = pos.float().unsqueeze(-1) * self.inv_freq
+        """``[T, dim]`` float32, whatever the model's dtype: frequencies and angles in bfloat16 would
+        blur positions beyond a few hundred (the caller casts the sum)."""
+        inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, self.dim, 2, device=pos.device, dtype=torch.float32) / self.dim)
+        angles = pos.float().unsqueeze(-1) * inv_freq
         return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., : self.dim]
 
 
@@ -195,7 +197,8 @@ class SequenceTransformer(nn.Module):
                 raise ValueError(f"edge_index must span the T={tokens.numel()} tokens, got {pattern.num_src}x{pattern.num_dst}")
             pattern = pattern.sorted()
         sorted_edges = None if self.gates is None or pattern is None else torch.stack([pattern.col, pattern.row]).long()
-        x = self.dropout(self.embed(tokens) + self.pos_embed(pos))
+        embedded = self.embed(tokens)
+        x = self.dropout(embedded + self.pos_embed(pos).to(embedded.dtype))
         for i, layer in enumerate(self.layers):
             gate = self.gates[i](sorted_edges, pos) if self.gates is not None else None
             x = layer(x, pattern, batch, edge_gate=gate)

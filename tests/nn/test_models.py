@@ -471,3 +471,40 @@ def test_sequence_gate_penalty_over_an_edge_index_or_its_pattern():
     torch.testing.assert_close(model.gate_penalty(edge_index, pos), expected)
     torch.testing.assert_close(model.gate_penalty(CSRPattern.from_edge_index(edge_index, 12), pos), expected)
     assert float(SequenceTransformer(20, 3, dim=16, depth=1, heads=2, max_length=64).gate_penalty(edge_index, pos)) == 0.0
+
+
+def test_knn_attention_takes_an_empty_input_and_refuses_a_non_int_k():
+    from graph_sparse_attn.nn import KNNAttention
+
+    assert KNNAttention(8, 2, 3)(torch.randn(0, 8)).shape == (0, 8)
+    model = SequenceTransformer(10, 3, dim=8, depth=1, heads=2, knn=2)
+    assert model(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)).shape == (0, 3)
+    for k, error in [(True, TypeError), (2.5, TypeError), (None, TypeError), (0, ValueError)]:
+        with pytest.raises(error, match="k must"):
+            KNNAttention(8, 2, k)
+
+
+def test_sinusoidal_sequence_transformer_runs_in_bfloat16():
+    torch.manual_seed(0)
+    model = SequenceTransformer(10, 3, dim=8, depth=1, heads=2, position="sinusoidal").eval()
+    tokens, batch = torch.randint(0, 10, (300,)), torch.zeros(300, dtype=torch.long)
+    positions = model.pos_embed(torch.arange(300))
+    half = model.bfloat16()
+    # Frequencies and angles stay float32: positions are not blurred by bfloat16.
+    torch.testing.assert_close(half.pos_embed(torch.arange(300)), positions, atol=0, rtol=0)
+    assert half(tokens, batch).dtype == torch.bfloat16
+
+
+def test_transformer_layer_resets_a_local_branch_without_reset_parameters():
+    class Local(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, h, edge_index, edge_attr):
+            return self.lin(h)
+
+    layer = SparseTransformerLayer(8, 2, local=Local())
+    torch.nn.init.zeros_(layer.local.lin.weight)
+    layer.reset_parameters()
+    assert layer.local.lin.weight.abs().sum() > 0
