@@ -98,6 +98,19 @@ def test_knn_wide_key_ranges(k):
     assert as_pairs(knn(query, key, k, batch=batch, key_batch=key_batch, metric="l2", chunk_size=16)) == expected
 
 
+@pytest.mark.parametrize("separate_key", [False, True])
+def test_knn_l2_is_exact_for_float32_features_with_a_large_offset(separate_key):
+    # Segments far apart, each clustered tightly: the expansion 2 q.k - ||k||^2 of uncentred
+    # float32 features cancels to noise here (0.2 % of self-neighbours found, stop 31).
+    batch = batch_from_lengths([40, 60])
+    offsets = torch.tensor([1000.0, -3000.0])[batch].unsqueeze(1)
+    query = (offsets + 0.1 * features(100, seed=6)).float()
+    key = (offsets + 0.1 * features(100, seed=7)).float() if separate_key else None
+    expected = reference_knn(query.double(), (query if key is None else key).double(), 5, "l2", batch, batch)
+    edge_index = knn(query, key, 5, batch=batch, key_batch=batch if separate_key else None, metric="l2")
+    assert as_pairs(edge_index) == expected
+
+
 def test_knn_identical_for_all_chunk_sizes():
     batch = batch_from_lengths([40, 3, 0, 90, 17, 50])
     query = features(len(batch), dim=8, seed=8).float()
