@@ -185,10 +185,7 @@ def positional_encoding(kind: str, dim: int) -> Callable[[Any], Any]:
     """
     from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
 
-    if kind not in PE_KINDS:
-        raise ValueError(f"pe kind must be one of {PE_KINDS}, got {kind!r}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"pe dim must be a positive int, got {dim!r}")
+    _check_pe(kind, dim)
 
     def encode(data):
         data = data.clone()
@@ -196,7 +193,14 @@ def positional_encoding(kind: str, dim: int) -> Callable[[Any], Any]:
             data = AddRandomWalkPE(dim, attr_name="pe")(data)
         else:
             k = min(dim, data.num_nodes - 1)  # a graph of N nodes has N - 1 non-trivial eigenvectors
-            data = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True)(data)
+            options = {}
+            if data.num_nodes >= AddLaplacianEigenvectorPE.SPARSE_THRESHOLD:
+                # From this size PyG runs ARPACK, which starts from a random vector of its own RNG:
+                # start it from torch's (seeded) instead, so the encoding repeats. ARPACK finds at
+                # most N - 2 eigenvectors besides the trivial one.
+                k = min(k, data.num_nodes - 2)
+                options["v0"] = torch.rand(data.num_nodes, dtype=torch.float64).numpy()
+            data = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True, **options)(data)
         data.pe = torch.nn.functional.pad(data.pe.float(), (0, dim - data.pe.size(1)))
         return data
 
@@ -233,12 +237,20 @@ def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int, cache_dir: Optio
     return graphs
 
 
+def _check_pe(kind: str, dim: int) -> None:
+    if kind not in PE_KINDS:
+        raise ValueError(f"pe kind must be one of {PE_KINDS}, got {kind!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"pe dim must be a positive int, got {dim!r}")
+
+
 def _pe_spec(pe: Optional[Sequence]) -> Optional[Tuple[str, int]]:
     if pe is None:
         return None
     if isinstance(pe, str) or len(pe) != 2:
         raise ValueError(f"pe must be (kind, dim), e.g. ('rwse', 20), got {pe!r}")
-    return str(pe[0]), int(pe[1])
+    _check_pe(*pe)
+    return tuple(pe)
 
 
 def planetoid(name: str, root: Path, *, seed: int) -> NodeData:
