@@ -13,7 +13,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..ops.pattern import check_edge_index
-from ..patterns._utils import check_generator, check_size
+from ..patterns._utils import check_flag, check_generator, check_size
 
 # In-degree, in multiples of the fanout, above which a node is sampled by Floyd's algorithm
 # (O(fanout²) per node) rather than by sorting random keys of all its in-edges.
@@ -87,9 +87,9 @@ class NeighborSampler:
     ) -> None:
         self.num_nodes = check_size(num_nodes, "num_nodes")
         edge_index = check_edge_index(edge_index, self.num_nodes, self.num_nodes)
-        self.num_neighbors = _check_num_neighbors(num_neighbors)
+        self.num_neighbors = check_num_neighbors(num_neighbors)
         self.batch_size = check_size(batch_size, "batch_size", minimum=1)
-        self.shuffle = bool(shuffle)
+        self.shuffle = check_flag(shuffle, "shuffle")
         check_generator(generator)
         self.generator = generator
         self.device = edge_index.device
@@ -121,7 +121,8 @@ class NeighborSampler:
         After `load_state_dict` of a state taken inside an epoch, the epoch continues from there.
         """
         rng = self._rng()
-        resume_at, resumed_state = self._position, None
+        # A state saved after an epoch's last batch resumes into the next epoch, afresh.
+        resume_at, resumed_state = (self._position if self._position < len(self) else 0), None
         if resume_at:  # redraw the interrupted epoch's seed order, then continue its draws
             resumed_state = rng.get_state()
             rng.set_state(self._epoch_start)
@@ -134,7 +135,8 @@ class NeighborSampler:
         if resumed_state is not None:
             rng.set_state(resumed_state)
         try:
-            for index, batch_seeds in enumerate(seeds.split(self.batch_size)):
+            # (split of an empty tensor gives one empty chunk: no input nodes, no batches)
+            for index, batch_seeds in enumerate(seeds.split(self.batch_size) if seeds.numel() else ()):
                 if index >= resume_at:
                     self._position = index + 1
                     yield self._sample(batch_seeds)
@@ -279,7 +281,8 @@ def _concat_ranges(start: Tensor, length: Tensor) -> tuple[Tensor, Tensor, Tenso
     return start.index_select(0, segment) + rank, segment, rank
 
 
-def _check_num_neighbors(num_neighbors: Sequence[int]) -> List[int]:
+def check_num_neighbors(num_neighbors: Sequence[int]) -> List[int]:
+    """``num_neighbors`` as a list of fanouts per hop, each ``>= 0`` or ``-1`` (all neighbours)."""
     if isinstance(num_neighbors, (int, Tensor)) or not isinstance(num_neighbors, Sequence):
         raise TypeError(f"num_neighbors must be a list of ints (fanout per hop), got {type(num_neighbors).__name__}")
     return [check_size(fanout, "num_neighbors", minimum=-1) for fanout in num_neighbors]

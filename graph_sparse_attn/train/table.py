@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data import benchmarks
 from ..data.benchmarks import Metric
+from ..data.sampling import check_num_neighbors
 
 KINDS = {"sequence": "sequence classification", "graph": "graph property prediction", "node": "node classification"}
 
@@ -190,14 +191,12 @@ def parse_pe(text: str) -> Optional[list]:
 
 
 def parse_fanouts(text: str) -> list:
-    """``"15,10"`` → ``[15, 10]``: neighbours sampled per hop, each positive or -1 (all)."""
+    """``"15,10"`` → ``[15, 10]``: neighbours sampled per hop (`NeighborSampler`'s ``num_neighbors``)."""
     try:
         fanouts = [int(value) for value in text.split(",")]
     except ValueError:
-        raise ValueError(f"fanouts must be comma-separated integers, got {text!r}") from None
-    if any(fanout == 0 or fanout < -1 for fanout in fanouts):
-        raise ValueError(f"fanouts must be positive or -1, got {text!r}")
-    return fanouts
+        raise ValueError(f"num_neighbors must be comma-separated integers, got {text!r}") from None
+    return check_num_neighbors(fanouts)
 
 
 def resolve_config(name: str, options: Mapping[str, Any]):
@@ -218,6 +217,8 @@ def resolve_config(name: str, options: Mapping[str, Any]):
         values["pe"] = parse_pe(values["pe"])
     if isinstance(values.get("num_neighbors"), str):
         values["num_neighbors"] = parse_fanouts(values["num_neighbors"])
+    elif values.get("num_neighbors") is not None:
+        values["num_neighbors"] = check_num_neighbors(values["num_neighbors"])
     if values.get("imdb_path") is not None:
         values["imdb_path"] = str(Path(values["imdb_path"]).resolve())
     if values["run_dir"] is None:

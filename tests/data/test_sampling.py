@@ -252,6 +252,7 @@ def test_seed_outputs_match_full_graph_gnn():
         (dict(y=torch.zeros(11)), ValueError, "y"),
         (dict(edge_attr=torch.zeros(3, 1)), ValueError, "edge_attr"),
         (dict(num_nodes=-1), ValueError, "num_nodes"),
+        (dict(shuffle="no"), TypeError, "shuffle"),
     ],
 )
 def test_bad_inputs_raise_naming_the_argument(kwargs, error, argument):
@@ -309,3 +310,30 @@ def test_state_dict_without_an_explicit_generator_uses_torch_s_default_one():
     torch.manual_seed(123)  # whatever happened since, the state restores the draws
     sampler.load_state_dict(state)
     assert batches_as_lists(sampler) == rest
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_state_saved_after_an_epoch_s_last_batch_resumes_into_the_next_epoch(shuffle):
+    edge_index = random_graph(50, 400, seed=3)
+
+    def sampler():
+        return NeighborSampler(edge_index, 50, [4, 2], batch_size=7, shuffle=shuffle, generator=torch.Generator().manual_seed(11))
+
+    reference = sampler()
+    expected = [batches_as_lists(reference) for _ in range(2)]
+    interrupted = sampler()
+    first_epoch = []
+    for batch in interrupted:
+        first_epoch.append(batch)
+        state = interrupted.state_dict()  # inside the loop, after the last batch too
+    assert state["position"] == len(interrupted)
+    resumed = sampler()
+    resumed.load_state_dict(state)
+    assert [batches_as_lists(first_epoch), batches_as_lists(resumed)] == expected
+
+
+def test_no_input_nodes_means_no_batches():
+    edge_index = random_graph(30, 200, seed=1)
+    sampler = NeighborSampler(edge_index, 30, [2], input_nodes=torch.zeros(30, dtype=torch.bool))
+    assert len(sampler) == 0 and list(sampler) == []
+    assert list(NeighborSampler(torch.empty(2, 0, dtype=torch.long), 0, [2])) == []
