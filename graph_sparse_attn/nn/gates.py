@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..patterns._utils import check_flag, check_size
+
 # Hard-concrete stretch interval and temperature (Louizos et al. 2018).
 _GAMMA, _ZETA, _BETA = -0.1, 1.1, 2.0 / 3.0
 
@@ -50,9 +52,11 @@ def l1_penalty(gate: Tensor) -> Tensor:
 class _Gate(nn.Module):
     def __init__(self, hard_concrete: bool, init: float) -> None:
         super().__init__()
+        if isinstance(init, bool) or not isinstance(init, (int, float)):
+            raise TypeError(f"init must be a float in (0, 1), got {type(init).__name__}")
         if not 0.0 < init < 1.0:  # NaN fails this too
             raise ValueError(f"init must be in (0, 1), got {init}")
-        self.hard_concrete, self.init = hard_concrete, init
+        self.hard_concrete, self.init = check_flag(hard_concrete, "hard_concrete"), init
 
     @property
     def init_logit(self) -> float:
@@ -82,9 +86,7 @@ class EdgeGate(_Gate):
 
     def __init__(self, num_edges: int, heads: int = 1, *, init: float = 0.9, hard_concrete: bool = False) -> None:
         super().__init__(hard_concrete, init)
-        if num_edges < 0 or heads <= 0:
-            raise ValueError(f"num_edges must be >= 0 and heads > 0, got {num_edges} and {heads}")
-        self.num_edges, self.heads = num_edges, heads
+        self.num_edges, self.heads = check_size(num_edges, "num_edges"), check_size(heads, "heads", minimum=1)
         self.weight = nn.Parameter(torch.empty(num_edges, heads))
         self.reset_parameters()
 
@@ -139,8 +141,8 @@ class RelativePositionGate(_Gate):
         self, heads: int = 1, *, num_buckets: int = 64, max_distance: int = 1024, init: float = 0.9, hard_concrete: bool = False
     ) -> None:
         super().__init__(hard_concrete, init)
-        if heads <= 0:
-            raise ValueError(f"heads must be positive, got {heads}")
+        heads = check_size(heads, "heads", minimum=1)
+        num_buckets, max_distance = check_size(num_buckets, "num_buckets"), check_size(max_distance, "max_distance")
         if num_buckets < 4 or num_buckets % 2:
             raise ValueError(f"num_buckets must be an even number >= 4, got {num_buckets}")
         if max_distance <= num_buckets // 4:
@@ -154,6 +156,10 @@ class RelativePositionGate(_Gate):
 
     def bucket(self, edge_index: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """``[E]`` bucket of each edge's offset ``pos[i] − pos[j]``."""
+        if not isinstance(edge_index, Tensor) or edge_index.is_floating_point() or edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"edge_index must be an integer tensor [2, E], got {edge_index!r:.60}")
+        if positions is not None and (not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dim() != 1):
+            raise ValueError(f"positions must be an integer tensor [N], got {positions!r:.60}")
         src, dst = edge_index
         offset = dst - src if positions is None else positions[dst] - positions[src]
         return relative_position_bucket(offset, self.num_buckets, self.max_distance)
@@ -188,9 +194,8 @@ class MLPGate(_Gate):
 
     def __init__(self, edge_dim: int, heads: int = 1, *, hidden_channels: int = 32, init: float = 0.9, hard_concrete: bool = False) -> None:
         super().__init__(hard_concrete, init)
-        if edge_dim <= 0 or heads <= 0 or hidden_channels <= 0:
-            raise ValueError(f"edge_dim, heads and hidden_channels must be positive, got {edge_dim}, {heads}, {hidden_channels}")
-        self.edge_dim, self.heads = edge_dim, heads
+        self.edge_dim, self.heads = check_size(edge_dim, "edge_dim", minimum=1), check_size(heads, "heads", minimum=1)
+        hidden_channels = check_size(hidden_channels, "hidden_channels", minimum=1)
         self.mlp = nn.Sequential(nn.Linear(edge_dim, hidden_channels), nn.GELU(), nn.Linear(hidden_channels, heads))
         self.reset_parameters()
 
@@ -200,6 +205,8 @@ class MLPGate(_Gate):
         nn.init.constant_(self.mlp[2].bias, self.init_logit)
 
     def logits(self, edge_attr: Tensor) -> Tensor:
+        if not isinstance(edge_attr, Tensor) or not edge_attr.is_floating_point():
+            raise TypeError(f"edge_attr must be a floating-point tensor [E, {self.edge_dim}], got {getattr(edge_attr, 'dtype', type(edge_attr).__name__)}")
         if edge_attr.dim() != 2 or edge_attr.size(1) != self.edge_dim:
             raise ValueError(f"edge_attr must have shape [E, {self.edge_dim}], got {list(edge_attr.shape)}")
         return self.mlp(edge_attr)

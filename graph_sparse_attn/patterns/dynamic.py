@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import check_batch, check_size
+from ._utils import check_batch, check_flag, check_generator, check_size
 
 METRICS = ("dot", "cosine", "l2")
 
@@ -164,6 +164,7 @@ def knn(
         raise TypeError("k is required: knn(query, key=None, k=...)")
     k = check_size(k, "k", minimum=1)
     chunk_size = check_size(chunk_size, "chunk_size", minimum=1)
+    check_flag(loop, "loop")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     device = query.device
@@ -276,6 +277,7 @@ def lsh_buckets(
     if num_buckets % 2:
         raise ValueError(f"num_buckets must be even (buckets come in ±rotation pairs), got {num_buckets}")
     num_hashes = check_size(num_hashes, "num_hashes", minimum=1)
+    check_generator(generator)
     half = num_buckets // 2
     rotations = torch.randn(
         (num_hashes, query.size(1), half), generator=generator, dtype=torch.float32, device=query.device
@@ -347,6 +349,7 @@ def lsh_knn(
         k = check_size(k, "k", minimum=1)
     num_hashes = check_size(num_hashes, "num_hashes", minimum=1)
     chunk_size = check_size(chunk_size, "chunk_size", minimum=1)
+    check_flag(loop, "loop")
     num_nodes, device = query.size(0), query.device
     if batch is not None:
         batch = check_batch(batch, num_nodes, "batch", device)

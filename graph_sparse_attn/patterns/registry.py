@@ -72,7 +72,9 @@ def build_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, 
 
 def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
     """Parse ``"name:key=value,key=value"`` (values: ints, floats, ``true``/``false``, ``a+b`` lists of ints)
-    and check it (:func:`check_pattern`); every refusal is a ``ValueError``."""
+    and check it (:func:`check_pattern`); every refusal is a ``ValueError`` (a non-string spec: ``TypeError``)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"pattern spec must be a string like 'window:window=64', got {type(spec).__name__}")
     name, _, rest = spec.partition(":")
     if name not in POSITIONAL_PATTERNS:
         raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
@@ -81,7 +83,11 @@ def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"pattern parameter {item!r} must look like key=value")
-        key, parsed = key.strip(), _parse_value(value.strip())
+        key = key.strip()
+        try:
+            parsed = _parse_value(value.strip())
+        except ValueError as error:
+            raise ValueError(f"pattern parameter {key!r} of {spec!r}: {error}") from None
         if key in params:
             raise ValueError(f"pattern parameter {key!r} is given twice in {spec!r}")
         params[key] = [parsed] if key.endswith("indices") and isinstance(parsed, int) else parsed

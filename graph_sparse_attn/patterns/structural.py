@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..ops.pattern import check_edge_index
-from ._utils import Device, check_batch, check_generator, check_size, resolve_device, rows_to_edge_index, runs_to_edge_index
+from ._utils import Device, check_batch, check_flag, check_generator, check_size, resolve_device, rows_to_edge_index, runs_to_edge_index
 from .combine import sort_and_dedup
 
 
@@ -34,6 +34,7 @@ def graph_edges(edge_index: Tensor, num_nodes: int, *, self_loops: bool = False)
     r"""The graph's own edges as a pattern: a sorted, deduplicated copy of ``edge_index [2, E]``,
     plus every self loop :math:`i \to i` when ``self_loops``."""
     num_nodes = check_size(num_nodes, "num_nodes")
+    check_flag(self_loops, "self_loops")
     edge_index = check_edge_index(edge_index, num_nodes, num_nodes)
     if self_loops:
         loops = torch.arange(num_nodes, device=edge_index.device).repeat(2, 1)
@@ -64,6 +65,7 @@ def k_hop(edge_index: Tensor, k: int, num_nodes: int, *, self_loops: bool = True
     """
     k = check_size(k, "k")
     num_nodes = check_size(num_nodes, "num_nodes")
+    check_flag(self_loops, "self_loops")
     adjacency = sort_and_dedup(check_edge_index(edge_index, num_nodes, num_nodes), num_nodes)
     device = adjacency.device
     parts = [adjacency] if k else []
@@ -155,9 +157,12 @@ def expander_from_permutations(permutations: Sequence[Tensor], num_nodes: int, *
     """
     num_nodes = check_size(num_nodes, "num_nodes")
     device = resolve_device(permutations[0] if permutations else None, device, "permutations")
-    if any(order.shape != (num_nodes,) or order.dtype != torch.long for order in permutations):
-        raise ValueError(f"permutations must be LongTensors [num_nodes]=[{num_nodes}]")
     node = torch.arange(num_nodes, device=device)
+    for order in permutations:
+        if order.shape != (num_nodes,) or order.dtype != torch.long:
+            raise ValueError(f"permutations must be LongTensors [num_nodes]=[{num_nodes}]")
+        if not torch.equal(order.sort().values, node):  # one host sync per permutation
+            raise ValueError(f"permutations must each hold 0 .. num_nodes - 1 = {num_nodes - 1} once")
     sources = []
     for order in permutations:
         inverse = torch.empty_like(order)

@@ -232,3 +232,25 @@ def test_relative_gate_learns_the_right_offset_and_prunes_to_it():
         tokens, target, valid = sample()  # held-back samples
         accuracy = (model(tokens, pruned, positions, use_gate=False).argmax(-1) == target)[valid].float().mean()
         assert accuracy >= 0.95, f"accuracy on the pruned pattern {accuracy:.3f}"
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: EdgeGate(3.5), TypeError, "num_edges must be an int"),
+        (lambda: EdgeGate(True), TypeError, "num_edges must be an int"),
+        (lambda: EdgeGate(3, init="0.5"), TypeError, "init must be a float"),
+        (lambda: EdgeGate(3, hard_concrete="false"), TypeError, "hard_concrete must be a bool"),
+        (lambda: RelativePositionGate(1, num_buckets=8.0), TypeError, "num_buckets must be an int"),
+        (lambda: MLPGate(4, hidden_channels=0), ValueError, "hidden_channels must be >= 1"),
+        (lambda: RelativePositionGate(1)(torch.zeros(5, 2, dtype=torch.long)), ValueError, "edge_index must be an integer tensor"),
+        (lambda: RelativePositionGate(1)(torch.zeros(2, 3)), ValueError, "edge_index must be an integer tensor"),
+        (lambda: RelativePositionGate(1)(torch.zeros(2, 3, dtype=torch.long), torch.tensor([[0, 1], [2, 3]])), ValueError, "positions"),
+        (lambda: RelativePositionGate(1)(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0.0, 1.0])), ValueError, "positions"),
+        (lambda: MLPGate(4)(torch.ones(3, 4, dtype=torch.long)), TypeError, "edge_attr must be a floating-point tensor"),
+        (lambda: MLPGate(4)([[0.0] * 4]), TypeError, "edge_attr must be a floating-point tensor"),
+    ],
+)
+def test_bad_gate_arguments_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -159,6 +159,8 @@ def test_knn_empty_inputs():
 
 def test_knn_bad_inputs():
     query = features(10)
+    with pytest.raises(TypeError, match="loop must be a bool"):
+        knn(query, None, 2, loop="no")
     with pytest.raises(ValueError, match="query"):
         knn(query[0], None, 2)
     with pytest.raises(TypeError, match="query"):
@@ -306,6 +308,10 @@ def test_lsh_knn_recall_on_clusters():
 
 def test_lsh_bad_inputs():
     query = features(10)
+    with pytest.raises(TypeError, match="loop must be a bool"):
+        lsh_knn(query, 2, loop="no")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        lsh_buckets(query, 2, generator=3)
     with pytest.raises(ValueError, match="even"):
         lsh_knn(query, 2, num_buckets=5)
     with pytest.raises(ValueError, match="num_buckets"):

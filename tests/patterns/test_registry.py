@@ -28,6 +28,14 @@ def test_bad_specs_are_refused(spec, match):
         parse_pattern(spec)
 
 
+def test_unreadable_values_name_their_key_and_non_strings_are_type_errors():
+    with pytest.raises(ValueError, match="pattern parameter 'window' of 'window:window=abc': cannot read"):
+        parse_pattern("window:window=abc")
+    for spec in (None, 5):
+        with pytest.raises(TypeError, match="pattern spec must be a string"):
+            parse_pattern(spec)
+
+
 def test_build_pattern_refuses_unknown_names_and_parameters():
     with pytest.raises(ValueError, match="unknown pattern"):
         build_pattern("spiral", 4)

@@ -3,7 +3,7 @@ import networkx as nx
 import pytest
 import torch
 
-from graph_sparse_attn.patterns.structural import VirtualNodes, add_virtual_nodes, expander, graph_edges, k_hop
+from graph_sparse_attn.patterns.structural import VirtualNodes, add_virtual_nodes, expander, expander_from_permutations, graph_edges, k_hop
 
 
 def batch_from_lengths(lengths):
@@ -141,6 +141,11 @@ def test_add_virtual_nodes_matches_loops(lengths, num_virtual, with_edges):
         (lambda: add_virtual_nodes(3, 1, batch=torch.tensor([0, 1])), ValueError, "batch must have shape"),
         (lambda: add_virtual_nodes(3, 1, edge_index=[[0], [1]]), TypeError, "edge_index must be a Tensor"),
         (lambda: expander(4, 2, generator="x"), TypeError, "generator must be a torch.Generator"),
+        (lambda: k_hop(torch.tensor([[0], [1]]), 2, 3, self_loops="no"), TypeError, "self_loops must be a bool"),
+        (lambda: graph_edges(torch.tensor([[0], [1]]), 3, self_loops="no"), TypeError, "self_loops must be a bool"),
+        (lambda: expander_from_permutations([torch.tensor([3, 3, 3, 3])], 4), ValueError, "permutations must each hold"),
+        (lambda: expander_from_permutations([torch.tensor([0, 1, 2, -1])], 4), ValueError, "permutations must each hold"),
+        (lambda: expander_from_permutations([torch.tensor([0, 1, 2, 7])], 4), ValueError, "permutations must each hold"),
     ],
 )
 def test_bad_input_raises(call, error, match):
