@@ -37,7 +37,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from .ops.pattern import check_edge_index
-from .patterns._utils import check_batch
+from .patterns._utils import check_batch, check_flag, check_size
 from .patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 from .patterns.structural import add_virtual_nodes, expander_from_permutations, k_hop
 
@@ -304,8 +304,10 @@ def positional_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = N
     as :class:`AddPositionalPattern` draws them. With ``seed_per_graph``, each sequence is drawn
     from a generator freshly seeded with it instead (repeatable, independent of the batch).
     """
-    if seed_per_graph is not None and generator is not None:
-        raise ValueError("give generator or seed_per_graph, not both")
+    if seed_per_graph is not None:
+        check_size(seed_per_graph, "seed_per_graph")
+        if generator is not None:
+            raise ValueError("give generator or seed_per_graph, not both")
     if name not in RANDOM_PATTERNS or (batch is None and seed_per_graph is None):
         extra = {} if name not in RANDOM_PATTERNS else {"generator": generator}
         return build_pattern(name, num_nodes, batch=batch, **params, **extra)
@@ -359,7 +361,7 @@ class AddGraphPattern(_GraphTransform):
     self loops (``SELF_LOOP``). Deterministic: use it as ``pre_transform``."""
 
     def __init__(self, self_loops: bool = True) -> None:
-        self.self_loops = self_loops
+        self.self_loops = check_flag(self_loops, "self_loops")
 
     def forward(self, data: Data) -> AttentionData:
         edge_index = self._edge_index(data)
@@ -421,6 +423,9 @@ class AddExpanderPattern(BaseTransform):
             raise ValueError(f"degree must be an even non-negative int, got {degree!r}")
         if seed is not None and seed_per_graph is not None:
             raise ValueError("give seed or seed_per_graph, not both")
+        for name, value in (("seed", seed), ("seed_per_graph", seed_per_graph)):
+            if value is not None:
+                check_size(value, name)
         self.degree, self.seed, self.seed_per_graph = degree, seed, seed_per_graph
         self._generator: Optional[torch.Generator] = None
         self._worker_seed: Optional[int] = None

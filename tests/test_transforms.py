@@ -198,6 +198,11 @@ def test_transform_errors():
         AddVirtualNodes(1)(AddVirtualNodes(1)(molecule(4, 0)))
     with pytest.raises(ValueError, match="needs data.edge_index"):
         AddGraphPattern()(Data(num_nodes=3))
+    with pytest.raises(TypeError, match="self_loops must be a bool"):  # "no" is truthy
+        AddGraphPattern(self_loops="no")
+    for kwargs, error in (({"seed": "x"}, TypeError), ({"seed_per_graph": 1.5}, TypeError), ({"seed_per_graph": -1}, ValueError)):
+        with pytest.raises(error, match=next(iter(kwargs))):
+            AddExpanderPattern(**kwargs)
     with pytest.raises(ValueError, match="unknown pattern"):
         AddPositionalPattern("nope")
     with pytest.raises(ValueError, match="has no attn_type"):

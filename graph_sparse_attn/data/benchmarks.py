@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..patterns._utils import check_size
+
 Scorer = Callable[[Tensor, Tensor], float]
 
 
@@ -126,6 +128,8 @@ def imdb(name: str, root: Path, *, seed: int, max_length: int, imdb_path: Option
     """
     from . import imdb as im
 
+    if num_train is not None:
+        check_size(num_train, "num_train")
     path = Path(imdb_path) if imdb_path else Path(root) / "aclImdb"
     train = im.load_imdb(path, "train", max_length=max_length)
     holdout = set(range(0, len(train), 10))

@@ -81,7 +81,7 @@ class SequenceGraphCollator:
         self._pattern = pattern
         self._pattern_params = copy.deepcopy(pattern_params if pattern_params is not None else {"window": 64, "global_indices": [0]})
         check_pattern(pattern, self._pattern_params)
-        self.cls_token = cls_token
+        self.cls_token = None if cls_token is None else check_size(cls_token, "cls_token")
         check_generator(generator)
         self.generator = generator
         # Bounded in bytes, not entries: every length up to LRA Text's 4,096 bytes would hold about
@@ -124,8 +124,8 @@ class SequenceGraphCollator:
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         data_list = []
         for tokens, label in samples:
-            if not isinstance(tokens, Tensor):  # a plain list of token ids
-                tokens = torch.as_tensor(tokens, dtype=torch.long)
+            if not isinstance(tokens, Tensor):  # a plain list of token ids (floats stay floats, and are refused)
+                tokens = torch.as_tensor(tokens) if len(tokens) else torch.empty(0, dtype=torch.long)
             if tokens.dim() != 1 or tokens.dtype != torch.long:
                 raise TypeError(f"tokens must be LongTensors [L], got {tokens.dtype} {list(tokens.shape)}")
             if self.cls_token is not None:

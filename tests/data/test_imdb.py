@@ -140,6 +140,11 @@ def test_argument_errors(synthetic_folder, tmp_path):
         load_imdb(synthetic_folder, "train", max_length=0)
     with pytest.raises(TypeError, match="max_length"):
         load_imdb(synthetic_folder, "train", max_length=4.5)
+    from graph_sparse_attn.data.benchmarks import imdb as imdb_task
+
+    for num_train, error in ((-5, ValueError), (True, TypeError), (2.5, TypeError)):
+        with pytest.raises(error, match="num_train"):  # -5 used to drop 5 reviews silently
+            imdb_task("imdb", tmp_path, seed=0, max_length=16, imdb_path=synthetic_folder, num_train=num_train)
 
 
 def test_byte_codec():

@@ -86,6 +86,12 @@ def test_bad_inputs_are_named():
         SequenceGraphCollator("window", {"window": 1}, cache_bytes=-1)
     with pytest.raises(TypeError, match="cache_bytes"):
         SequenceGraphCollator("window", {"window": 1}, cache_bytes=1.5)
+    with pytest.raises(TypeError, match="tokens"):  # a list of floats is not cast to ids
+        SequenceGraphCollator("window", {"window": 1})([([1.5, 2.0], 0)])
+    for cls_token, error in ((1.5, TypeError), (-1, ValueError), ("a", TypeError)):
+        with pytest.raises(error, match="cls_token"):
+            SequenceGraphCollator("window", {"window": 1}, cls_token=cls_token)
+    assert SequenceGraphCollator("window", {"window": 1})([([], 0), ([3, 4], 1)]).x.tolist() == [3, 4]
 
 
 def test_packed_sequences_refuse_offsets_that_do_not_tile_the_tokens():
