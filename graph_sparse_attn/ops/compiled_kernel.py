@@ -386,6 +386,7 @@ class _AttentionWithEdgeValues(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward kernels build no graph: refuse double backward
     def backward(ctx, grad_out):
         q, k, v, ev, out, lse, keep = ctx.saved_tensors
         dq, dk, dv, _, dev = _backward(grad_out, q, k, v, out, lse, ctx.pattern, None, None, keep, False, ev)

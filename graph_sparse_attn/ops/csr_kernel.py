@@ -51,7 +51,7 @@ def _sddmm_gather(pattern: CSRPattern, a: Tensor, b: Tensor) -> Tensor:
     # sampled_addmm is defined on a sparsity *set*; repeated (i, j) pairs fall outside its
     # contract, so those patterns gather in bounded chunks (never a full [E, H, D] tensor).
     out = a.new_empty(a.size(1), pattern.num_edges)
-    chunk = max(1, _GATHER_CHUNK_ELEMENTS // (a.size(1) * a.size(2)))
+    chunk = max(1, _GATHER_CHUNK_ELEMENTS // max(1, a.size(1) * a.size(2)))
     for start in range(0, pattern.num_edges, chunk):
         rows = pattern.row[start : start + chunk]
         cols = pattern.col[start : start + chunk]

@@ -136,9 +136,17 @@ def edge_feature_attention(
     """
     edge_attr_sorted = None
     if edge_weight is not None:
+        if not isinstance(edge_weight, Tensor) or edge_weight.dim() != 3 or edge_weight.shape[:2] != query.shape[1:]:
+            raise ValueError(f"edge_weight must be a tensor [H, C, F] with [H, C]={list(query.shape[1:])} like query, "
+                             f"got {list(edge_weight.shape) if isinstance(edge_weight, Tensor) else type(edge_weight).__name__}")
         heads, channels, edge_dim = edge_weight.shape
         if edge_attr is None:
             raise ValueError(f"edge_attr [E, {edge_dim}] is required because the layer has edge features (edge_dim={edge_dim})")
+        if not isinstance(edge_attr, Tensor) or not edge_attr.is_floating_point():
+            raise TypeError(f"edge_attr must be a floating-point tensor [E, {edge_dim}], got "
+                            f"{edge_attr.dtype if isinstance(edge_attr, Tensor) else type(edge_attr).__name__}")
+        if edge_attr.dtype != edge_weight.dtype:
+            raise TypeError(f"edge_attr must have edge_weight's dtype {edge_weight.dtype}, got {edge_attr.dtype}")
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.unsqueeze(-1)
         num_edges = edges.num_edges if isinstance(edges, CSRPattern) else _edge_count(edges)

@@ -135,6 +135,18 @@ def _reduce_heads(grad: Tensor, like: Tensor) -> Tensor:
 torch.library.register_autograd("graph_sparse_attn::attention", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "sparse_attention: the fused backends (csr, compiled, triton) differentiate once; for higher-order "
+        "gradients (create_graph=True, then backward again) use backend='gather'"
+    )
+
+
+# The backward kernels build no graph: without this, a second backward through them would fail
+# with a hint to register autograd, addressed to the library rather than its user.
+torch.library.register_autograd("graph_sparse_attn::attention_backward", _no_double_backward)
+
+
 @torch.library.custom_op("graph_sparse_attn::edge_softmax", mutates_args=())
 def _edge_softmax_op(
     q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
@@ -190,6 +202,7 @@ def _edge_softmax_backward(ctx, grad_probs: Tensor):
 
 
 torch.library.register_autograd("graph_sparse_attn::edge_softmax", _edge_softmax_backward, setup_context=_setup_edge_softmax)
+torch.library.register_autograd("graph_sparse_attn::edge_softmax_backward", _no_double_backward)
 
 
 def edge_softmax(

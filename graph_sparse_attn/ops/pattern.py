@@ -132,7 +132,8 @@ class CSRPattern:
         keys = dst * max(num_src, 1) + src
         if bool((keys[1:] >= keys[:-1]).all()):  # patterns from `patterns` arrive sorted
             sorted_keys, perm = keys, None
-            col, row = src, dst
+            # Copies, as the gathers below make: the pattern must not alias the caller's edge_index.
+            col, row = src.clone(), dst.clone()
         else:
             sorted_keys, perm = torch.sort(keys, stable=True)
             col, row = src[perm], dst[perm]

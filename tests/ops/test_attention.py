@@ -389,6 +389,9 @@ def _inputs():
         (lambda a: {"dropout": "0.1"}, TypeError, "dropout must be a float"),
         (lambda a: {"query": torch.randn(4, 2, 0), "key": torch.randn(5, 2, 0)}, ValueError, "head dimension D = 0"),
         (lambda a: {"edge_index": CSRPattern.from_edge_index(a["edge_index"], 6)}, ValueError, "CSRPattern"),
+        (lambda a: {k: a[k].to(torch.float8_e4m3fn) for k in ("query", "key", "value")}, TypeError, "float16, bfloat16, float32 or float64"),
+        (lambda a: {"scale": float("nan")}, ValueError, "scale must be a finite float"),
+        (lambda a: {"scale": "1"}, TypeError, "scale must be a finite float"),
     ],
 )
 def test_bad_input_is_named(change, error, match, backend, attend, device):
@@ -399,6 +402,40 @@ def test_bad_input_is_named(change, error, match, backend, attend, device):
         pytest.skip("on CUDA the gate range is checked by a device-side assert (no host sync), which ends the process")
     with pytest.raises(error, match=match):
         attend(**args)
+
+
+@pytest.mark.parametrize("backend", ["csr", "compiled"])
+def test_zero_width_heads_with_repeated_pairs_give_zeros(backend):
+    # D = 0 (with an explicit scale) over a pattern with a repeated pair divided by zero in csr's chunking.
+    query, value = torch.randn(3, 2, 0), torch.randn(3, 2, 4)
+    edge_index = torch.tensor([[0, 0, 1], [1, 1, 2]])
+    out, alpha = sparse_attention(query, query, value, edge_index, scale=1.0, backend=backend, return_attention=True)
+    ref, _ = sparse_attention(query, query, value, edge_index, scale=1.0, backend="reference", return_attention=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(alpha, torch.tensor([[0.5, 0.5], [0.5, 0.5], [1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("backend", ["csr", "compiled"])
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_fused_backends_refuse_double_backward_by_name(backend, return_attention):
+    q = torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 0]])
+    result = sparse_attention(q, q, q, edge_index, backend=backend, return_attention=return_attention)
+    loss = result[1].square().sum() if return_attention else result.square().sum()
+    (grad,) = torch.autograd.grad(loss, q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate once.*backend='gather'"):
+        grad.square().sum().backward()
+
+
+def test_a_presorted_pattern_does_not_alias_the_callers_edge_index(monkeypatch):
+    from graph_sparse_attn.ops import pattern as pattern_module
+
+    # int64 indices (graphs beyond 2^31 nodes or edges) made .to() a no-op, so col/row were views.
+    monkeypatch.setattr(pattern_module, "_index_dtype", lambda *args: torch.int64)
+    edge_index = torch.tensor([[0, 1, 2], [0, 1, 2]])
+    pattern = CSRPattern.from_edge_index(edge_index, 3)
+    edge_index.fill_(2)
+    assert pattern.col.tolist() == [0, 1, 2] and pattern.row.tolist() == [0, 1, 2]
 
 
 def test_chunked_gather_scores_match_sampled_product(monkeypatch):

@@ -161,3 +161,40 @@ def test_every_backend_and_form_applies_one_dropout_mask(monkeypatch, backend, p
     kept = out.abs().sum(-1) != 0  # [N, H]
     assert 0.5 < kept.double().mean() < 0.95  # 80 heads of messages, each kept with probability 0.75
     torch.testing.assert_close(out[kept], message[kept] / 0.75)
+
+
+def test_second_order_gradients_are_exact_or_refused(monkeypatch):
+    # The compiled edge-values kernel's backward builds no graph: double backward through it used
+    # to drop the attention terms silently; it now refuses, and gather stays exact.
+    monkeypatch.setattr(edge_features, "PROJECTED_MAX_ELEMENTS", 10**9)  # the projected form, which compiled fuses
+    torch.manual_seed(0)
+    edge_index = torch.tensor([[0, 1, 2, 3, 1], [1, 2, 3, 0, 0]])
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    lin = torch.nn.Linear(6, 18, dtype=torch.float64)
+    attr, weight = torch.randn(5, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def second_order(backend):
+        q, k, v = lin(x).view(4, 3, 2, 3).unbind(1)
+        out, _ = edge_feature_attention(q, k, v, edge_index, attr, weight, backend=backend)
+        (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        return torch.autograd.grad(grad_x.square().sum(), (lin.weight, weight))
+
+    gather = second_order("gather")
+    assert all(g.abs().sum() > 0 for g in gather)
+    with pytest.raises(RuntimeError, match="differentiate"):
+        second_order("compiled")
+
+
+def test_bad_edge_weights_and_features_are_named():
+    q, k, v = torch.randn(4, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    edge_index = torch.tensor([[0, 4, 2], [1, 3, 0]])
+    cases = [
+        (dict(edge_attr=torch.randn(3, 4), edge_weight=torch.randn(2, 4)), ValueError, "edge_weight must be a tensor \\[H, C, F\\]"),
+        (dict(edge_attr=torch.randn(3, 4), edge_weight=torch.randn(3, 3, 4)), ValueError, "edge_weight must be a tensor"),
+        (dict(edge_attr=torch.randn(3, 4), edge_weight=[[0.0]]), ValueError, "edge_weight must be a tensor"),
+        (dict(edge_attr=torch.randn(3, 4, dtype=torch.float64), edge_weight=torch.randn(2, 3, 4)), TypeError, "edge_attr must have edge_weight's dtype"),
+        (dict(edge_attr=torch.ones(3, 4, dtype=torch.long), edge_weight=torch.randn(2, 3, 4)), TypeError, "edge_attr must be a floating-point"),
+    ]
+    for kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            edge_feature_attention(q, k, v, edge_index, **kwargs)
