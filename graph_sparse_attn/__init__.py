@@ -1,6 +1,8 @@
 """graph_sparse_attn: exact, memory-lean sparse attention over ``edge_index`` patterns.
 
-Layers: ``ops`` and ``patterns`` at the bottom, ``nn`` and ``data`` above them, ``train`` on top.
+Layers: ``ops`` and ``patterns`` at the bottom, ``transforms`` (pattern recipes per graph or
+sequence) above them, ``nn`` and ``data`` above that, ``train`` on top; ``io`` and ``viz`` are
+leaves any layer may use (checked by ``tests/test_layering.py``).
 """
 from . import data, nn, ops, patterns, transforms
 from .data import NeighborSampler, SequenceGraphCollator

@@ -25,7 +25,8 @@ workers. :func:`attention_pattern` (graphs) and :func:`positional_pattern` (sequ
 same patterns for a whole batch at once, random draws included; the models call them when no
 pattern is given, so both routes give identical patterns (one recipe, one home).
 
-This module sits beside ``data``: it imports ``patterns``, ``ops`` and PyG only.
+This module sits above ``patterns`` and below ``nn`` and ``data`` (both build their patterns
+here): it imports ``patterns``, ``ops`` and PyG only.
 """
 from __future__ import annotations
 
