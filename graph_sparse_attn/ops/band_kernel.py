@@ -101,6 +101,12 @@ def _dense_half_width(offset: Tensor, num_nodes: int) -> Tuple[int, float]:
     return half_width, float(counts[limit - half_width: limit + half_width + 1].sum())
 
 
+def is_band(edge_index: Tensor, num_nodes: int) -> bool:
+    """Whether ``"auto"`` would run the square pattern ``edge_index [2, E]`` on ``band`` (given no
+    per-edge bias, gate, values, dropout or returned weights): `band_layout` accepts it."""
+    return band_layout(edge_index[0], edge_index[1], num_nodes) is not None
+
+
 def band_layout(src: Tensor, dst: Tensor, num_nodes: int, min_fill: float = MIN_FILL) -> Optional[BandLayout]:
     """The layout of edges ``src[e] → dst[e]`` (int64 or int32) among ``num_nodes`` nodes, or ``None`` when the
     pattern is not a window: its dense offsets span more than ``MAX_BAND`` slots, a block would need

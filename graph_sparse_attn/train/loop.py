@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from . import distributed as dist_utils
 from ..io import atomic_save, atomic_write_text
+from ..ops.band_kernel import is_band
 from ..ops.dispatch import backend_for_steps
+from ..patterns.registry import RANDOM_PATTERNS, build_pattern
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .heap import TRIM_EVERY_STEPS, keep_large_blocks_on_heap, release_freed_heap
 from .tasks import Task
@@ -90,10 +92,6 @@ def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequenc
     return [f"{name} (saved: {show(before)}, now: {show(after)})" for name, before, after in changes]
 
 
-# Sequence patterns that are windows (with global tokens at most): `backend_for_steps` leaves them to "auto".
-WINDOW_PATTERNS = frozenset({"window", "longformer"})
-
-
 def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int:
     """The optimiser steps a run of ``config`` trains: ``epochs`` x ``steps_per_epoch``, at most ``max_steps``."""
     steps = config.epochs * steps_per_epoch
@@ -102,10 +100,21 @@ def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 
 def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int) -> str:
     """The attention backend a run of ``config`` takes: `backend_for_steps` over its `planned_steps` and
-    whether its pattern is a window."""
+    whether its sequence pattern runs on the ``band`` backend, asked of the pattern itself (built at
+    the run's longest sequence, as ``"auto"`` asks each call): a window or Longformer pattern does,
+    a dilated window does not."""
     pattern = config.model_options.get("pattern")
-    windows = pattern is not None and pattern[0] in WINDOW_PATTERNS
+    windows = False
+    if pattern is not None:
+        length = config.data_options.get("max_length", _BAND_PROBE_LENGTH)
+        name, params = pattern
+        draws = {"generator": torch.Generator().manual_seed(0)} if name in RANDOM_PATTERNS else {}
+        windows = is_band(build_pattern(name, length, **params, **draws), length)
     return backend_for_steps(config.backend, device, planned_steps(config, steps_per_epoch), windows)
+
+
+# Sequence length at which a run without a max_length has its pattern checked for the band backend.
+_BAND_PROBE_LENGTH = 2048
 
 
 def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:

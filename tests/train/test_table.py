@@ -342,3 +342,21 @@ def test_a_run_saved_before_an_option_existed_continues_with_the_value_it_ran_wi
     assert config_differences(saved, learned) == []
     sinusoidal = resolve_config("imdb", {"run_dir": str(tmp_path), "position": "sinusoidal"})
     assert config_differences(saved, sinusoidal) == ["model_options.position (saved: 'learned', now: 'sinusoidal')"]
+
+
+@pytest.mark.parametrize("pattern,band", [
+    (("window", {"window": 16}), True),
+    (("longformer", {"window": 32, "global_indices": [0]}), True),
+    (("window", {"window": 16, "dilation": 4}), False),  # named a window, but not a band: used to stay on "auto"
+    (("strided", {"stride": 8}), False),
+    (("bigbird", {"window": 3, "global_indices": [0], "num_random": 3}), False),
+])
+def test_long_runs_leave_to_auto_exactly_the_patterns_it_runs_on_band(monkeypatch, pattern, band):
+    from graph_sparse_attn.ops import dispatch
+    from graph_sparse_attn.train.loop import run_backend
+
+    monkeypatch.setattr(dispatch.kernel_module("compiled"), "available", lambda: True)
+    config = TrainConfig(task="listops", data_options={"max_length": 2000}, model_options={"pattern": pattern})
+    cpu = torch.device("cpu")
+    assert run_backend(config, cpu, dispatch.COMPILED_MIN_STEPS) == ("auto" if band else "compiled")
+    assert run_backend(config, cpu, 1) == "auto"  # short runs never compile
