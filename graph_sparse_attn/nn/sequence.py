@@ -17,6 +17,7 @@ from .gates import RelativePositionGate
 from .layers import SparseTransformerLayer
 
 DEFAULT_PATTERN = ("longformer", {"window": 64, "global_indices": [0]})
+POSITIONS = ("learned", "sinusoidal")
 
 
 def sequence_starts(batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
@@ -111,8 +112,8 @@ class SequenceTransformer(nn.Module):
         activation: str = "gelu",
     ) -> None:
         super().__init__()
-        if position not in ("learned", "sinusoidal"):
-            raise ValueError(f"position must be 'learned' or 'sinusoidal', got {position!r}")
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         sizes = {"vocab_size": vocab_size, "num_classes": num_classes, "dim": dim, "depth": depth, "heads": heads, "max_length": max_length}

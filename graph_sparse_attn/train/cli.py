@@ -14,11 +14,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..nn.layers import ACTIVATIONS
+from ..nn.graph import ATTENTION_PATTERNS
+from ..nn.layers import ACTIVATIONS, NORMS
+from ..nn.sequence import POSITIONS
 from ..ops.dispatch import COMPILED_MIN_STEPS, KERNEL_BACKENDS, check_backend_runs_on
-from .distributed import local_device
-from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, UnknownTask, find_task, load_config_file,
-                    parse_fanouts, parse_pattern, parse_pe, shipped_configs)
+from ..patterns.registry import POSITIONAL_PATTERNS
+from .checkpoint import load_checkpoint
+from .distributed import cleanup, local_device
+from .loop import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, config_differences
+from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, find_task, load_config_file, make_task,
+                    parse_fanouts, parse_pattern, parse_pe, resolve_config, shipped_configs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,15 +89,11 @@ _probability = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 
 def _pattern_names() -> str:
-    from ..patterns.registry import POSITIONAL_PATTERNS
-
     aliases = ", ".join(f"{alias} = {name}" for alias, name in PATTERN_ALIASES.items())
     return f"{', '.join(sorted(POSITIONAL_PATTERNS))} ({aliases})"
 
 
 def _attention_choices() -> Tuple[str, ...]:
-    from ..nn.graph import ATTENTION_PATTERNS
-
     return tuple(ATTENTION_PATTERNS)
 
 
@@ -125,20 +126,20 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
                               help="positional attention pattern, e.g. 'longformer:window=64,global_indices=0', "
                                    "'bigbird:window=32,global_indices=0,num_random=4', 'window:window=128'. Names: "
                                    + _pattern_names())),
-    ("model", "position", dict(choices=("learned", "sinusoidal"),
+    ("model", "position", dict(choices=POSITIONS,
                                help="absolute positions: learned (one embedding per position) or fixed sinusoidal (no parameters)")),
     ("model", "gate", dict(action=argparse.BooleanOptionalAction, help="learnable relative-position gates (a learnable pattern)")),
     ("model", "knn", dict(type=_positive_int, metavar="K", help="dynamic kNN attention with K keys per query (none given: off)")),
     ("model", "attention", dict(choices=_attention_choices(), help="attention pattern over the graph")),
     ("model", "gps", dict(action=argparse.BooleanOptionalAction, help="add a local message-passing branch to each block (GraphGPS: GINE with edge features, else GIN)")),
-    ("model", "norm", dict(choices=("layer", "batch"), help="block normalisation: pre-norm LayerNorm, or post-norm BatchNorm (GraphGPS)")),
+    ("model", "norm", dict(choices=tuple(NORMS), help="block normalisation: pre-norm LayerNorm, or post-norm BatchNorm (GraphGPS)")),
     ("optimisation", "epochs", dict(type=_positive_int, help="training epochs")),
     ("optimisation", "max_steps", dict(type=_non_negative_int, help="stop after this many optimiser steps; the learning-rate schedule then ends there (0: run all epochs)")),
     ("optimisation", "batch_size", dict(type=_positive_int, help="global batch size (split across data-parallel ranks)")),
     ("optimisation", "lr", dict(type=_positive_float, help="peak learning rate")),
-    ("optimisation", "optimizer", dict(choices=("adamw", "sgd"), help="AdamW, or SGD with momentum 0.9")),
+    ("optimisation", "optimizer", dict(choices=OPTIMIZERS, help="AdamW, or SGD with momentum 0.9")),
     ("optimisation", "weight_decay", dict(type=_non_negative_float, help="weight decay")),
-    ("optimisation", "schedule", dict(choices=("cosine", "linear", "constant"), help="learning-rate schedule after warm-up")),
+    ("optimisation", "schedule", dict(choices=SCHEDULES, help="learning-rate schedule after warm-up")),
     ("optimisation", "warmup_steps", dict(type=_non_negative_int, help="linear warm-up steps")),
     ("optimisation", "grad_clip", dict(type=_non_negative_float, help="gradient norm clip (0 disables)")),
     ("run", "seed", dict(type=_non_negative_int, help="random seed (initialisation, order, dropout; ListOps: the generated data too)")),
@@ -204,7 +205,6 @@ def build_parser() -> _Parser:
 
 def config_from_args(argv: List[str]):
     """Parse ``gsa train`` arguments (after ``train``) into ``(TrainConfig, resume)``; exits 2 on bad input."""
-    from .table import resolve_config
 
     given = argv[0] if argv and not argv[0].startswith("-") else None
     options = argv[1:] if given else argv
@@ -254,7 +254,6 @@ def config_from_args(argv: List[str]):
         parser.error(str(error))
     if Path(config.run_dir, "last.pt").exists() and not args.resume:
         parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-    from .loop import config_differences
 
     saved = Path(config.run_dir, "config.json")
     if args.resume and not saved.exists():  # most likely a mistyped --run-dir: training afresh would hide it
@@ -314,8 +313,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _train(argv: List[str]) -> int:
-    from .loop import Trainer
-
     start = time.perf_counter()
     config, resume = config_from_args(argv)
     task = _task_or_report(config, "train")
@@ -334,7 +331,10 @@ def _train(argv: List[str]) -> int:
         _Parser(prog="gsa train").error(f"--resume: {error}")
     if resumed:
         print(f"resumed {config.run_dir} at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}", file=sys.stderr)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    finally:
+        cleanup()  # leave a torchrun process group as it found it: none
     if summary.get("epochs"):
         print(f"{config.task}: best validation {summary['metric']} {summary['val']:.4f} at epoch {summary['best_epoch']}; "
               f"test {summary['metric']} {summary['test']:.4f}; {time.perf_counter() - start:.1f} s wall, "
@@ -344,7 +344,6 @@ def _train(argv: List[str]) -> int:
 
 def _task_or_report(config, command: str):
     """The task of ``config``, or ``None`` after one error line when its data cannot be loaded."""
-    from .table import make_task
 
     try:
         return make_task(config)
@@ -354,9 +353,6 @@ def _task_or_report(config, command: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .loop import TrainConfig, Trainer
-
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / f"{args.checkpoint}.pt"
     if not checkpoint.exists():

@@ -90,5 +90,6 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group `init_from_env` joined (a no-op when not distributed)."""
     if is_distributed():
         dist.destroy_process_group()

@@ -115,6 +115,8 @@ def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int)
 
 # Sequence length at which a run without a max_length has its pattern checked for the band backend.
 _BAND_PROBE_LENGTH = 2048
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -129,14 +131,14 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> 
     if config.optimizer == "adamw":
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
-    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
 
 
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``config.warmup_steps``, then ``config.schedule`` over the rest of the run's
     `planned_steps` (so a cosine reaches zero at ``max_steps`` when that ends the run first)."""
-    if config.schedule not in ("cosine", "linear", "constant"):
-        raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {config.schedule!r}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(config.schedule, config.warmup_steps, planned_steps(config, steps_per_epoch)))
 

@@ -9,23 +9,27 @@ one entry here and one data builder.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from torch import nn
 
 from ..data import benchmarks
-from ..data.benchmarks import Metric
+from ..data.benchmarks import PE_KINDS, Metric
 from ..data.sampling import check_num_neighbors
+from ..nn import GraphTransformer, SequenceTransformer
+from ..patterns.registry import parse_pattern as parse_registry_pattern
+from .loop import TrainConfig
+from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask
 
 KINDS = {"sequence": "sequence classification", "graph": "graph property prediction", "node": "node classification"}
 
-# Options that every task accepts, with their defaults (the budget ones are overridden per task).
+# Options that every task accepts, with their defaults (the budget ones are overridden per task):
+# `TrainConfig`'s own, except that a run directory must be given (`resolve_config` refuses None).
 COMMON_DEFAULTS: Dict[str, Any] = {
-    "root": "datasets", "epochs": 10, "max_steps": 0, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
-    "weight_decay": 0.01, "schedule": "cosine", "warmup_steps": 0, "grad_clip": 1.0, "seed": 0, "run_dir": None,
-    "device": "auto", "backend": "auto", "deterministic": False, "checkpoint_every": 10.0, "config_file": None,
+    **{f.name: f.default for f in fields(TrainConfig) if f.name not in ("task", "data_options", "model_options")},
+    "run_dir": None,
 }
 # Where each task-specific option goes in `TrainConfig`; anything else in `TaskSpec.defaults` is a model option.
 DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors", "pe"})
@@ -68,7 +72,6 @@ class TaskSpec:
 # ---------------------------------------------------------------------------- model builders
 def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn.Module:
     """`SequenceTransformer` (learned positions, when asked for, long enough for the longest sequence + its [CLS])."""
-    from ..nn import SequenceTransformer
 
     longest = max(len(tokens) for split in data.splits.values() for tokens, _ in split) + 1
     if options.get("knn") is not None:  # it builds its pattern from the queries; the batches' pattern goes unused
@@ -78,7 +81,6 @@ def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn
 
 def graph_property_model(data: benchmarks.GraphPropertyData, options: Dict[str, Any]) -> nn.Module:
     """`GraphTransformer` over OGB atom/bond encoders, one output per target (reading ``data.pe`` when the data has it)."""
-    from ..nn import GraphTransformer
 
     options = dict(options)
     if data.pe is not None:
@@ -88,7 +90,6 @@ def graph_property_model(data: benchmarks.GraphPropertyData, options: Dict[str, 
 
 def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
     """`GraphTransformer` over the node features, one logit per class and node."""
-    from ..nn import GraphTransformer
 
     options = dict(options)
     return GraphTransformer(data.data.num_features, options.pop("dim"), data.num_classes, task="node", **options)
@@ -171,16 +172,14 @@ def split_options(spec: TaskSpec, options: Mapping[str, Any]) -> Tuple[Dict[str,
 
 def parse_pattern(text: str) -> PatternSpec:
     """``"NAME[:key=value,...]"`` → ``(name, params)``; Python's name ``sliding_window`` is accepted for ``window``."""
-    from ..patterns.registry import parse_pattern as parse
 
     name, colon, rest = text.partition(":")
-    return parse(PATTERN_ALIASES.get(name, name) + colon + rest)
+    return parse_registry_pattern(PATTERN_ALIASES.get(name, name) + colon + rest)
 
 
 def parse_pe(text: str) -> Optional[list]:
     """``"rwse:20"`` → ``["rwse", 20]``: a positional encoding kind (``rwse``, ``lap``) and its size;
     ``"none"`` → ``None`` (no encoding, over a task default that has one)."""
-    from ..data.benchmarks import PE_KINDS
 
     if text == "none":
         return None
@@ -207,8 +206,6 @@ def resolve_config(name: str, options: Mapping[str, Any]):
     Raises `UnknownTask`, or `ValueError` naming an option that does not apply to the task or
     options that do not go together.
     """
-    from .loop import TrainConfig
-
     spec = find_task(name)
     values = {**spec.options, **options}
     if isinstance(values.get("pattern"), str):
@@ -278,7 +275,6 @@ def load_config_file(name_or_path: str) -> Tuple[str, Dict[str, Any], Path]:
 
 def make_task(config):
     """Build the task adapter of ``config`` (loading or generating its data under ``config.root``)."""
-    from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask
 
     spec = find_task(config.task)
     data_options = dict(config.data_options)

@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..data.benchmarks import GraphPropertyData, Metric, NodeData, SequenceData
+from ..data.sampling import NeighborSampler
+from ..data.sequence import SequenceGraphCollator
+from ..patterns.registry import RANDOM_PATTERNS
 from . import distributed as dist_utils
 
 Loaders = Dict[str, Any]
@@ -125,9 +128,6 @@ class SequenceClassificationTask(Task):
     data: SequenceData
 
     def __init__(self, name: str, data: SequenceData, metric: Metric, build_model: ModelBuilder, model_options: Dict[str, Any]) -> None:
-        from ..data.sequence import SequenceGraphCollator
-        from ..patterns.registry import RANDOM_PATTERNS
-
         super().__init__(name, data, metric, build_model, model_options)
         pattern_name, pattern_params = model_options["pattern"]
         self.collate = SequenceGraphCollator(pattern_name, pattern_params, cls_token=data.cls_token)
@@ -230,7 +230,6 @@ class NodeClassificationTask(Task):
         graph = self.data.data
         if self.num_neighbors is None:
             return {split: [graph] for split in ("train", "val", "test")}
-        from ..data.sampling import NeighborSampler
 
         def sampler(seeds: Tensor, shuffle: bool) -> NeighborSampler:
             return NeighborSampler(graph.edge_index, graph.num_nodes, self.num_neighbors, input_nodes=seeds, batch_size=batch_size,
