@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 
 from ..ops import CSRPattern
-from ..patterns._utils import check_batch
+from ..patterns._utils import check_batch, check_size
 from ..transforms import (
     ATTENTION_PATTERNS,
     NUM_EDGE_TYPES,
@@ -114,8 +114,12 @@ class GraphTransformer(nn.Module):
             raise ValueError("lap_pe=True needs the encoding's size: pe_dim > 0")
         if pooling not in ("mean", "sum"):
             raise ValueError(f"pooling must be 'mean' or 'sum', got {pooling!r}")
-        if min(hidden_channels, out_channels, depth, heads) <= 0 or min(k_hops, num_virtual, expander_degree, pe_dim) < 0:
-            raise ValueError("sizes must be positive (k_hops, num_virtual, expander_degree and pe_dim non-negative)")
+        for name, size, minimum in (("hidden_channels", hidden_channels, 1), ("out_channels", out_channels, 1), ("depth", depth, 1),
+                                    ("heads", heads, 1), ("k_hops", k_hops, 0), ("num_virtual", num_virtual, 0),
+                                    ("expander_degree", expander_degree, 0), ("pe_dim", pe_dim, 0)):
+            check_size(size, name, minimum=minimum)
+        if expander_seed is not None and attention != "exphormer":
+            raise ValueError(f"expander_seed applies to attention='exphormer' only, got attention={attention!r}")
         if attention == "exphormer" and expander_degree % 2:
             raise ValueError(f"expander_degree must be even (d / 2 permutations and their inverses), got {expander_degree}")
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
@@ -184,6 +188,8 @@ class GraphTransformer(nn.Module):
         self._check_shapes(x, edge_index, edge_attr, batch, pe)
         num_nodes = x.size(0)
         if batch is None:
+            if num_graphs not in (None, 1):
+                raise ValueError(f"num_graphs={num_graphs} needs a batch vector; without one x is a single graph")
             batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=x.device), 1
         elif num_graphs is None:
             batch = check_batch(batch, num_nodes)  # this path syncs anyway; a given num_graphs keeps it sync-free
@@ -193,8 +199,10 @@ class GraphTransformer(nn.Module):
 
         h = self.node_encoder(x)
         if self.pe_encoder is not None:
-            if pe is None or pe.shape != (num_nodes, self.pe_dim):
-                raise ValueError(f"pe must have shape [N, pe_dim]=[{num_nodes}, {self.pe_dim}], got {None if pe is None else list(pe.shape)}")
+            if pe is None or pe.shape != (num_nodes, self.pe_dim) or not pe.is_floating_point():
+                raise ValueError(f"pe must be floating-point [N, pe_dim]=[{num_nodes}, {self.pe_dim}], got "
+                                 f"{None if pe is None else f'{pe.dtype} {list(pe.shape)}'}")
+            pe = pe.to(h.dtype)
             if self.lap_pe and self.training:
                 pe = pe * (torch.randint(0, 2, (1, self.pe_dim), device=pe.device) * 2 - 1)
             h = h + self.pe_encoder(pe)
@@ -209,6 +217,7 @@ class GraphTransformer(nn.Module):
         else:
             edge_features = None  # the local branch is then GIN, which reads no edge features
 
+        given_pattern = attn_index is not None
         if attn_index is None:
             if attn_type is not None or attn_edge is not None:
                 raise ValueError("attn_type and attn_edge describe an attn_index: pass it too")
@@ -225,6 +234,9 @@ class GraphTransformer(nn.Module):
             )
         if attn_type.shape != (pattern.num_edges,) or (attn_edge is not None and attn_edge.shape != (pattern.num_edges,)):
             raise ValueError(f"attn_type and attn_edge must have shape [E']=[{pattern.num_edges}]")
+        if given_pattern and (attn_type.is_floating_point() or (attn_type.numel() and not torch.compiler.is_compiling()
+                              and not 0 <= int(attn_type.min()) <= int(attn_type.max()) < NUM_EDGE_TYPES)):
+            raise ValueError(f"attn_type must hold integer edge types in [0, {NUM_EDGE_TYPES}) (transforms.GRAPH_EDGE, ...)")
         if num_virtual:  # e.g. a dataset cache processed before AddVirtualNodes joined its pre_transform
             _check_has_virtual_edges(attn_type, num_virtual)
         attn_type = pattern.caller_to_sorted(attn_type)
@@ -255,9 +267,9 @@ class GraphTransformer(nn.Module):
             h = h.new_empty(total_nodes, h.size(1)).index_copy_(0, real_pos, h).index_copy_(
                 0, virtual_pos, self.virtual.weight.repeat(num_graphs, 1))
             local_edge_index = real_pos[edge_index]
+        local = {"local_edge_index": local_edge_index, "local_edge_attr": edge_features} if self.gps else {}
         for layer in self.layers:
-            h = layer(h, pattern, edge_attr=attn_attr, edge_attr_index=attn_attr_index, local_edge_index=local_edge_index,
-                      local_edge_attr=edge_features)
+            h = layer(h, pattern, edge_attr=attn_attr, edge_attr_index=attn_attr_index, **local)
         if num_virtual:
             h = h.index_select(0, real_pos)
         h = self.norm(h)
@@ -349,7 +361,7 @@ def _node_encoder(in_channels: Union[int, str], hidden: int) -> nn.Module:
         from ogb.graphproppred.mol_encoder import AtomEncoder
 
         return AtomEncoder(hidden)
-    if not isinstance(in_channels, int) or in_channels <= 0:
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels <= 0:
         raise ValueError(f"in_channels must be a positive int or 'atom', got {in_channels!r}")
     return nn.Linear(in_channels, hidden)
 

@@ -99,8 +99,8 @@ class SparseMultiheadAttention(nn.Module):
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, edge_index: Pattern, edge_attr: Optional[Tensor] = None,
                edge_gate: Optional[Tensor] = None, edge_bias: Optional[Tensor] = None, edge_attr_index: Optional[Tensor] = None) -> Tensor:
-        if edge_attr is not None and self.lin_edge is None:
-            raise ValueError("edge_attr was given but the attention has no edge_dim: build it with edge_dim=F")
+        if (edge_attr is not None or edge_attr_index is not None) and self.lin_edge is None:
+            raise ValueError("edge_attr/edge_attr_index were given but the attention has no edge_dim: build it with edge_dim=F")
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.dim // self.heads, -1)
         out, _ = edge_feature_attention(
             query, key, value, edge_index, edge_attr, edge_weight, edge_gate=edge_gate, edge_bias=edge_bias,
@@ -254,6 +254,8 @@ class SparseTransformerLayer(nn.Module):
     ) -> Tensor:
         if self.local is not None and local_edge_index is None:
             raise ValueError("local_edge_index is required when the layer has a local message-passing branch")
+        if self.local is None and (local_edge_index is not None or local_edge_attr is not None):
+            raise ValueError("local_edge_index/local_edge_attr were given but the layer has no local branch: build it with local=")
         pre = self.norm_kind == "layer"
         h = self.norm_attn(x) if pre else x
         if self.is_dynamic:

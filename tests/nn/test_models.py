@@ -269,7 +269,7 @@ def test_graph_transformer_takes_pyg_positional_encodings():
         with torch.no_grad():
             assert not torch.allclose(model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=pe),
                                       model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, pe=torch.zeros_like(pe)))
-        with pytest.raises(ValueError, match="pe must have shape"):
+        with pytest.raises(ValueError, match="pe must be floating-point \\[N, pe_dim\\]"):
             model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
 
 
@@ -327,20 +327,21 @@ def test_models_hand_their_backend_to_every_attention_call(monkeypatch):
             build()
 
 
-@pytest.mark.parametrize("options", [{"attention": "graph"}, {"attention": "exphormer", "gps": True}])
+@pytest.mark.parametrize("options", [{"attention": "graph"}, {"attention": "exphormer", "gps": True, "expander_seed": 0}])
 def test_bond_features_through_a_table_equal_bond_features_per_edge(options, monkeypatch):
     # The model reads OGB bonds as codes into a table of every (edge type, bond) row; without codes
     # it adds each attention edge's type and bond embeddings per edge. Same outputs and gradients.
     from graph_sparse_attn.nn import graph
 
     torch.manual_seed(0)
-    model = GraphTransformer("atom", 16, 2, depth=2, heads=2, edge_dim="bond", expander_seed=0, **options).double()
+    model = GraphTransformer("atom", 16, 2, depth=2, heads=2, edge_dim="bond", **options).double()
     batch = Batch.from_data_list([molecule(n, seed=n) for n in (5, 8, 6)])
     results = []
     for per_edge in (False, True):
         if per_edge:
             monkeypatch.setattr(graph, "_bond_codes", lambda edge_attr: None)
-        model.generator.manual_seed(0)
+        if model.generator is not None:
+            model.generator.manual_seed(0)
         out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
         results.append((out,) + torch.autograd.grad(out.square().sum(), [p for p in model.parameters()], allow_unused=True))
     for a, b in zip(*results):
@@ -508,3 +509,39 @@ def test_transformer_layer_resets_a_local_branch_without_reset_parameters():
     torch.nn.init.zeros_(layer.local.lin.weight)
     layer.reset_parameters()
     assert layer.local.lin.weight.abs().sum() > 0
+
+
+def test_graph_transformer_names_bad_sizes_inputs_and_options_it_would_ignore():
+    ring = torch.arange(6)
+    edge_index = torch.stack([ring, (ring + 1) % 6])
+    x = torch.randn(6, 5)
+    for kwargs, error, match in [
+        (dict(hidden_channels=8.0), TypeError, "hidden_channels must be an int"),
+        (dict(depth=2.0), TypeError, "depth must be an int"),
+        (dict(in_channels=True), ValueError, "in_channels must be a positive int"),
+        (dict(heads=0), ValueError, "heads must be >= 1"),
+        (dict(expander_seed=3), ValueError, "expander_seed applies to attention='exphormer'"),
+    ]:
+        with pytest.raises(error, match=match):
+            GraphTransformer(**{"in_channels": 5, "hidden_channels": 8, "out_channels": 2, "depth": 1, "heads": 2, **kwargs})
+    model = GraphTransformer(5, 8, 2, depth=1, heads=2, pe_dim=3)
+    with pytest.raises(ValueError, match="pe must be floating-point"):
+        model(x, edge_index, pe=torch.ones(6, 3, dtype=torch.long))
+    torch.testing.assert_close(model(x, edge_index, pe=torch.ones(6, 3, dtype=torch.float64)), model(x, edge_index, pe=torch.ones(6, 3)))
+    with pytest.raises(ValueError, match="num_graphs=2 needs a batch vector"):
+        model(x, edge_index, pe=torch.ones(6, 3), num_graphs=2)
+    plain = GraphTransformer(5, 8, 2, depth=1, heads=2)
+    with pytest.raises(ValueError, match="attn_type must hold integer edge types"):
+        plain(x, edge_index, attn_index=edge_index, attn_type=torch.full((6,), 99))
+
+
+def test_layers_refuse_edge_inputs_they_would_ignore():
+    ring = torch.arange(6)
+    edge_index = torch.stack([ring, (ring + 1) % 6])
+    x = torch.randn(6, 8)
+    from graph_sparse_attn.nn import SparseMultiheadAttention
+
+    with pytest.raises(ValueError, match="edge_attr/edge_attr_index were given but the attention has no edge_dim"):
+        SparseMultiheadAttention(8, 2)(x, edge_index, edge_attr_index=torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="the layer has no local branch"):
+        SparseTransformerLayer(8, 2)(x, edge_index, local_edge_index=edge_index)
