@@ -27,16 +27,16 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     and saved RNG states reproduce it), and ``p`` is rounded to a multiple of :math:`2^{-16}`
     (error at most :math:`7.7 \cdot 10^{-6}`); the scale uses the rounded ``p``, so
     :math:`\mathbb{E}[\mathbf{y}] = \mathbf{x}` exactly. On other devices, under ``torch.compile``
-    (which generates its own fused random numbers) and for ``p = 1`` it calls
+    (which generates its own fused random numbers) and for ``p`` that rounds to 1 it calls
     :func:`torch.nn.functional.dropout`. Any shape; returns ``x`` itself when not ``training`` or
     ``p = 0``.
     """
     _check_probability(p)
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
+    threshold = round(p * _LEVELS)
+    if x.device.type != "cpu" or threshold == _LEVELS or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
-    threshold = min(round(p * _LEVELS), _LEVELS - 1)
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full range: all 64 bits uniform
     lanes = words.view(torch.int16)[:n].view(x.shape)  # signed lanes: the unsigned value u is lane + 2**15

@@ -29,6 +29,14 @@ def test_kept_elements_are_scaled_so_the_expectation_is_unchanged(p):
     assert abs(2**16 / (2**16 - threshold) - 1 / (1 - p)) < 1e-4
 
 
+def test_p_that_rounds_to_one_is_torch_dropout_so_the_rounding_bound_holds():
+    # p = 0.999999 rounded to a multiple of 2^-16 is 1: clamping it to 1 - 2^-16 kept 15x too many.
+    torch.manual_seed(2)
+    p = 0.999999
+    kept = (dropout(torch.ones(2_000_000, dtype=torch.float64), p) != 0).double().mean().item()
+    assert kept < 1e-5  # expected 1e-6 (2 of 2M); the clamp kept about 1.5e-5
+
+
 def test_gradient_flows_through_the_same_mask_and_scale():
     torch.manual_seed(2)
     x = torch.randn(64, 33, dtype=torch.float64, requires_grad=True)
