@@ -26,6 +26,8 @@ POSITIONAL_PATTERNS: Dict[str, Callable[..., Tensor]] = {
     "bigbird": positional.bigbird,
 }
 RANDOM_PATTERNS = frozenset({"random", "bigbird"})
+# Other spellings `parse_pattern` accepts: the Python name of the window builder.
+PATTERN_ALIASES = {"sliding_window": "window"}
 # Builder arguments the caller of a pattern supplies (its sequences, device and draws), never its spec.
 _SUPPLIED = frozenset({"num_nodes", "batch", "device", "generator"})
 
@@ -72,10 +74,12 @@ def build_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, 
 
 def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
     """Parse ``"name:key=value,key=value"`` (values: ints, floats, ``true``/``false``, ``a+b`` lists of ints)
-    and check it (:func:`check_pattern`); every refusal is a ``ValueError`` (a non-string spec: ``TypeError``)."""
+    and check it (:func:`check_pattern`); ``name`` may be an alias of `PATTERN_ALIASES` (``sliding_window``).
+    Every refusal is a ``ValueError`` (a non-string spec: ``TypeError``)."""
     if not isinstance(spec, str):
         raise TypeError(f"pattern spec must be a string like 'window:window=64', got {type(spec).__name__}")
     name, _, rest = spec.partition(":")
+    name = PATTERN_ALIASES.get(name, name)
     if name not in POSITIONAL_PATTERNS:
         raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
     params: Dict[str, Any] = {}

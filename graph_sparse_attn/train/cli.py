@@ -18,12 +18,12 @@ from ..nn.graph import ATTENTION_PATTERNS
 from ..nn.layers import ACTIVATIONS, NORMS
 from ..nn.sequence import POSITIONS
 from ..ops.dispatch import COMPILED_MIN_STEPS, KERNEL_BACKENDS, check_backend_runs_on
-from ..patterns.registry import POSITIONAL_PATTERNS
+from ..patterns.registry import PATTERN_ALIASES, POSITIONAL_PATTERNS, parse_pattern
 from .checkpoint import load_checkpoint
 from .distributed import cleanup, local_device
 from .loop import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, config_differences
-from .table import (DEFAULT_TASK, KINDS, PATTERN_ALIASES, TASKS, TaskSpec, find_task, load_config_file, make_task,
-                    parse_fanouts, parse_pattern, parse_pe, resolve_config, shipped_configs)
+from .table import (DEFAULT_TASK, KINDS, TASKS, TaskSpec, find_task, load_config_file, make_task, parse_fanouts, parse_pe,
+                    resolve_config, shipped_configs)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,7 +19,7 @@ from ..data import benchmarks
 from ..data.benchmarks import PE_KINDS, Metric
 from ..data.sampling import check_num_neighbors
 from ..nn import GraphTransformer, SequenceTransformer
-from ..patterns.registry import parse_pattern as parse_registry_pattern
+from ..patterns.registry import parse_pattern
 from .loop import TrainConfig
 from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask
 
@@ -35,7 +35,6 @@ COMMON_DEFAULTS: Dict[str, Any] = {
 DATA_OPTIONS = frozenset({"num_train", "num_val", "num_test", "min_length", "max_length", "imdb_path", "num_neighbors", "pe"})
 # The sequence pattern spelling, as on the command line (`patterns.registry.parse_pattern`).
 PatternSpec = Tuple[str, Dict[str, Any]]
-PATTERN_ALIASES = {"sliding_window": "window"}
 
 
 @dataclass(frozen=True)
@@ -168,13 +167,6 @@ def split_options(spec: TaskSpec, options: Mapping[str, Any]) -> Tuple[Dict[str,
     data = {key: value for key, value in specific.items() if key in DATA_OPTIONS}
     model = {**spec.fixed, **{key: value for key, value in specific.items() if key not in DATA_OPTIONS}}
     return data, model
-
-
-def parse_pattern(text: str) -> PatternSpec:
-    """``"NAME[:key=value,...]"`` → ``(name, params)``; Python's name ``sliding_window`` is accepted for ``window``."""
-
-    name, colon, rest = text.partition(":")
-    return parse_registry_pattern(PATTERN_ALIASES.get(name, name) + colon + rest)
 
 
 def parse_pe(text: str) -> Optional[list]:
