@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Union
 
+__all__ = ["atomic_write", "atomic_write_text", "atomic_save"]
+
 PathLike = Union[str, os.PathLike]
 
 

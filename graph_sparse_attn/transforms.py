@@ -42,6 +42,13 @@ from .patterns._utils import check_batch, check_flag, check_size
 from .patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 from .patterns.structural import add_virtual_nodes, expander_from_permutations, k_hop
 
+__all__ = [
+    "GRAPH_EDGE", "SELF_LOOP", "HOP_EDGE", "EXPANDER_EDGE", "VIRTUAL_EDGE", "NUM_EDGE_TYPES", "ATTENTION_PATTERNS",
+    "AttentionPattern", "AttentionData", "virtual_layout", "pattern_batch", "batch_edge_ids", "attention_pattern",
+    "positional_pattern", "AddGraphPattern", "AddKHopPattern", "AddFullPattern", "AddExpanderPattern", "AddVirtualNodes",
+    "AddPositionalPattern",
+]
+
 # Kinds of attention edges, one learned embedding each in `nn.GraphTransformer`.
 GRAPH_EDGE, SELF_LOOP, HOP_EDGE, EXPANDER_EDGE, VIRTUAL_EDGE = range(5)
 NUM_EDGE_TYPES = 5
@@ -142,7 +149,7 @@ def _part(index: Tensor, kind: int, edge: Optional[Tensor] = None) -> Part:
     return index, types, types.new_full(types.shape, -1) if edge is None else edge
 
 
-def graph_part(edge_index: Tensor, num_nodes: int, *, self_loops: bool = True) -> List[Part]:
+def _graph_part(edge_index: Tensor, num_nodes: int, *, self_loops: bool = True) -> List[Part]:
     """The graph's edges, in order (:data:`GRAPH_EDGE`), plus every self loop (:data:`SELF_LOOP`)."""
     parts = [_part(edge_index, GRAPH_EDGE, torch.arange(edge_index.size(1), device=edge_index.device))]
     if self_loops:
@@ -150,7 +157,7 @@ def graph_part(edge_index: Tensor, num_nodes: int, *, self_loops: bool = True) -
     return parts
 
 
-def k_hop_part(edge_index: Tensor, num_nodes: int, k: int) -> List[Part]:
+def _k_hop_part(edge_index: Tensor, num_nodes: int, k: int) -> List[Part]:
     """The graph's edges (:data:`GRAPH_EDGE`) and every other pair within ``k`` hops, self loops
     included (:data:`HOP_EDGE`; see :func:`~graph_sparse_attn.patterns.k_hop`)."""
     return _graph_and_other_pairs(edge_index, num_nodes, k_hop(edge_index, k, num_nodes))
@@ -160,10 +167,10 @@ def _graph_and_other_pairs(edge_index: Tensor, num_nodes: int, pairs: Tensor) ->
     """The graph's edges (:data:`GRAPH_EDGE`) and those of ``pairs [2, P]`` that are not graph edges (:data:`HOP_EDGE`)."""
     width = max(num_nodes, 1)
     direct = torch.isin(pairs[1] * width + pairs[0], edge_index[1] * width + edge_index[0])
-    return graph_part(edge_index, num_nodes, self_loops=False) + [_part(pairs[:, ~direct], HOP_EDGE)]
+    return _graph_part(edge_index, num_nodes, self_loops=False) + [_part(pairs[:, ~direct], HOP_EDGE)]
 
 
-def full_part(edge_index: Tensor, batch: Tensor, num_graphs: int) -> List[Part]:
+def _full_part(edge_index: Tensor, batch: Tensor, num_graphs: int) -> List[Part]:
     """The graph's edges (:data:`GRAPH_EDGE`) and every other ordered pair of nodes of the same
     graph, self loops included (:data:`HOP_EDGE`): full attention within each graph, as GraphGPS
     attends. ``batch [N]`` is sorted; a graph of ``n`` nodes has ``n²`` pattern edges."""
@@ -177,7 +184,7 @@ def full_part(edge_index: Tensor, batch: Tensor, num_graphs: int) -> List[Part]:
     return _graph_and_other_pairs(edge_index, num_nodes, torch.stack([src, dst]))
 
 
-def expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torch.Generator] = None,
+def _expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torch.Generator] = None,
                   seed_per_graph: Optional[int] = None, device: Optional[torch.device] = None) -> List[Part]:
     """Exphormer's random ``degree``-regular expander (:data:`EXPANDER_EDGE`) inside each graph.
 
@@ -203,7 +210,7 @@ def expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[torc
     return [_part(expander_from_permutations(orders, starts.numel(), device=device), EXPANDER_EDGE)]
 
 
-def virtual_part(num_nodes: int, num_virtual: int, batch: Optional[Tensor] = None, device: Optional[torch.device] = None) -> List[Part]:
+def _virtual_part(num_nodes: int, num_virtual: int, batch: Optional[Tensor] = None, device: Optional[torch.device] = None) -> List[Part]:
     """``num_virtual`` virtual nodes per graph linked both ways to its real nodes (:data:`VIRTUAL_EDGE`)."""
     if num_virtual == 0:
         return []
@@ -260,14 +267,14 @@ def attention_pattern(
 
     For a batch the result equals ``Batch.from_data_list`` of the graphs' transforms
     (:class:`AddGraphPattern` + :class:`AddExpanderPattern` + :class:`AddVirtualNodes`,
-    :class:`AddKHopPattern` or :class:`AddFullPattern`), expander draws included (see :func:`expander_part`).
+    :class:`AddKHopPattern` or :class:`AddFullPattern`), expander draws included (see :func:`_expander_part`).
 
     Args:
         edge_index: ``[2, E]`` graph edges (a batch's graph by graph).
         num_nodes: ``N`` real nodes.
         batch: ``[N]`` sorted graph id of each node, or ``None`` for one graph.
         num_graphs: ``B`` (default ``max(batch) + 1``).
-        generator, seed_per_graph: expander randomness (:func:`expander_part`).
+        generator, seed_per_graph: expander randomness (:func:`_expander_part`).
     """
     if attention not in ATTENTION_PATTERNS:
         raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
@@ -280,15 +287,15 @@ def attention_pattern(
         if num_graphs is None:
             num_graphs = int(batch[-1]) + 1 if num_nodes else 0
     if attention == "k_hop":
-        parts, num_virtual = k_hop_part(edge_index, num_nodes, k_hops), 0
+        parts, num_virtual = _k_hop_part(edge_index, num_nodes, k_hops), 0
     elif attention == "full":
-        parts = full_part(edge_index, batch, num_graphs)
+        parts = _full_part(edge_index, batch, num_graphs)
     else:
-        parts = graph_part(edge_index, num_nodes)
+        parts = _graph_part(edge_index, num_nodes)
     if attention == "exphormer":
         sizes = _graph_counts(batch, num_graphs).tolist()
-        parts += expander_part(sizes, expander_degree, generator=generator, seed_per_graph=seed_per_graph, device=device)
-        parts += virtual_part(num_nodes, num_virtual, batch, device)
+        parts += _expander_part(sizes, expander_degree, generator=generator, seed_per_graph=seed_per_graph, device=device)
+        parts += _virtual_part(num_nodes, num_virtual, batch, device)
     else:
         num_virtual = 0
     return _merge(parts, num_nodes, num_virtual, batch, num_graphs, edge_index)
@@ -367,7 +374,7 @@ class AddGraphPattern(_GraphTransform):
     def forward(self, data: Data) -> AttentionData:
         edge_index = self._edge_index(data)
         data, parts, num_virtual = _pattern_of(data)
-        return _attach(data, parts + graph_part(edge_index, data.num_nodes, self_loops=self.self_loops), num_virtual)
+        return _attach(data, parts + _graph_part(edge_index, data.num_nodes, self_loops=self.self_loops), num_virtual)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(self_loops={self.self_loops})"
@@ -385,7 +392,7 @@ class AddKHopPattern(_GraphTransform):
     def forward(self, data: Data) -> AttentionData:
         edge_index = self._edge_index(data)
         data, parts, num_virtual = _pattern_of(data)
-        return _attach(data, parts + k_hop_part(edge_index, data.num_nodes, self.k), num_virtual)
+        return _attach(data, parts + _k_hop_part(edge_index, data.num_nodes, self.k), num_virtual)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.k})"
@@ -400,7 +407,7 @@ class AddFullPattern(_GraphTransform):
         edge_index = self._edge_index(data)
         data, parts, num_virtual = _pattern_of(data)
         batch = torch.zeros(data.num_nodes, dtype=torch.long, device=edge_index.device)
-        return _attach(data, parts + full_part(edge_index, batch, 1), num_virtual)
+        return _attach(data, parts + _full_part(edge_index, batch, 1), num_virtual)
 
 
 class AddExpanderPattern(BaseTransform):
@@ -444,7 +451,7 @@ class AddExpanderPattern(BaseTransform):
     def forward(self, data: Data) -> AttentionData:
         data, parts, num_virtual = _pattern_of(data)
         device = parts[0][0].device if parts else None
-        parts += expander_part([data.num_nodes], self.degree, generator=self._draws(),
+        parts += _expander_part([data.num_nodes], self.degree, generator=self._draws(),
                                seed_per_graph=self.seed_per_graph, device=device)
         return _attach(data, parts, num_virtual)
 
@@ -470,7 +477,7 @@ class AddVirtualNodes(BaseTransform):
         if num_virtual:
             raise ValueError(f"data already has {num_virtual} virtual node(s)")
         device = parts[0][0].device if parts else None
-        return _attach(data, parts + virtual_part(data.num_nodes, self.num_virtual, device=device), self.num_virtual)
+        return _attach(data, parts + _virtual_part(data.num_nodes, self.num_virtual, device=device), self.num_virtual)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_virtual={self.num_virtual})"

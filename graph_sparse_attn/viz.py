@@ -1,8 +1,7 @@
 """Pictures of attention patterns (mask images, weighted graph drawings) and training curves (matplotlib, PNG)."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -12,9 +11,10 @@ import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .io import PathLike  # noqa: E402
 from .ops.pattern import check_edge_index  # noqa: E402
 
-PathLike = Union[str, Path]
+__all__ = ["mask_image", "plot_mask", "compare_patterns", "draw_graph", "plot_curves"]
 
 
 def mask_image(edge_index: Tensor, num_nodes: int, resolution: int = 512) -> Tensor:

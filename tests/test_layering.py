@@ -13,7 +13,7 @@ ALLOWED = {
     "ops": set(),
     "io": set(),
     "patterns": {"ops"},
-    "viz": {"ops", "patterns"},
+    "viz": {"ops", "patterns", "io"},
     "transforms": {"ops", "patterns"},
     "nn": {"ops", "patterns", "transforms"},
     "data": {"ops", "patterns", "transforms", "io"},

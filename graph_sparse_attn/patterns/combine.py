@@ -12,10 +12,9 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ..ops.pattern import check_edge_index
+from ..ops.pattern import NumNodes, check_edge_index
 from ._utils import check_size
 
-NumNodes = Union[int, Tuple[int, int], None]
 
 
 def sort_and_dedup(edge_index: Tensor, num_nodes: NumNodes = None) -> Tensor:

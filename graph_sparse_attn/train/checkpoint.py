@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
-PathLike = Union[str, Path]
+from ..io import PathLike
 
 
 def rng_state() -> Dict[str, Any]:
