@@ -10,7 +10,7 @@ from torch_geometric.typing import Adj, NoneType, PairTensor, SparseTensor
 
 from ..ops import CSRPattern
 from ..ops.adjacency import edges_from_adjacency, is_sparse_adjacency, with_edge_values
-from ..ops.attention import GATE_MODES
+from ..ops.attention import check_attention_options
 from ..ops.dispatch import check_backend
 from ..ops.edge_features import edge_feature_attention
 
@@ -110,10 +110,7 @@ class SparseAttnConv(MessagePassing):
         super().__init__(node_dim=0, **kwargs)
         if out_channels <= 0 or heads <= 0:
             raise ValueError(f"out_channels and heads must be positive, got {out_channels} and {heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if gate_mode not in GATE_MODES:
-            raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
+        check_attention_options(dropout, gate_mode)
         check_backend(backend)
         self.in_channels = in_channels
         self.out_channels = out_channels

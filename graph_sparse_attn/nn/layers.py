@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import CSRPattern
-from ..ops.attention import GATE_MODES
+from ..ops.attention import check_attention_options
 from ..ops.dispatch import check_backend
 from ..patterns._utils import check_size
 from ..patterns.dynamic import METRICS, knn
@@ -73,10 +73,7 @@ class SparseMultiheadAttention(nn.Module):
                  backend: str = "auto") -> None:
         super().__init__()
         check_heads(dim, heads)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout (of the attention weights) must be in [0, 1), got {dropout}")
-        if gate_mode not in GATE_MODES:
-            raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
+        check_attention_options(dropout, gate_mode)
         if edge_dim is not None and (isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim <= 0):
             raise ValueError(f"edge_dim must be a positive int or None, got {edge_dim!r}")
         check_backend(backend)

@@ -121,12 +121,7 @@ def attention_with_weights(
     num_dst, heads, head_dim = query.shape
     num_src = key.size(0)
     check_backend(backend)
-    if gate_mode not in GATE_MODES:
-        raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_attention_options(dropout, gate_mode)
     if scale is None:
         if head_dim == 0:
             raise ValueError("query has head dimension D = 0: pass scale= explicitly or give D > 0")
@@ -261,6 +256,17 @@ def _gathered_pass(
         return out, None, None
     weights = probs * keep if keep is not None else probs
     return out, to_caller(probs), to_caller(weights)
+
+
+def check_attention_options(dropout: float, gate_mode: str) -> None:
+    """Raise unless ``dropout`` (of the attention weights) is a float in ``[0, 1)`` and ``gate_mode`` one of `GATE_MODES`;
+    layers call it when built, so a bad option fails before any data."""
+    if gate_mode not in GATE_MODES:
+        raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
 
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
