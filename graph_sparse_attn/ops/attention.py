@@ -48,7 +48,7 @@ def sparse_attention(
     (the classic :math:`\mathrm{softmax}(QK^\top \odot \sigma(P)/\sqrt{d})`), and
     ``gate_mode="log"`` uses :math:`s\,\mathbf{q}_i^\top\mathbf{k}_j + \log g_{ij} + b_{ij}`,
     which multiplies each edge's unnormalised weight by :math:`g_{ij}`: a gate of exactly 0
-    removes its edge (logit :math:`-\\infty`, gradient 0 for that gate), so a target whose gates
+    removes its edge (logit :math:`-\infty`, gradient 0 for that gate), so a target whose gates
     are all 0 outputs zeros, exactly as after :func:`~graph_sparse_attn.patterns.prune`.
 
     Args:
@@ -57,8 +57,8 @@ def sparse_attention(
         value: ``[N_src, H, Dv]``.
         edge_index: ``LongTensor [2, E]`` (row 0 source ``j``, row 1 target ``i``, any order,
             repeated pairs are separate edges) or a prebuilt :class:`CSRPattern`.
-        edge_bias: ``[E]`` or ``[E, H]`` added to the logits.
-        edge_gate: ``[E]`` or ``[E, H]`` with values in ``[0, 1]``.
+        edge_bias: ``[E]``, ``[E, 1]`` (shared by all heads) or ``[E, H]`` added to the logits.
+        edge_gate: ``[E]``, ``[E, 1]`` or ``[E, H]`` with values in ``[0, 1]``.
         gate_mode: ``"scale"`` or ``"log"`` (see above).
         scale: logit scale, default ``1 / sqrt(D)``.
         dropout: probability of dropping an attention weight (only when ``training``).

@@ -203,9 +203,8 @@ def build_parser() -> _Parser:
     return parser
 
 
-def config_from_args(argv: List[str]):
+def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
     """Parse ``gsa train`` arguments (after ``train``) into ``(TrainConfig, resume)``; exits 2 on bad input."""
-
     given = argv[0] if argv and not argv[0].startswith("-") else None
     options = argv[1:] if given else argv
     from_file: List[str] = []
@@ -344,7 +343,6 @@ def _train(argv: List[str]) -> int:
 
 def _task_or_report(config, command: str):
     """The task of ``config``, or ``None`` after one error line when its data cannot be loaded."""
-
     try:
         return make_task(config)
     except _DATA_ERRORS as error:

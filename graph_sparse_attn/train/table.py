@@ -21,7 +21,7 @@ from ..data.sampling import check_num_neighbors
 from ..nn import GraphTransformer, SequenceTransformer
 from ..patterns.registry import parse_pattern
 from .loop import TrainConfig
-from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask
+from .tasks import GraphPropertyTask, NodeClassificationTask, SequenceClassificationTask, Task
 
 KINDS = {"sequence": "sequence classification", "graph": "graph property prediction", "node": "node classification"}
 
@@ -71,7 +71,6 @@ class TaskSpec:
 # ---------------------------------------------------------------------------- model builders
 def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn.Module:
     """`SequenceTransformer` (learned positions, when asked for, long enough for the longest sequence + its [CLS])."""
-
     longest = max(len(tokens) for split in data.splits.values() for tokens, _ in split) + 1
     if options.get("knn") is not None:  # it builds its pattern from the queries; the batches' pattern goes unused
         options = {key: value for key, value in options.items() if key != "pattern"}
@@ -80,7 +79,6 @@ def sequence_model(data: benchmarks.SequenceData, options: Dict[str, Any]) -> nn
 
 def graph_property_model(data: benchmarks.GraphPropertyData, options: Dict[str, Any]) -> nn.Module:
     """`GraphTransformer` over OGB atom/bond encoders, one output per target (reading ``data.pe`` when the data has it)."""
-
     options = dict(options)
     if data.pe is not None:
         options.update(pe_dim=data.pe[1], lap_pe=data.pe[0] == "lap")
@@ -89,7 +87,6 @@ def graph_property_model(data: benchmarks.GraphPropertyData, options: Dict[str, 
 
 def node_model(data: benchmarks.NodeData, options: Dict[str, Any]) -> nn.Module:
     """`GraphTransformer` over the node features, one logit per class and node."""
-
     options = dict(options)
     return GraphTransformer(data.data.num_features, options.pop("dim"), data.num_classes, task="node", **options)
 
@@ -172,7 +169,6 @@ def split_options(spec: TaskSpec, options: Mapping[str, Any]) -> Tuple[Dict[str,
 def parse_pe(text: str) -> Optional[list]:
     """``"rwse:20"`` → ``["rwse", 20]``: a positional encoding kind (``rwse``, ``lap``) and its size;
     ``"none"`` → ``None`` (no encoding, over a task default that has one)."""
-
     if text == "none":
         return None
     kind, colon, dim = text.partition(":")
@@ -190,7 +186,7 @@ def parse_fanouts(text: str) -> list:
     return check_num_neighbors(fanouts)
 
 
-def resolve_config(name: str, options: Mapping[str, Any]):
+def resolve_config(name: str, options: Mapping[str, Any]) -> TrainConfig:
     """The `TrainConfig` of task ``name`` with ``options`` (option name → value) over its defaults.
 
     Patterns and fanouts may be given in their command-line spelling; ``root``, ``run_dir`` and
@@ -265,9 +261,8 @@ def load_config_file(name_or_path: str) -> Tuple[str, Dict[str, Any], Path]:
     return content["task"], options, path.resolve()
 
 
-def make_task(config):
+def make_task(config: TrainConfig) -> Task:
     """Build the task adapter of ``config`` (loading or generating its data under ``config.root``)."""
-
     spec = find_task(config.task)
     data_options = dict(config.data_options)
     num_neighbors: Optional[list] = data_options.pop("num_neighbors", None)
