@@ -190,6 +190,11 @@ def add_virtual_nodes(
     ``g`` gets index ``N + g V + v`` (graphs ``g = 0 .. B-1`` with ``B = max(batch) + 1``, one
     graph when ``batch`` is ``None``). They have no edges among themselves (no self loops).
 
+    This numbering (all virtual nodes last) suits a stand-alone pattern. `transforms.AddVirtualNodes`
+    and `nn.GraphTransformer` number a batch differently, each graph's virtual nodes right after
+    its real nodes (as PyG batches per-graph data): build their ``attn_index`` with
+    `transforms.attention_pattern`, not with this function.
+
     Args:
         num_nodes: ``N`` real nodes.
         num_virtual: ``V >= 0`` virtual nodes per graph.
