@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..io import atomic_write
+from ..patterns._utils import check_size
 from .sequence import PackedSequences
 
 PAD = 0
@@ -69,14 +70,6 @@ def _sum_mod_10(args: Sequence[int]) -> int:
 # Indexed like OPERATORS.
 _OPERATOR_FUNCTIONS: Tuple[Callable[[Sequence[int]], int], ...] = (min, max, _median, _sum_mod_10)
 _FUNCTION_BY_NAME: Dict[str, Callable[[Sequence[int]], int]] = dict(zip(OPERATORS, _OPERATOR_FUNCTIONS))
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -228,12 +221,12 @@ def generate_listops(
     Returns:
         ``[(expression, label)]`` with expressions in the tokenised form ``[MAX 2 9 ]``.
     """
-    _check_int("num_samples", num_samples, 0)
-    _check_int("seed", seed, 0)
-    _check_int("min_length", min_length, 0)
-    _check_int("max_length", max_length, min_length + 2)
-    _check_int("max_depth", max_depth, 1)
-    _check_int("max_args", max_args, 2)
+    check_size(num_samples, "num_samples")
+    check_size(seed, "seed")
+    check_size(min_length, "min_length")
+    check_size(max_length, "max_length", minimum=min_length + 2)
+    check_size(max_depth, "max_depth", minimum=1)
+    check_size(max_args, "max_args", minimum=2)
     if _longest_possible_tree(max_depth, max_args) <= min_length:
         raise ValueError(
             f"no tree with max_depth={max_depth} and max_args={max_args} has more than min_length={min_length} tokens "
@@ -334,7 +327,7 @@ def load_listops(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    sizes = {"train": _check_int("num_train", num_train, 0), "val": _check_int("num_val", num_val, 0), "test": _check_int("num_test", num_test, 0)}
+    sizes = {"train": check_size(num_train, "num_train"), "val": check_size(num_val, "num_val"), "test": check_size(num_test, "num_test")}
     directory = cache_directory(root, num_train=num_train, num_val=num_val, num_test=num_test, seed=seed, min_length=min_length,
                                 max_length=max_length, max_depth=max_depth, max_args=max_args)
     if not all((directory / f"{name}.tsv").is_file() for name in SPLITS):
