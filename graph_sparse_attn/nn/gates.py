@@ -68,7 +68,9 @@ class _Gate(nn.Module):
 
     def penalty(self, *args, **kwargs) -> Tensor:
         """Sparsity penalty of the current gates: L0 for hard-concrete gates, else L1."""
-        logits = self.logits(*args, **kwargs)
+        return self._penalty_of(self.logits(*args, **kwargs))
+
+    def _penalty_of(self, logits: Tensor) -> Tensor:
         return l0_penalty(logits) if self.hard_concrete else l1_penalty(torch.sigmoid(logits))
 
 
@@ -172,8 +174,7 @@ class RelativePositionGate(_Gate):
 
     def penalty(self, edge_index: Optional[Tensor] = None, positions: Optional[Tensor] = None) -> Tensor:
         """Sparsity penalty over the edges of ``edge_index``, or over all buckets when omitted."""
-        logits = self.weight if edge_index is None else self.logits(edge_index, positions)
-        return l0_penalty(logits) if self.hard_concrete else l1_penalty(torch.sigmoid(logits))
+        return self._penalty_of(self.weight if edge_index is None else self.logits(edge_index, positions))
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, hard_concrete={self.hard_concrete}"
