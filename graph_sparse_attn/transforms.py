@@ -40,7 +40,7 @@ from torch_geometric.transforms import BaseTransform
 from .ops.pattern import check_edge_index
 from .patterns._utils import check_batch, check_flag, check_size
 from .patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
-from .patterns.structural import add_virtual_nodes, expander_from_permutations, k_hop
+from .patterns.structural import _expander_edges, add_virtual_nodes, k_hop
 
 __all__ = [
     "GRAPH_EDGE", "SELF_LOOP", "HOP_EDGE", "EXPANDER_EDGE", "VIRTUAL_EDGE", "NUM_EDGE_TYPES", "ATTENTION_PATTERNS",
@@ -207,7 +207,7 @@ def _expander_part(sizes: Sequence[int], degree: int, *, generator: Optional[tor
     sizes_t = torch.tensor(list(sizes), dtype=torch.long, device=device)
     starts = (torch.cumsum(sizes_t, 0) - sizes_t).repeat_interleave(sizes_t)  # each node's graph offset
     orders = [torch.cat(draw).to(device) + starts if draw else starts for draw in draws]
-    return [_part(expander_from_permutations(orders, starts.numel(), device=device), EXPANDER_EDGE)]
+    return [_part(_expander_edges(orders, torch.arange(starts.numel(), device=device)), EXPANDER_EDGE)]
 
 
 def _virtual_part(num_nodes: int, num_virtual: int, batch: Optional[Tensor] = None, device: Optional[torch.device] = None) -> List[Part]:

@@ -144,7 +144,7 @@ def expander(
             # A stable sort by graph keeps the random order inside each graph's slot range.
             order = order[torch.sort(batch[order], stable=True).indices]
         orders.append(order)
-    return expander_from_permutations(orders, num_nodes, device=device)
+    return _expander_edges(orders, torch.arange(num_nodes, device=device))
 
 
 def expander_from_permutations(permutations: Sequence[Tensor], num_nodes: int, *, device: Device = None) -> Tensor:
@@ -163,13 +163,19 @@ def expander_from_permutations(permutations: Sequence[Tensor], num_nodes: int, *
             raise ValueError(f"permutations must be LongTensors [num_nodes]=[{num_nodes}]")
         if not torch.equal(order.sort().values, node):  # one host sync per permutation
             raise ValueError(f"permutations must each hold 0 .. num_nodes - 1 = {num_nodes - 1} once")
+    return _expander_edges(permutations, node)
+
+
+def _expander_edges(permutations: Sequence[Tensor], node: Tensor) -> Tensor:
+    """`expander_from_permutations` of permutations known to be valid (drawn here or by `transforms`),
+    without its checks' sort and host sync: ``node`` is ``arange(N)`` on their device."""
     sources = []
     for order in permutations:
         inverse = torch.empty_like(order)
         inverse[order] = node
         sources += [order, inverse]
     if not sources:
-        return torch.empty(2, 0, dtype=torch.long, device=device)
+        return torch.empty(2, 0, dtype=torch.long, device=node.device)
     sources = torch.stack(sources, dim=1).sort(dim=1).values
     keep = sources != node.unsqueeze(1)
     keep[:, 1:] &= sources[:, 1:] != sources[:, :-1]
