@@ -22,7 +22,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import update_results
+from common import round_order, settle, update_results
 from graph_sparse_attn import CSRPattern, patterns, sparse_attention
 from graph_sparse_attn.ops import band_kernel
 from graph_sparse_attn.ops.dispatch import band_candidate, resolve_backend
@@ -70,8 +70,9 @@ def measure(family: str, param: int, num_nodes: int, repeats: int) -> dict:
     for backend in applies:
         run(backend)  # warm-up: compiles `compiled`'s kernels for this dtype and shape
     times = {backend: [] for backend in applies}
-    for _ in range(repeats):
-        for backend in applies:
+    for repeat in range(repeats):
+        for backend in round_order(applies, repeat):  # no backend always runs right after another
+            settle()
             times[backend].append(run(backend))
     return {"edges": pattern.num_edges, "auto": auto_choice(q, pattern),
             **{b: statistics.median(times[b]) if b in times else None for b in BACKENDS}}

@@ -55,7 +55,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from common import HERE, is_oom, update_results
+from common import HERE, is_oom, round_order, settle, update_results
 
 SHARED_OGB = HERE.parent.parent / "shared" / "data" / "ogb"
 CLI_ROOT = HERE.parent / "datasets"  # `gsa train --root` default, relative to the repository
@@ -232,16 +232,19 @@ def _sync(device: torch.device) -> None:
 def time_round_robin(steps: Dict[str, Step], batches: list, warmup: int, repeats: int, device: torch.device) -> Dict[str, object]:
     """Seconds of each timed step per model (steps interleaved), or the error that stopped the model.
 
-    The order reverses every round, so no model always runs right after the same one (an eager model
-    run right after a compiled one can find inductor's OpenMP threads still spinning)."""
+    Each round runs the models in a seeded random order (`common.round_order`), each after a short
+    pause (`common.settle`), so no model always runs right after the same one (an eager model run
+    right after a compiled one can find inductor's OpenMP threads still spinning)."""
     times: Dict[str, object] = {name: [] for name in steps}
     for i in range(warmup + repeats):
         batch = batches[i % len(batches)]
-        for name, step in (list(steps.items()) if i % 2 == 0 else list(steps.items())[::-1]):
+        for name in round_order(steps, i):
+            step = steps[name]
             if not isinstance(times[name], list):
                 continue
             try:
                 _sync(device)
+                settle()
                 start = time.perf_counter()
                 loss = step(batch)
                 _sync(device)
@@ -424,7 +427,7 @@ def format_markdown(rows: List[dict], facts: dict, args: argparse.Namespace, com
         f"{DATASET} training split, {args.batches} fixed batches of {facts['graphs']:.0f} molecules (mean "
         f"{facts['nodes']:,.0f} nodes, {facts['edges']:,.0f} edges); width {DIM}, {DEPTH} blocks, {HEADS} heads, "
         f"AtomEncoder/BondEncoder, AdamW; one step = forward + backward + optimiser step. Median of {args.steps} "
-        f"steps per model after {args.warmup} warm-up steps, models interleaved step by step (the order reversed every round). Device: "
+        f"steps per model after {args.warmup} warm-up steps, models interleaved step by step (a seeded random order each round, a 20 ms pause before each step). Device: "
         f"{facts['device']}. (a) and (c) run the attention backend a `gsa train` run of theirs takes: `{facts['cli_backend']}`."
         f"\n\n" + "\n".join(lines)
         + f"\n\nThe drop-in alone on the same batches ({DIM} → {HEADS} heads × {DIM // HEADS}, median of {args.layer_steps} interleaved "
