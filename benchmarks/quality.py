@@ -416,7 +416,7 @@ def format_table(records: Dict[str, List[dict]], args: argparse.Namespace, comma
     budget = f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}" + (f", at most {args.max_steps} steps per run" if args.max_steps else "")
     text = (f"## Equal-budget quality, {args.dataset} (`{command}`)\n\n"
             f"{budget}; test {metric} at the best validation epoch (OGB `Evaluator`, {'higher' if higher else 'lower'} is better), "
-            f"mean ± sample std over seeds; wall time = training + evaluation of an uninterrupted run (resumed runs left out), train time excludes evaluation. Each model trains with its own recipe "
+            f"mean ± sample std over seeds; wall time = training + evaluation of an uninterrupted run (resumed runs left out), train time excludes evaluation; times are as each run measured them, under whatever else the machine ran then, so compare speed across rows only within one sweep run alone (`benchmarks/molecules.py` times the models side by side). Each model trains with its own recipe "
             f"(see `benchmarks/quality.py`). Hardware: {hardware(args.device, records)}.\n\n" + "\n".join(lines))
     if notes:
         text += "\n\n" + "\n".join(notes)
