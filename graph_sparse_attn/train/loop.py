@@ -62,9 +62,9 @@ class TrainConfig:
         return cls(**json.loads(text))
 
 
-# Options a run may change when it continues: where and how fast it runs, not what it computes
-# (the configuration file is provenance; its options are compared one by one).
-RUN_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "config_file")
+# Options a run may change when it continues: where and how fast it runs and where its data lies,
+# not what it computes (the configuration file is provenance; its options are compared one by one).
+RUN_OPTIONS = ("device", "backend", "checkpoint_every", "root", "run_dir", "config_file", "imdb_path")
 # Options added after runs were saved, with the value that reproduces how those runs behaved: a
 # saved configuration that lacks one matches only that value (not today's default, which may change).
 ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu", "position": "learned"}
@@ -72,7 +72,8 @@ ADDED_OPTIONS = {"ffn_dim": None, "activation": "gelu", "position": "learned"}
 
 def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequence[str] = RUN_OPTIONS) -> List[str]:
     """What ``config`` changes against a run's saved ``config.json`` (``saved``), as ``"name (saved: X, now: Y)"``
-    entries; options in ``free`` may differ, and ``data_options``/``model_options`` are compared key by key."""
+    entries; options in ``free`` (top-level or data options) may differ, and ``data_options``/``model_options`` are
+    compared key by key."""
     new = json.loads(json.dumps(asdict(config)))  # tuples become lists, as in the saved file
     missing = object()
 
@@ -84,7 +85,7 @@ def config_differences(saved: Dict[str, Any], config: TrainConfig, free: Sequenc
     for group in ("data_options", "model_options"):
         old = saved.get(group, {})
         changes += [(f"{group}.{key}", recorded(old, key), new[group].get(key, missing)) for key in sorted(set(new[group]) | set(old))
-                    if key not in new[group] or recorded(old, key) != new[group][key]]
+                    if key not in free and (key not in new[group] or recorded(old, key) != new[group][key])]
 
     def show(value: Any) -> str:
         return "unset" if value is missing else repr(value)

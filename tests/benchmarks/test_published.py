@@ -48,6 +48,18 @@ def test_a_finished_run_outlives_its_run_directory(tmp_path, monkeypatch):
     assert stale["status"].startswith("stale: listops-seed0 was run with another configuration: model_options.dim (saved: 7")
 
 
+def test_an_entry_without_its_configuration_is_tabulated_as_unchecked(tmp_path, monkeypatch):
+    monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
+    options = ["--epochs", "5"]
+    entry = {"task": "listops", "metric": "accuracy", "epochs": 5, "best_epoch": 4, "val": 0.4, "test": 0.38,
+             "train_seconds": 60.0, "options": options, "hardware": published.HARDWARE}
+    published.record_in_ledger("cpu", "listops-seed0", entry)
+    result = published.run("listops", [], options, 0, tmp_path / "listops-seed0", "cpu", train=False)
+    assert result == {"status": "ok", **entry, "unchecked": True}
+    assert published.seeds_cell([result, {"status": "ok"}]) == "2 (1 unchecked)"
+    assert published.seeds_cell([{"status": "ok"}]) == "1"
+
+
 def test_a_failed_run_reports_the_last_line_of_its_log(tmp_path, monkeypatch):
     monkeypatch.setattr(published, "LEDGER", tmp_path / "published-runs.json")
     run_dir = tmp_path / "listops-seed0"

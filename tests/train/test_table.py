@@ -346,6 +346,16 @@ def test_a_run_saved_before_an_option_existed_continues_with_the_value_it_ran_wi
     assert config_differences(saved, sinusoidal) == ["model_options.position (saved: 'learned', now: 'sinusoidal')"]
 
 
+def test_where_the_data_lies_is_not_a_configuration_difference(tmp_path):
+    # The IMDB archive read from another folder is the same data: a run is neither refused on resume
+    # nor reported stale for it (the published ledger's seed 2 read the shared copy).
+    here = resolve_config("imdb", {"run_dir": str(tmp_path), "imdb_path": str(tmp_path / "a.tar.gz"), "root": str(tmp_path)})
+    there = resolve_config("imdb", {"run_dir": str(tmp_path / "b"), "imdb_path": "/elsewhere/a.tar.gz", "root": "/elsewhere"})
+    assert config_differences(json.loads(here.to_json()), there) == []
+    longer = resolve_config("imdb", {"run_dir": str(tmp_path), "max_length": 64})
+    assert config_differences(json.loads(here.to_json()), longer) == [f"data_options.max_length (saved: {here.data_options['max_length']!r}, now: 64)"]
+
+
 @pytest.mark.parametrize("pattern,band", [
     (("window", {"window": 16}), True),
     (("longformer", {"window": 32, "global_indices": [0]}), True),
