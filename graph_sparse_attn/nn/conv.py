@@ -4,12 +4,14 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch_geometric.nn.aggr import SumAggregation
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.nn.resolver import aggregation_resolver
 from torch_geometric.typing import Adj, NoneType, PairTensor, SparseTensor
 
 from ..ops import CSRPattern
-from ..ops.adjacency import edges_from_adjacency, is_sparse_adjacency, with_edge_values
+from ..ops.adjacency import edges_from_adjacency
 from ..ops.attention import check_attention_options
 from ..ops.dispatch import check_backend
 from ..ops.edge_features import edge_feature_attention
@@ -62,7 +64,7 @@ class SparseAttnConv(MessagePassing):
             :math:`\beta_i = \sigma(\mathbf{w}_5^\top[\mathbf{m}_i, \mathbf{W}_1\mathbf{x}_i, \mathbf{m}_i - \mathbf{W}_1\mathbf{x}_i])`
             (``m_i`` the attention output; the order `TransformerConv` computes, though its docstring writes another),
             :math:`\mathbf{x}'_i = \beta_i \mathbf{W}_1\mathbf{x}_i + (1 - \beta_i)\mathbf{m}_i`.
-        dropout: dropout probability of the attention weights (in training).
+        dropout: dropout probability of the attention weights (in training), in ``[0, 1)``.
         edge_dim: edge feature size, if any.
         bias: learn additive biases.
         root_weight: add the transformed root features :math:`\mathbf{W}_1 \mathbf{x}_i`.
@@ -103,8 +105,8 @@ class SparseAttnConv(MessagePassing):
         kwargs.setdefault("aggr", "add")
         # Messages are summed with softmax weights over each target's incoming edges: another
         # aggregation or flow would be accepted by MessagePassing and silently not applied.
-        if kwargs["aggr"] != "add":
-            raise ValueError(f"aggr must be 'add' (attention sums its softmax-weighted messages), got {kwargs['aggr']!r}")
+        if not isinstance(aggregation_resolver(kwargs["aggr"]), SumAggregation):
+            raise ValueError(f"aggr must be 'add' or 'sum' (attention sums its softmax-weighted messages), got {kwargs['aggr']!r}")
         if kwargs.get("flow", "source_to_target") != "source_to_target":
             raise ValueError(f"flow must be 'source_to_target' (row 0 of edge_index is the source), got {kwargs['flow']!r}")
         super().__init__(node_dim=0, **kwargs)
@@ -204,9 +206,9 @@ class SparseAttnConv(MessagePassing):
 
         ``return_attention_weights`` set to any bool (as in PyG) also returns the attention
         ``alpha [E, H]``: as ``(edge_index, alpha)`` for an ``edge_index`` tensor (the pattern's
-        ``edge_index`` for a ``CSRPattern``), as ``(adj_t with values alpha, alpha)`` for a
-        ``torch.sparse`` ``adj_t`` (``GATConv``'s form), and as ``adj_t.set_value(alpha)`` for a
-        ``SparseTensor``. ``edge_gate [E]`` or ``[E, H]`` in ``[0, 1]`` re-weights the edges (a
+        ``edge_index`` for a ``CSRPattern``), as ``(adj_t, alpha)`` for a ``torch.sparse``
+        ``adj_t`` (the caller's own, with ``alpha`` in its stored order, as ``TransformerConv``
+        returns it), and as ``adj_t.set_value(alpha)`` for a ``SparseTensor``. ``edge_gate [E]`` or ``[E, H]`` in ``[0, 1]`` re-weights the edges (a
         learnable pattern, see `nn.gates`); ``edge_bias [E]`` or ``[E, H]`` is added to the
         attention logits (e.g. a positional bias).
 
@@ -258,11 +260,12 @@ class SparseAttnConv(MessagePassing):
         need_weights: bool,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         """``(out [N_dst, H, C], alpha [E, H] or None)`` over any adjacency (run as Python when scripted)."""
-        if edge_attr is not None and self.lin_edge is None:
-            raise ValueError("edge_attr was given but the layer has no edge features: build it with edge_dim=...")
         edges, adj_values = edges_from_adjacency(edge_index, (key.size(0), query.size(0)))
         if edge_attr is None and adj_values is not None and adj_values.dim() > 1:
             edge_attr = adj_values
+        if edge_attr is not None and self.lin_edge is None:  # given, or carried by a hybrid adj_t
+            raise ValueError("edge_attr (or an adj_t with [E, F] values) was given but the layer has no edge features: "
+                             "build it with edge_dim=F")
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         explain = bool(getattr(self, "explain", False))  # a scripted layer has no explain mode
         per_edge = explain or _message_hooks(self)
@@ -312,12 +315,10 @@ class SparseAttnConv(MessagePassing):
 
     @torch.jit.ignore
     def _attention_index(self, edge_index: Tensor, alpha: Tensor) -> Tensor:
-        """What is returned beside ``alpha``: the caller's ``edge_index``, a ``torch.sparse``
-        ``adj_t`` carrying ``alpha`` as values, or a ``CSRPattern``'s ``edge_index [2, E]``."""
+        """What is returned beside ``alpha``: the caller's ``edge_index`` or ``torch.sparse`` ``adj_t``
+        (as ``TransformerConv``), or a ``CSRPattern``'s ``edge_index [2, E]``."""
         if isinstance(edge_index, CSRPattern):
             return edge_index.edge_index
-        if is_sparse_adjacency(edge_index):
-            return with_edge_values(edge_index, alpha)
         return edge_index
 
     def __repr__(self) -> str:

@@ -80,23 +80,6 @@ def edges_from_adjacency(adj: Adjacency, num_nodes: Tuple[int, int]) -> Tuple[Un
     )
 
 
-def with_edge_values(adj: Tensor, values: Tensor) -> Tensor:
-    """The ``torch.sparse`` adjacency ``adj`` with its stored values replaced by ``values [E, ...]``.
-
-    ``values`` are in ``adj``'s per-edge order (as from :func:`edges_from_adjacency`); the result
-    keeps ``adj``'s layout and indices and has size ``[N_dst, N_src, *values.shape[1:]]`` (a
-    ``SparseTensor`` does this itself: ``adj.set_value(values, layout="coo")``).
-    """
-    size = adj.shape[:2] + values.shape[1:]
-    if adj.layout == torch.sparse_coo:
-        return torch.sparse_coo_tensor(adj._indices(), values, size, is_coalesced=adj.is_coalesced())
-    if adj.layout == torch.sparse_csr:
-        return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), values, size)
-    if adj.layout == torch.sparse_csc:
-        return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(), values, size)
-    raise TypeError(f"adj must be a torch.sparse adjacency, got layout {adj.layout}")
-
-
 def _check_sizes(got: Tuple[int, int], expected: Tuple[int, int], what: str) -> None:
     if tuple(int(n) for n in got) != tuple(expected):
         raise ValueError(

@@ -197,8 +197,23 @@ def test_options_that_would_be_ignored_are_refused():
     with pytest.raises(ValueError, match="flow must be 'source_to_target'"):
         SparseAttnConv(4, 2, flow="target_to_source")
     edge_index, edge_attr, _ = graph(10, 10, 30, 3, seed=6)
-    with pytest.raises(ValueError, match="edge_attr was given but the layer has no edge features"):
+    with pytest.raises(ValueError, match="edge_attr \\(or an adj_t with \\[E, F\\] values\\) was given but the layer has no edge features"):
         SparseAttnConv(4, 2).double()(torch.randn(10, 4, dtype=torch.float64), edge_index, edge_attr)
+    # The same features carried by a hybrid adj_t [N_dst, N_src, F] were dropped silently.
+    hybrid = torch.sparse_coo_tensor(edge_index.flip(0), edge_attr, (10, 10, 3)).coalesce()
+    with pytest.raises(ValueError, match="no edge features"):
+        SparseAttnConv(4, 2).double()(torch.randn(10, 4, dtype=torch.float64), hybrid)
+
+
+def test_sum_aggregation_spelled_as_pyg_accepts_it():
+    from torch_geometric.nn.aggr import SumAggregation
+
+    x, edge_index = torch.randn(6, 4), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    torch.manual_seed(0)
+    reference = SparseAttnConv(4, 2)
+    for aggr in ("sum", SumAggregation()):
+        torch.manual_seed(0)
+        torch.testing.assert_close(SparseAttnConv(4, 2, aggr=aggr)(x, edge_index), reference(x, edge_index))
 
 
 def test_reset_parameters_and_repr():

@@ -135,12 +135,8 @@ def test_attention_weights_per_input_type_and_gradients(edge_dim, concat):
         for (name, p_r), g in zip(ref.named_parameters(), grads):
             torch.testing.assert_close(g, p_r.grad, msg=f"{layout} {name}")
         torch.testing.assert_close(alpha_s, alpha_r[order])
-        # the adjacency comes back with the same structure and alpha [E, H] as its values
-        assert adj_alpha.layout == layout and adj_alpha.shape == (num_dst, num_src, HEADS)
-        indices, values = to_edge_index(adj_alpha)
-        assert torch.equal(indices, to_edge_index(adj_t)[0])
-        torch.testing.assert_close(values, alpha_s)
-        torch.testing.assert_close(adj_alpha.to_dense()[edge_index[1], edge_index[0]], alpha_r)
+        # the caller's adjacency comes back as it was, as TransformerConv returns it
+        assert adj_alpha is adj_t
 
 
 @pytest.mark.parametrize("sort_order", ["row", "col"])
