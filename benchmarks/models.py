@@ -73,19 +73,22 @@ def measure_point(method: str, total_tokens: int, repeats: int) -> dict:
             return F.cross_entropy(head(h[:, 0]), labels)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    baseline_kb = start_memory_probe()
-    times = []
+
+    def train_step() -> float:
+        start = time.perf_counter()
+        loss = step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
     try:
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            loss = step()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
+        train_step()  # warm-up; memory is then measured at steady state, as in attention.py
+        baseline_kb = start_memory_probe()
+        times = [train_step() for _ in range(repeats)]
     except (MemoryError, RuntimeError) as error:
         return {"status": "out of memory" if is_oom(error) else f"error: {error}"}
-    seconds = statistics.median(times[1:])
+    seconds = statistics.median(times)
     return {"status": "ok", "sequences": len(lengths), "padded_tokens": len(lengths) * max(lengths),
             "seconds": seconds, "tokens_per_s": total_tokens / seconds, "peak_mb": peak_mb_since(baseline_kb)}
 
@@ -111,7 +114,7 @@ def format_table(rows: list) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4k tokens only, printed only")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps after one warm-up (their median is reported)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per point")
     parser.add_argument("--point", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
