@@ -62,9 +62,19 @@ def measure(mode: str, steps: int) -> dict:
             "peak_gb": rss_kb("VmHWM") / 2**20}
 
 
+def median_run(results: list) -> dict:
+    """The median of each figure over a mode's runs, or the first failure."""
+    failed = [r for r in results if r.get("status") != "ok"]
+    if failed:
+        return failed[0]
+    return {"status": "ok", **{key: statistics.median(r[key] for r in results) for key in ("ms_per_step", "faults", "sys_s", "peak_gb")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=192)
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="runs of each mode, alternating which goes first (A B B A ...): the second process of a pair ran faster")
     parser.add_argument("--point", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
@@ -72,9 +82,15 @@ def main() -> None:
         return
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")
-    rows = {mode: run_point(__file__, [mode, str(args.steps)], timeout=3600) for mode in MODES}
-    print(f"| {args.steps} steps | " + " | ".join(MODES) + " |\n|---|---|---|")
-    for key, label, fmt in (("ms_per_step", "ms / step (median)", "{:.0f}"), ("faults", "page faults", "{:,}"),
+    if args.pairs < 1:
+        parser.error(f"--pairs must be at least 1, got {args.pairs}")
+    runs = {mode: [] for mode in MODES}
+    for pair in range(args.pairs):
+        for mode in (MODES if pair % 2 == 0 else MODES[::-1]):
+            runs[mode].append(run_point(__file__, [mode, str(args.steps)], timeout=3600))
+    rows = {mode: median_run(results) for mode, results in runs.items()}
+    print(f"| {args.steps} steps, median of {args.pairs} runs each | " + " | ".join(MODES) + " |\n|---|---|---|")
+    for key, label, fmt in (("ms_per_step", "ms / step (median)", "{:.0f}"), ("faults", "page faults", "{:,.0f}"),
                             ("sys_s", "system CPU time (s)", "{:.1f}"), ("peak_gb", "peak resident memory (GB)", "{:.2f}")):
         cells = [fmt.format(rows[m][key]) if rows[m].get("status") == "ok" else rows[m]["status"] for m in MODES]
         print(f"| {label} | " + " | ".join(cells) + " |")
