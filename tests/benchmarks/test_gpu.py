@@ -54,3 +54,4 @@ def test_dry_run_on_cpu_measures_every_method_and_writes_its_report(tmp_path):
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {num_nodes} |"))
         assert "error" not in row and "not run" not in row and "FlexAttention has no CPU backward" in row, row
     assert "problems: none" in proc.stdout and "flex " in markdown.split("largest |out − dense SDPA out|")[1].splitlines()[0]
+    assert f"`CSRPattern` for csr at N={gpu.DRY_RUN_SIZES[0]:,} (built once, outside its columns):" in markdown
