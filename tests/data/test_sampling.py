@@ -275,12 +275,16 @@ def batches_as_lists(batches):
     return [(b.n_id.tolist(), b.edge_index.tolist(), b.e_id.tolist()) for b in batches]
 
 
+def seeded_sampler(shuffle):
+    """A sampler as a fresh process would build it: same graph, same seeded generator."""
+    edge_index = random_graph(50, 400, seed=3)
+    return NeighborSampler(edge_index, 50, [4, 2], batch_size=7, shuffle=shuffle, generator=torch.Generator().manual_seed(11))
+
+
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_state_dict_resumes_an_epoch_and_the_next_ones_exactly(shuffle):
-    edge_index = random_graph(50, 400, seed=3)
-
     def sampler():
-        return NeighborSampler(edge_index, 50, [4, 2], batch_size=7, shuffle=shuffle, generator=torch.Generator().manual_seed(11))
+        return seeded_sampler(shuffle)
 
     reference = sampler()
     expected = [batches_as_lists(reference) for _ in range(3)]  # three epochs in a row
@@ -314,20 +318,15 @@ def test_state_dict_without_an_explicit_generator_uses_torch_s_default_one():
 
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_a_state_saved_after_an_epoch_s_last_batch_resumes_into_the_next_epoch(shuffle):
-    edge_index = random_graph(50, 400, seed=3)
-
-    def sampler():
-        return NeighborSampler(edge_index, 50, [4, 2], batch_size=7, shuffle=shuffle, generator=torch.Generator().manual_seed(11))
-
-    reference = sampler()
+    reference = seeded_sampler(shuffle)
     expected = [batches_as_lists(reference) for _ in range(2)]
-    interrupted = sampler()
+    interrupted = seeded_sampler(shuffle)
     first_epoch = []
     for batch in interrupted:
         first_epoch.append(batch)
         state = interrupted.state_dict()  # inside the loop, after the last batch too
     assert state["position"] == len(interrupted)
-    resumed = sampler()
+    resumed = seeded_sampler(shuffle)
     resumed.load_state_dict(state)
     assert [batches_as_lists(first_epoch), batches_as_lists(resumed)] == expected
 
