@@ -137,8 +137,8 @@ def _from_edge_index_cache(edge_index: EdgeIndex, num_src: int, num_dst: int) ->
         col=src[perm].to(index_dtype),
         row=row,
         perm=perm,
-        colptr=colptr.to(index_dtype),
-        row_t=dst.to(index_dtype),
+        colptr=colptr.to(index_dtype, copy=True),  # copies: the pattern must not alias the caller's EdgeIndex
+        row_t=dst.to(index_dtype, copy=True),
         perm_t=perm_t.to(index_dtype),
         num_src=num_src,
         num_dst=num_dst,

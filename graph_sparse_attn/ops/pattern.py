@@ -132,8 +132,9 @@ class CSRPattern:
         keys = dst * max(num_src, 1) + src
         if bool((keys[1:] >= keys[:-1]).all()):  # patterns from `patterns` arrive sorted
             sorted_keys, perm = keys, None
-            # Copies, as the gathers below make: the pattern must not alias the caller's edge_index.
-            col, row = src.clone(), dst.clone()
+            # Copies, as the gathers below make (one conversion, no extra pass when the index dtype
+            # narrows): the pattern must not alias the caller's edge_index.
+            col, row = src.to(index_dtype, copy=True), dst.to(index_dtype, copy=True)
         else:
             sorted_keys, perm = torch.sort(keys, stable=True)
             col, row = src[perm], dst[perm]

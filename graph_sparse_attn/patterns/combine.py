@@ -16,7 +16,6 @@ from ..ops.pattern import NumNodes, check_edge_index
 from ._utils import check_size
 
 
-
 def sort_and_dedup(edge_index: Tensor, num_nodes: NumNodes = None) -> Tensor:
     r"""Coalesce a pattern: sort by (target, source) and drop repeated pairs.
 
