@@ -208,9 +208,9 @@ class SparseAttnConv(MessagePassing):
         ``alpha [E, H]``: as ``(edge_index, alpha)`` for an ``edge_index`` tensor (the pattern's
         ``edge_index`` for a ``CSRPattern``), as ``(adj_t, alpha)`` for a ``torch.sparse``
         ``adj_t`` (the caller's own, with ``alpha`` in its stored order, as ``TransformerConv``
-        returns it), and as ``adj_t.set_value(alpha)`` for a ``SparseTensor``. ``edge_gate [E]`` or ``[E, H]`` in ``[0, 1]`` re-weights the edges (a
-        learnable pattern, see `nn.gates`); ``edge_bias [E]`` or ``[E, H]`` is added to the
-        attention logits (e.g. a positional bias).
+        returns it), and as ``adj_t.set_value(alpha)`` for a ``SparseTensor``. ``edge_gate [E]``
+        or ``[E, H]`` in ``[0, 1]`` re-weights the edges (a learnable pattern, see `nn.gates`);
+        ``edge_bias [E]`` or ``[E, H]`` is added to the attention logits (e.g. a positional bias).
 
         The layer scripts with ``torch.jit.script`` like ``TransformerConv`` (the attention itself
         runs in Python, see :meth:`_attend`).
