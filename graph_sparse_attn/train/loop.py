@@ -107,7 +107,7 @@ def run_backend(config: TrainConfig, device: torch.device, steps_per_epoch: int)
     pattern = config.model_options.get("pattern")
     windows = False
     if pattern is not None:
-        length = config.data_options.get("max_length", _BAND_PROBE_LENGTH)
+        length = config.data_options.get("max_length") or _BAND_PROBE_LENGTH
         name, params = pattern
         draws = {"generator": torch.Generator().manual_seed(0)} if name in RANDOM_PATTERNS else {}
         windows = is_band(build_pattern(name, length, **params, **draws), length)
