@@ -545,3 +545,30 @@ def test_layers_refuse_edge_inputs_they_would_ignore():
         SparseMultiheadAttention(8, 2)(x, edge_index, edge_attr_index=torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="the layer has no local branch"):
         SparseTransformerLayer(8, 2)(x, edge_index, local_edge_index=edge_index)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_graph_pooling_reads_the_final_node_states_as_named(pooling):
+    from torch_geometric.nn import global_add_pool, global_mean_pool
+
+    torch.manual_seed(0)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    edge_index = torch.tensor([[0, 1, 3, 4, 5], [1, 2, 4, 5, 6]])
+    model = GraphTransformer(5, 8, 3, depth=1, heads=2, pooling=pooling).eval()
+    model.head = torch.nn.Identity()
+    seen = {}
+    model.norm.register_forward_hook(lambda module, inputs, out: seen.setdefault("h", out))
+    out = model(torch.randn(7, 5), edge_index, batch=batch)
+    pool = global_mean_pool if pooling == "mean" else global_add_pool
+    torch.testing.assert_close(out, pool(seen["h"], batch))
+
+
+def test_sinusoidal_positions_follow_vaswani():
+    from graph_sparse_attn.nn.sequence import SinusoidalPositions
+
+    pos = torch.arange(6)
+    encoding = SinusoidalPositions(8)(pos)
+    for i in range(4):
+        frequency = 10000.0 ** (-2 * i / 8)
+        torch.testing.assert_close(encoding[:, 2 * i], torch.sin(pos * frequency))
+        torch.testing.assert_close(encoding[:, 2 * i + 1], torch.cos(pos * frequency))

@@ -111,6 +111,15 @@ def test_knn_l2_is_exact_for_float32_features_with_a_large_offset(separate_key):
     assert as_pairs(edge_index) == expected
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_knn_without_loop_excludes_self_even_when_k_exceeds_the_segment(metric):
+    # With k past a segment's size, topk reaches masked columns, the self column among them.
+    batch = batch_from_lengths([2, 7])
+    edge_index = knn(features(9, seed=8), None, 16, batch=batch, metric=metric, loop=False)
+    assert not bool((edge_index[0] == edge_index[1]).any())
+    assert edge_index.size(1) == 2 * 1 + 7 * 6  # every other node of its segment
+
+
 def test_knn_identical_for_all_chunk_sizes():
     batch = batch_from_lengths([40, 3, 0, 90, 17, 50])
     query = features(len(batch), dim=8, seed=8).float()
