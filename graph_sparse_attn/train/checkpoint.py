@@ -1,6 +1,7 @@
 """Checkpoint files (written atomically by `graph_sparse_attn.io`) and the random states they carry."""
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Any, Dict, Optional, Union
 
@@ -27,5 +28,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: PathLike, map_location: Optional[Union[str, torch.device]] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by `graph_sparse_attn.io.atomic_save`."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Load a checkpoint written by `graph_sparse_attn.io.atomic_save`; ``ValueError`` naming the file when
+    it cannot be read (truncated, or not a checkpoint)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path} is not a readable checkpoint ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None

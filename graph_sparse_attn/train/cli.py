@@ -27,7 +27,11 @@ from .table import (DEFAULT_TASK, KINDS, TASKS, TaskSpec, find_task, load_config
 
 
 class _Parser(argparse.ArgumentParser):
-    """Errors are one line (``gsa train: error: ...``) and exit with code 2."""
+    """Errors are one line (``gsa train: error: ...``) and exit with code 2. No abbreviated options:
+    ``--conf FILE`` would parse, but `_config_argument` reads the file of ``--config`` only."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -166,6 +170,8 @@ def _tasks_help() -> str:
     return "\n".join(f"  {name:<15} {spec.summary} [{spec.kind}]" for name, spec in TASKS.items())
 
 
+# Options that may be none (no value): those whose default is none for some task.
+_NULLABLE = frozenset(name for spec in TASKS.values() for name, value in spec.options.items() if value is None)
 # The default of options that do not apply to the task: given at all (even as --pe none), they are refused.
 _NOT_GIVEN = object()
 
@@ -218,6 +224,9 @@ def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
                 raise ValueError(f"config {config_file!r} is for task {file_task!r}, not {given!r}")
             given, from_file = file_task, _as_arguments(file_options)
             nulls = {option.replace("-", "_"): None for option, value in file_options.items() if value is None}
+            required = sorted(set(nulls) & set(find_task(file_task).options) - _NULLABLE)
+            if required:  # null means "none", which only some options take
+                raise ValueError(f"config {str(path)!r}: {', '.join(required)} cannot be null (it needs a value)")
         name = given or DEFAULT_TASK
         spec = find_task(name)
     except ValueError as error:  # UnknownTask too
@@ -251,13 +260,18 @@ def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
         config = resolve_config(name, values)
     except ValueError as error:  # options valid alone but not together
         parser.error(str(error))
+    if Path(config.run_dir).exists() and not Path(config.run_dir).is_dir():
+        parser.error(f"--run-dir {config.run_dir} is a file, not a run directory")
     if Path(config.run_dir, "last.pt").exists() and not args.resume:
         parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
 
     saved = Path(config.run_dir, "config.json")
     if args.resume and not saved.exists():  # most likely a mistyped --run-dir: training afresh would hide it
         parser.error(f"--resume: {config.run_dir} holds no run to continue (no config.json); drop --resume to start one")
-    changed = config_differences(json.loads(saved.read_text()), config) if args.resume else []
+    try:
+        changed = config_differences(json.loads(saved.read_text()), config) if args.resume else []
+    except (ValueError, OSError) as error:
+        parser.error(f"--resume: {saved} is not a readable run configuration ({error})")
     if changed:
         parser.error(f"--resume: {config.run_dir} was run with other options: {'; '.join(changed)}; "
                      "pass the options it was run with")
@@ -361,6 +375,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         build_parser().error(f"--device {args.device}: {error}")
     try:
         state = load_checkpoint(checkpoint)
+    except ValueError as error:  # truncated, or not a checkpoint
+        build_parser().error(str(error))
+    try:
         config = TrainConfig(**{**state["config"], "device": args.device})
     except TypeError as error:
         print(f"gsa evaluate: error: {checkpoint} holds a configuration this version cannot read ({error})", file=sys.stderr)

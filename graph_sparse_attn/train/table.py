@@ -219,6 +219,10 @@ def resolve_config(name: str, options: Mapping[str, Any]) -> TrainConfig:
 
 def _check_together(spec: TaskSpec, values: Mapping[str, Any]) -> None:
     """Refuse options that are valid one by one but not together, before any data is loaded."""
+    if spec.kind == "node" and values.get("num_neighbors") is None and values["batch_size"] != spec.options["batch_size"]:
+        # A node task without sampling trains on the whole graph each step: a batch size would be ignored.
+        raise ValueError("--batch-size applies to node tasks with --num-neighbors (mini-batches of seed nodes); "
+                         "without it every step trains on the whole graph")
     if "dim" in values and "heads" in values and values["dim"] % values["heads"]:
         raise ValueError(f"--dim ({values['dim']}) must be divisible by --heads ({values['heads']})")
     if values.get("min_length") is not None and values.get("max_length") is not None \
@@ -237,6 +241,10 @@ def _check_together(spec: TaskSpec, values: Mapping[str, Any]) -> None:
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+# What a configuration file holds: the task, its options and free provenance fields.
+CONFIG_FILE_KEYS = frozenset({"task", "options", "source", "notes"})
+
+
 def shipped_configs() -> Dict[str, Path]:
     """Name → path of the configuration files shipped in ``train/configs`` (each cites its source)."""
     return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.json"))}
@@ -253,10 +261,13 @@ def load_config_file(name_or_path: str) -> Tuple[str, Dict[str, Any], Path]:
         raise ValueError(f"config {name_or_path!r} is neither a shipped configuration ({', '.join(shipped_configs())}) nor a file")
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"config file {path} is not valid JSON ({error})") from None
+    except (ValueError, OSError) as error:  # bad JSON or encoding, or unreadable
+        raise ValueError(f"config file {path} cannot be read as JSON ({error})") from None
     if not isinstance(content, dict) or not isinstance(content.get("task"), str) or not isinstance(content.get("options", {}), dict):
         raise ValueError(f"config file {path} must hold {{\"task\": NAME, \"options\": {{...}}}}")
+    unknown = sorted(set(content) - CONFIG_FILE_KEYS)
+    if unknown:  # a typo, or a run's config.json (another layout): its options would be ignored
+        raise ValueError(f"config file {path} has unknown key(s) {', '.join(unknown)}: it holds {', '.join(sorted(CONFIG_FILE_KEYS))}")
     options = {key.replace("-", "_"): value for key, value in content.get("options", {}).items()}
     return content["task"], options, path.resolve()
 

@@ -139,6 +139,8 @@ def test_help_lists_pattern_names_including_the_python_spelling(capsys):
         (["cora", "--num-neighbors", "-2"], "argument --num-neighbors: num_neighbors must be >= -1, got -2"),
         (["cora", "--num-neighbors", "5,x"], "argument --num-neighbors: num_neighbors must be comma-separated integers"),
         (["cora", "--pe", "rwse:4"], "--pe does not apply to cora"),
+        (["cora", "--batch-size", "7"], "--batch-size applies to node tasks with --num-neighbors"),
+        (["listops", "--conf", "listops-lra"], "unrecognized arguments: --conf"),  # an abbreviation would be ignored
         (["listops", "--pe", "rwse:4"], "--pe does not apply to listops"),
         (["ogbg-molhiv", "--pe", "spectral:3"], "KIND:DIM"),
         (["ogbg-molhiv", "--pe", "rwse"], "KIND:DIM"),
@@ -268,6 +270,9 @@ def test_null_in_a_config_file_means_no_value(tmp_path, monkeypatch):
         ({"task": "listops", "options": {"epochs": 0}}, "positive"),
         ({"options": {}}, "must hold"),
         ({"task": "listops", "options": {"pattern": "spiral"}}, "unknown pattern"),
+        # A typo (or a run's config.json) whose options would be ignored.
+        ({"task": "listops", "option": {"dim": 63}}, "has unknown key(s) option"),
+        ({"task": "listops", "options": {"min_length": None}}, "min_length cannot be null"),
     ],
 )
 def test_bad_config_files_are_refused_in_one_line(content, message, tmp_path, capsys):
@@ -372,3 +377,27 @@ def test_long_runs_leave_to_auto_exactly_the_patterns_it_runs_on_band(monkeypatc
     cpu = torch.device("cpu")
     assert run_backend(config, cpu, dispatch.COMPILED_MIN_STEPS) == ("auto" if band else "compiled")
     assert run_backend(config, cpu, 1) == "auto"  # short runs never compile
+
+
+def test_unreadable_run_files_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    def refused():
+        return pytest.raises(SystemExit, match="2")
+
+    with refused():
+        main(["train", "listops", "--run-dir", "afile"])
+    assert "afile is a file, not a run directory" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{broken")
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    with refused():
+        main(["train", "listops", "--run-dir", "run", "--resume"])
+    err = capsys.readouterr().err
+    assert "is not a readable run configuration" in err and len(err.strip().splitlines()) == 1
+    (run / "best.pt").write_bytes(b"PK truncated")
+    with refused():
+        main(["evaluate", "run"])
+    err = capsys.readouterr().err
+    assert "best.pt is not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
