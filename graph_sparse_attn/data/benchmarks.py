@@ -296,15 +296,15 @@ def _load_ogb(dataset_class, name: str, root: Path, url_path: str):
 
 
 def _require_offline_copy(folder: Path, layout: str, url: str) -> None:
-    """Fail fast, with instructions, when a dataset is absent and its server cannot be reached."""
-    if folder.exists():
+    """Fail fast, with instructions, when a dataset is absent (or its folder empty) and its server cannot be reached."""
+    if folder.is_dir() and any(folder.iterdir()):
         return
     host = url.split("/")[2]
     try:
         socket.create_connection((host, 80 if url.startswith("http:") else 443), timeout=5).close()
     except OSError:
         raise FileNotFoundError(
-            f"dataset folder {folder} does not exist and {host} cannot be reached (offline?). "
+            f"dataset folder {folder} is missing or empty and {host} cannot be reached (offline?). "
             f"Download it on a connected machine (the loader fetches it from {url}) and copy it as {layout}."
         ) from None
 

@@ -207,6 +207,9 @@ def test_evaluate_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatch
     assert "ogbg_molbbbp" in err and len(err.strip().splitlines()) == 1
     # the line says what to do: where the data comes from and the layout to copy it in
     assert "snap.stanford.edu cannot be reached" in err and "csv_mol_download" in err and "RELEASE_v1.txt" in err
+    (tmp_path / "empty" / "ogbg_molbbbp").mkdir(parents=True)  # an empty folder is no copy either
+    assert main(["evaluate", str(run)]) == 1
+    assert "is missing or empty and snap.stanford.edu cannot be reached" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(shipped_configs()))
