@@ -87,6 +87,8 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+# torch's generators take seeds below 2**64; epochs are added to the seed, so leave room.
+_seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
 _positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite positive number")
 _non_negative_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite non-negative number")
 _probability = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
@@ -146,7 +148,7 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("optimisation", "schedule", dict(choices=SCHEDULES, help="learning-rate schedule after warm-up")),
     ("optimisation", "warmup_steps", dict(type=_non_negative_int, help="linear warm-up steps")),
     ("optimisation", "grad_clip", dict(type=_non_negative_float, help="gradient norm clip (0 disables)")),
-    ("run", "seed", dict(type=_non_negative_int, help="random seed (initialisation, order, dropout; ListOps: the generated data too)")),
+    ("run", "seed", dict(type=_seed, help="random seed (initialisation, order, dropout; ListOps: the generated data too)")),
     ("run", "run_dir", dict(help="run directory (none given: a new runs/TASK-seedSEED[-K])")),
     ("run", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")),
     ("run", "backend", dict(choices=KERNEL_BACKENDS,

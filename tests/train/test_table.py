@@ -140,6 +140,7 @@ def test_help_lists_pattern_names_including_the_python_spelling(capsys):
         (["cora", "--num-neighbors", "5,x"], "argument --num-neighbors: num_neighbors must be comma-separated integers"),
         (["cora", "--pe", "rwse:4"], "--pe does not apply to cora"),
         (["cora", "--batch-size", "7"], "--batch-size applies to node tasks with --num-neighbors"),
+        (["listops", "--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**63)"),
         (["listops", "--conf", "listops-lra"], "unrecognized arguments: --conf"),  # an abbreviation would be ignored
         (["listops", "--pe", "rwse:4"], "--pe does not apply to listops"),
         (["ogbg-molhiv", "--pe", "spectral:3"], "KIND:DIM"),
