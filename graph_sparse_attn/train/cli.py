@@ -346,6 +346,8 @@ def _train(argv: List[str]) -> int:
         _Parser(prog="gsa train").error(f"--resume: {error}")
     if resumed:
         print(f"resumed {config.run_dir} at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}", file=sys.stderr)
+    elif resume:  # its configuration was written, but it stopped before its first checkpoint
+        print(f"--resume: {config.run_dir} holds no last.pt yet; training it from the start", file=sys.stderr)
     try:
         summary = trainer.fit()
     finally:
