@@ -65,7 +65,7 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "listops", "--grad-clip", "-1"], "argument --grad-clip: must be a finite non-negative number, got -1.0"),
         (["train", "listops", "--weight-decay", "-1"], "argument --weight-decay: must be a finite non-negative number"),
         (["train", "listops", "--lr", "inf"], "argument --lr: must be a finite positive number, got inf"),
-        (["train", "listops", "--seed", "-5"], "argument --seed: must be a non-negative integer, got -5"),
+        (["train", "listops", "--seed", "-5"], "argument --seed: must be an integer in [0, 2**63), got -5"),
         # options valid alone, not together
         (["train", "listops", "--heads", "3"], "--dim (64) must be divisible by --heads (3)"),
         (["train", "listops", "--knn", "2", "--gate"], "--gate learns gates over a fixed pattern, --knn attends"),
