@@ -163,11 +163,9 @@ class SequenceTransformer(nn.Module):
         Training draws a random pattern from the ``pattern_seed`` generator (or the global RNG);
         evaluation draws each sequence's from a generator seeded 0, so predictions are repeatable,
         do not depend on the batch, and leave the training draws untouched."""
-        if self.training:
-            return positional_pattern(self.pattern_name, batch.numel(), batch=batch, num_graphs=num_graphs,
-                                      generator=self.generator, **self.pattern_params)
+        draws = {"generator": self.generator} if self.training else {"seed_per_graph": 0}
         return positional_pattern(self.pattern_name, batch.numel(), batch=batch, num_graphs=num_graphs,
-                                  seed_per_graph=0, **self.pattern_params)
+                                  **draws, **self.pattern_params)
 
     def forward(self, tokens: Tensor, batch: Tensor, edge_index: Union[Tensor, CSRPattern, None] = None,
                 pos: Optional[Tensor] = None, *, num_graphs: Optional[int] = None) -> Tensor:

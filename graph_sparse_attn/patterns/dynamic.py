@@ -43,8 +43,14 @@ def _check_features(features: Tensor, name: str) -> Tensor:
     return features
 
 
+def _segment_key_counts(batch: Tensor, key_batch: Tensor) -> Tensor:
+    """``[S]`` keys in each segment, for every segment a query or a key names (one host sync)."""
+    num_segments = 1 + max(int(batch.max()) if batch.numel() else -1, int(key_batch.max()) if key_batch.numel() else -1)
+    return torch.bincount(key_batch, minlength=num_segments)
+
+
 def _segment_key_ranges(
-    batch: Optional[Tensor], key_batch: Optional[Tensor], num_queries: int, num_keys: int, device: torch.device
+    batch: Optional[Tensor], key_counts: Optional[Tensor], num_queries: int, num_keys: int, device: torch.device
 ) -> Tuple[Tensor, Tensor]:
     """Per query ``[N]``: the half-open range ``[lo, hi)`` of key indices in its segment.
 
@@ -55,13 +61,12 @@ def _segment_key_ranges(
             torch.zeros(num_queries, dtype=torch.long, device=device),
             torch.full((num_queries,), num_keys, dtype=torch.long, device=device),
         )
-    num_segments = 1 + max(int(batch.max()) if num_queries else -1, int(key_batch.max()) if num_keys else -1)
-    key_counts = torch.bincount(key_batch, minlength=num_segments)
     key_ptr = torch.cat([key_counts.new_zeros(1), torch.cumsum(key_counts, 0)])
     return key_ptr[batch], key_ptr[batch + 1]
 
 
-def _centre_on_key_means(query: Tensor, key: Tensor, batch: Optional[Tensor], key_batch: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _centre_on_key_means(query: Tensor, key: Tensor, batch: Optional[Tensor], key_batch: Optional[Tensor],
+                         key_counts: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """Queries and keys shifted by the mean of their segment's keys (``key is query`` is kept).
 
     ``-||q - k||^2`` does not change when a segment's queries and keys shift alike, but its
@@ -69,11 +74,10 @@ def _centre_on_key_means(query: Tensor, key: Tensor, batch: Optional[Tensor], ke
     float32 features at 1000 ± 0.1 found 0.2 % of their true nearest neighbours uncentred."""
     shared = key is query
     if key_batch is None:
-        query_centre = key_centre = key.mean(0, keepdim=True) if key.size(0) else key.new_zeros(1, key.size(1))
+        query_centre = key_centre = key.mean(0, keepdim=True)  # knn has returned early on no keys
     else:
-        num_segments = 1 + max(int(batch.max()) if batch.numel() else -1, int(key_batch.max()) if key_batch.numel() else -1)
-        sums = key.new_zeros(num_segments, key.size(1)).index_add_(0, key_batch, key)
-        means = sums / torch.bincount(key_batch, minlength=num_segments).clamp(min=1).unsqueeze(1).to(key.dtype)
+        sums = key.new_zeros(key_counts.numel(), key.size(1)).index_add_(0, key_batch, key)
+        means = sums / key_counts.clamp(min=1).unsqueeze(1).to(key.dtype)
         query_centre, key_centre = means[batch], means[key_batch]
     query = query - query_centre
     return query, query if shared else key - key_centre
@@ -190,6 +194,7 @@ def knn(
         key_batch = check_batch(key_batch, num_keys, "key_batch", device)
     if num_queries == 0 or num_keys == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
+    key_counts = None if batch is None else _segment_key_counts(batch, key_batch)
 
     shared = key is query
     # Scores in float32 at least: 2 q.k - ||k||^2 overflows float16 from feature norms of about 256.
@@ -199,13 +204,13 @@ def knn(
         query = F.normalize(query, dim=1)
         key = query if shared else F.normalize(key, dim=1)
     elif metric == "l2":
-        query, key = _centre_on_key_means(query, key, batch, key_batch)
+        query, key = _centre_on_key_means(query, key, batch, key_batch, key_counts)
     # Padding rows let every chunk read a key window whose width is a multiple of _GROUP.
     padded_key = torch.cat([key, key.new_zeros(_GROUP - 1, key.size(1))])
     # -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2; the last term is constant per query, so it is dropped.
     key_bias = -padded_key.square().sum(dim=1) if metric == "l2" else None
 
-    key_lo, key_hi = _segment_key_ranges(batch, key_batch, num_queries, num_keys, device)
+    key_lo, key_hi = _segment_key_ranges(batch, key_counts, num_queries, num_keys, device)
     starts = torch.arange(0, num_queries, chunk_size, device=device)
     lasts = (starts + chunk_size).clamp(max=num_queries) - 1
     bounds = torch.stack([key_lo[starts], key_hi[lasts], key_lo[lasts], key_hi[starts]], dim=1).tolist()
