@@ -208,6 +208,7 @@ def build_parser() -> _Parser:
     evaluate.add_argument("run_dir", help="a run directory written by 'gsa train'")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    evaluate.add_argument("--root", help="the data root, where it differs from the one the run trained on (data moved)")
     return parser
 
 
@@ -369,20 +370,24 @@ def _task_or_report(config, command: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    refuse = _Parser(prog="gsa evaluate").error
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / f"{args.checkpoint}.pt"
     if not checkpoint.exists():
-        build_parser().error(f"{checkpoint} does not exist (is {run_dir} a run directory written by 'gsa train'?)")
+        refuse(f"{checkpoint} does not exist (is {run_dir} a run directory written by 'gsa train'?)")
     try:
         local_device(args.device)
     except (RuntimeError, ValueError) as error:
-        build_parser().error(f"--device {args.device}: {error}")
+        refuse(f"--device {args.device}: {error}")
     try:
         state = load_checkpoint(checkpoint)
     except ValueError as error:  # truncated, or not a checkpoint
-        build_parser().error(str(error))
+        refuse(str(error))
+    overrides = {"device": args.device}
+    if args.root is not None:
+        overrides["root"] = str(Path(args.root).resolve())  # absolute, as config.json records roots
     try:
-        config = TrainConfig(**{**state["config"], "device": args.device})
+        config = TrainConfig(**{**state["config"], **overrides})
     except TypeError as error:
         print(f"gsa evaluate: error: {checkpoint} holds a configuration this version cannot read ({error})", file=sys.stderr)
         return 1

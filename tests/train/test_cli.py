@@ -53,7 +53,7 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "listops", "--pattern", "window:width=3"], "takes no parameter"),
         (["train", "listops", "--dropout", "1.5"], "[0, 1)"),
         (["train", "imdb", "--position", "rotary"], "invalid choice: 'rotary'"),
-        (["evaluate", "/nonexistent/run"], "does not exist"),
+        (["evaluate", "/nonexistent/run"], "gsa evaluate: error: /nonexistent/run/best.pt does not exist"),
         (["train", "listops", "--resume"], "--resume needs"),
         # pattern values are checked by building the pattern, not at the first batch
         (["train", "listops", "--pattern", "window"], "needs parameter(s) ['window']"),
@@ -184,6 +184,9 @@ def test_evaluate_works_from_any_folder(tmp_path):
     result = json.loads(gsa("evaluate", str(work / "run"), cwd=elsewhere).stdout)
     assert result["test"] == pytest.approx(json.loads((work / "run" / "summary.json").read_text())["test"])
     assert not any(elsewhere.iterdir()), "evaluate must not regenerate data under the current folder"
+    (work / "data").rename(elsewhere / "moved")  # data moved after training: --root says where it went
+    moved = json.loads(gsa("evaluate", str(work / "run"), "--root", "moved", cwd=elsewhere).stdout)
+    assert moved["test"] == result["test"] and not (work / "data").exists()
 
 
 def copy_shared(name, tmp_path):
