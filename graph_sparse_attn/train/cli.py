@@ -241,7 +241,12 @@ def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
         if unknown:
             parser.error(f"config {str(path)!r} sets unknown option(s) {', '.join(unknown)}")
         parser.set_defaults(**{**defaults, **nulls})
-    args = parser.parse_args(options)
+    args, unrecognised = parser.parse_known_args(options)
+    if unrecognised:
+        misplaced = [token for token in unrecognised if token in TASKS]
+        if misplaced and given is None:
+            _Parser(prog="gsa train").error(f"the task comes first: gsa train {misplaced[0]} [options]")
+        parser.error(f"unrecognized arguments: {' '.join(unrecognised)}")
     args.config_file = None if path is None else str(path)
     refused = [_flag(option) for option in args.inapplicable if getattr(args, option) is not _NOT_GIVEN]
     if refused:

@@ -55,6 +55,8 @@ def test_help_documents_every_option_of_the_task(capsys):
         (["train", "imdb", "--position", "rotary"], "invalid choice: 'rotary'"),
         (["evaluate", "/nonexistent/run"], "gsa evaluate: error: /nonexistent/run/best.pt does not exist"),
         (["train", "listops", "--resume"], "--resume needs"),
+        (["train", "--epochs", "3", "cora"], "gsa train: error: the task comes first: gsa train cora [options]"),
+        (["train", "listops", "--epochs", "3", "extra"], "gsa train listops: error: unrecognized arguments: extra"),
         # pattern values are checked by building the pattern, not at the first batch
         (["train", "listops", "--pattern", "window"], "needs parameter(s) ['window']"),
         (["train", "listops", "--pattern", "window:window=-1"], "argument --pattern: pattern 'window': window must be >= 0"),
