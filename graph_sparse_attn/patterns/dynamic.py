@@ -83,6 +83,19 @@ def _centre_on_key_means(query: Tensor, key: Tensor, batch: Optional[Tensor], ke
     return query, query if shared else key - key_centre
 
 
+def _within_score_range(query: Tensor, key: Tensor) -> Tuple[Tensor, Tensor]:
+    """Queries and keys divided by their largest magnitude where their scores could overflow
+    (``key is query`` is kept); otherwise unchanged. Every score of a metric is then scaled by
+    the same positive factor, so ranks do not change; float32 scores overflow to ties from
+    feature magnitudes of about ``1e18``."""
+    largest = float(torch.maximum(query.abs().amax(), key.abs().amax()))
+    if 4 * query.size(1) * largest**2 <= torch.finfo(query.dtype).max:  # |2 q.k - ||k||^2| <= 4 D largest^2
+        return query, key
+    shared = key is query
+    query = query / largest
+    return query, query if shared else key / largest
+
+
 def _top_columns(scores: Tensor, k: int) -> Tensor:
     """Column indices ``[rows, min(k, width)]`` of the largest entries of each row of ``scores``.
 
@@ -200,11 +213,12 @@ def knn(
     # Scores in float32 at least: 2 q.k - ||k||^2 overflows float16 from feature norms of about 256.
     dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), torch.float32)
     query, key = query.to(dtype), key.to(dtype)
+    if metric == "l2":
+        query, key = _centre_on_key_means(query, key, batch, key_batch, key_counts)
+    query, key = _within_score_range(query, key)  # before normalising too: the norms overflow first
     if metric == "cosine":
         query = F.normalize(query, dim=1)
         key = query if shared else F.normalize(key, dim=1)
-    elif metric == "l2":
-        query, key = _centre_on_key_means(query, key, batch, key_batch, key_counts)
     # Padding rows let every chunk read a key window whose width is a multiple of _GROUP.
     padded_key = torch.cat([key, key.new_zeros(_GROUP - 1, key.size(1))])
     # -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2; the last term is constant per query, so it is dropped.

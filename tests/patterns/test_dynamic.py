@@ -136,6 +136,14 @@ def test_knn_half_precision_scores_do_not_overflow(dtype):
 
 
 @pytest.mark.parametrize("metric", METRICS)
+def test_knn_huge_float32_features_keep_their_ranks(metric):
+    query, key = [(features(40, dim=8, seed=s) * 1e19).float() for s in (12, 13)]  # q.k ~ 1e38 * 8: past float32 max
+    batch = batch_from_lengths([25, 15])
+    found = knn(query, key, 4, batch=batch, key_batch=batch, metric=metric)
+    assert as_pairs(found) == reference_knn(query.double(), key.double(), 4, metric, batch, batch)
+
+
+@pytest.mark.parametrize("metric", METRICS)
 def test_knn_loop(metric):
     query, key = features(33, seed=9), features(33, seed=10)
     batch = batch_from_lengths([1, 12, 20])
