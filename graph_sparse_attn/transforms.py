@@ -37,6 +37,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from .ops.checks import check_on_device
 from .ops.pattern import check_edge_index
 from .patterns._utils import check_batch, check_flag, check_size
 from .patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
@@ -61,7 +62,8 @@ class AttentionPattern(NamedTuple):
     Attributes:
         index: ``[2, E']`` attention edges sorted by (target, source).
         type: ``[E']`` kind of each edge.
-        edge: ``[E']`` graph-local position in ``edge_index`` of the graph edge it is, or ``-1``.
+        edge: ``[E']`` graph-local position in ``edge_index`` of the graph edge it is (with
+            ``local_edges=False``: its position in ``edge_index``), or ``-1``.
         num_nodes: nodes of the pattern, ``N + B V`` (virtual ones included).
     """
 
@@ -89,7 +91,7 @@ torch.serialization.add_safe_globals([AttentionData])
 # --------------------------------------------------------------------------- batch helpers
 def _graph_counts(index: Tensor, num_graphs: int) -> Tensor:
     """``[B]`` how many entries of ``index`` fall in each graph (static shape: no host sync)."""
-    return torch.zeros(num_graphs, dtype=torch.long, device=index.device).index_add_(0, index, torch.ones_like(index))
+    return torch.zeros(num_graphs, dtype=torch.long, device=index.device).index_add_(0, index, torch.ones_like(index, dtype=torch.long))
 
 
 def virtual_layout(batch: Tensor, num_graphs: int, num_virtual: int) -> Tuple[Tensor, Tensor]:
@@ -117,10 +119,16 @@ def pattern_batch(batch: Tensor, num_graphs: int, num_virtual: int) -> Tensor:
     return torch.arange(num_graphs, device=batch.device).repeat_interleave(sizes, output_size=batch.numel() + num_graphs * num_virtual)
 
 
-def _edge_starts(edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """``[B]`` position of each graph's first edge in a batch's ``edge_index`` (graph by graph)."""
-    counts = _graph_counts(batch[edge_index[1]], num_graphs)
-    return torch.cumsum(counts, 0) - counts
+def _edge_ranges(edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tuple[Tensor, Tensor]:
+    """``([B], [B])`` position of each graph's first edge and its number of edges in a batch's ``edge_index``, which must list
+    the graphs' edges graph by graph (PyG's ``Batch`` order): graph-local edge positions mean
+    nothing otherwise."""
+    graphs = batch[edge_index[1]]
+    check_on_device((graphs[1:] >= graphs[:-1]).all(),
+                    "edge_index must list its edges graph by graph, as PyG's Batch does, for graph-local edge "
+                    "positions (attn_edge); an edge of a later graph comes first (add_self_loops on a whole batch?)")
+    counts = _graph_counts(graphs, num_graphs)
+    return torch.cumsum(counts, 0) - counts, counts
 
 
 def batch_edge_ids(attn_edge: Tensor, attn_graph: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
@@ -135,7 +143,10 @@ def batch_edge_ids(attn_edge: Tensor, attn_graph: Tensor, edge_index: Tensor, ba
     Returns:
         ``[E']`` with ``-1`` kept.
     """
-    return torch.where(attn_edge >= 0, attn_edge + _edge_starts(edge_index, batch, num_graphs)[attn_graph], attn_edge)
+    starts, counts = _edge_ranges(edge_index, batch, num_graphs)
+    check_on_device(((attn_edge >= -1) & (attn_edge < counts[attn_graph])).all(),
+                    "attn_edge must hold -1 or the position of an edge among its own graph's edges")
+    return torch.where(attn_edge >= 0, attn_edge + starts[attn_graph], attn_edge)
 
 
 # --------------------------------------------------------------------------- pattern parts
@@ -219,9 +230,9 @@ def _virtual_part(num_nodes: int, num_virtual: int, batch: Optional[Tensor] = No
 
 
 def _merge(parts: List[Part], num_nodes: int, num_virtual: int, batch: Tensor, num_graphs: int,
-           edge_index: Tensor) -> AttentionPattern:
+           edge_index: Tensor, local_edges: bool = True) -> AttentionPattern:
     """Concatenate parts (in order), number virtual nodes after their graph's real ones, sort
-    stably by (target, source) and make ``edge`` graph-local."""
+    stably by (target, source) and make ``edge`` graph-local (``local_edges``)."""
     if not parts:  # e.g. AddVirtualNodes(0) on a graph without a pattern yet: an empty one
         parts = [_part(edge_index.new_empty(2, 0), GRAPH_EDGE)]
     index = torch.cat([p[0] for p in parts], dim=1)
@@ -233,9 +244,9 @@ def _merge(parts: List[Part], num_nodes: int, num_virtual: int, batch: Tensor, n
     # Stable: ties (repeated pairs) keep the parts' order, so merging parts one at a time sorts alike.
     order = torch.sort(index[1] * max(total, 1) + index[0], stable=True).indices
     index, types, edge = index[:, order], types[order], edge[order]
-    if num_graphs > 1:
+    if local_edges and num_graphs > 1:
         graph = pattern_batch(batch, num_graphs, num_virtual)[index[1]]
-        edge = torch.where(edge >= 0, edge - _edge_starts(edge_index, batch, num_graphs)[graph], edge)
+        edge = torch.where(edge >= 0, edge - _edge_ranges(edge_index, batch, num_graphs)[0][graph], edge)
     return AttentionPattern(index, types, edge, total)
 
 
@@ -251,6 +262,7 @@ def attention_pattern(
     num_virtual: int = 1,
     generator: Optional[torch.Generator] = None,
     seed_per_graph: Optional[int] = None,
+    local_edges: bool = True,
 ) -> AttentionPattern:
     """The attention pattern of a graph or a batch of graphs: the one home of each recipe.
 
@@ -275,6 +287,9 @@ def attention_pattern(
         batch: ``[N]`` sorted graph id of each node, or ``None`` for one graph.
         num_graphs: ``B`` (default ``max(batch) + 1``).
         generator, seed_per_graph: expander randomness (:func:`_expander_part`).
+        local_edges: number ``edge`` within each graph, as a PyG batch holds it (``edge_index``
+            must then list its edges graph by graph); ``False``: positions in ``edge_index``
+            itself, in any edge order.
     """
     if attention not in ATTENTION_PATTERNS:
         raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
@@ -298,7 +313,7 @@ def attention_pattern(
         parts += _virtual_part(num_nodes, num_virtual, batch, device)
     else:
         num_virtual = 0
-    return _merge(parts, num_nodes, num_virtual, batch, num_graphs, edge_index)
+    return _merge(parts, num_nodes, num_virtual, batch, num_graphs, edge_index, check_flag(local_edges, "local_edges"))
 
 
 def positional_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = None, num_graphs: Optional[int] = None,

@@ -60,8 +60,10 @@ class _Gate(nn.Module):
 
     @property
     def init_logit(self) -> float:
-        """The logit that starts a gate at ``init``: :math:`\\log(\\text{init} / (1 - \\text{init}))`."""
-        return math.log(self.init / (1 - self.init))
+        """The logit whose evaluation gate is ``init``: :math:`\\log(p / (1 - p))` with :math:`p = \\text{init}`,
+        or for hard-concrete gates :math:`p = (\\text{init} - \\gamma) / (\\zeta - \\gamma)`, undoing the stretch."""
+        p = (self.init - _GAMMA) / (_ZETA - _GAMMA) if self.hard_concrete else self.init
+        return math.log(p / (1 - p))
 
     def _gate(self, logits: Tensor) -> Tensor:
         return hard_concrete(logits, self.training) if self.hard_concrete else torch.sigmoid(logits)

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 
 from ..ops import CSRPattern
-from ..patterns._utils import check_batch, check_size
+from ..ops.checks import check_on_device
+from ..patterns._utils import check_batch, check_flag, check_size
 from ..transforms import (
     ATTENTION_PATTERNS,
     NUM_EDGE_TYPES,
@@ -76,7 +77,9 @@ class GraphTransformer(nn.Module):
     attn_edge [E'] = None, num_graphs: int = None) -> [B, out]`` or ``[N, out]``. A given pattern
     spans ``N + B num_virtual`` nodes (each graph's virtual nodes after its real ones; a
     ``CSRPattern``'s caller order is that of ``attn_type``/``attn_edge``); ``attn_edge`` is graph-local,
-    as PyG batches it. With a pattern and ``num_graphs`` given, the forward makes no host sync of its own.
+    as PyG batches it, so ``edge_index`` must then list its edges graph by graph (as ``Batch`` does;
+    without a given pattern any edge order works). With a pattern and ``num_graphs`` given, the
+    forward makes no host sync of its own on CUDA: its value checks raise from the device.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class GraphTransformer(nn.Module):
             raise ValueError(f"task must be 'graph' or 'node', got {task!r}")
         if attention not in ATTENTION_PATTERNS:
             raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
+        check_flag(lap_pe, "lap_pe"), check_flag(gps, "gps")
         if lap_pe and not pe_dim:
             raise ValueError("lap_pe=True needs the encoding's size: pe_dim > 0")
         if pooling not in ("mean", "sum"):
@@ -160,16 +164,17 @@ class GraphTransformer(nn.Module):
             _reset(module)
 
     def attention_pattern(self, edge_index: Tensor, num_nodes: int, batch: Optional[Tensor] = None,
-                          num_graphs: Optional[int] = None) -> AttentionPattern:
+                          num_graphs: Optional[int] = None, *, local_edges: bool = True) -> AttentionPattern:
         """The model's own pattern for a batch (:func:`~graph_sparse_attn.transforms.attention_pattern`),
-        used when ``forward`` is given none. Training draws expanders from the ``expander_seed``
-        generator (or the global RNG); evaluation draws each graph's from a generator seeded 0, so
-        predictions are repeatable and do not depend on the batch."""
+        used when ``forward`` is given none (with ``local_edges=False``: its ``edge`` then indexes
+        ``edge_index`` in whatever order it lists its edges). Training draws expanders from the
+        ``expander_seed`` generator (or the global RNG); evaluation draws each graph's from a
+        generator seeded 0, so predictions are repeatable and do not depend on the batch."""
         seed_per_graph = None if self.training else 0
         return attention_pattern(
             edge_index, num_nodes, self.attention, batch=batch, num_graphs=num_graphs, k_hops=self.k_hops,
             expander_degree=self.expander_degree, num_virtual=self.num_virtual, generator=self.generator,
-            seed_per_graph=seed_per_graph,
+            seed_per_graph=seed_per_graph, local_edges=local_edges,
         )
 
     def forward(
@@ -194,6 +199,8 @@ class GraphTransformer(nn.Module):
         elif num_graphs is None:
             batch = check_batch(batch, num_nodes)  # this path syncs anyway; a given num_graphs keeps it sync-free
             num_graphs = int(batch[-1]) + 1 if num_nodes else 0
+        else:
+            batch, num_graphs = batch.long(), check_size(num_graphs, "num_graphs")
         num_virtual = self.num_virtual if self.virtual is not None else 0
         total_nodes = num_nodes + num_graphs * num_virtual
 
@@ -221,28 +228,36 @@ class GraphTransformer(nn.Module):
         if attn_index is None:
             if attn_type is not None or attn_edge is not None:
                 raise ValueError("attn_type and attn_edge describe an attn_index: pass it too")
-            attn_index, attn_type, attn_edge, _ = self.attention_pattern(edge_index, num_nodes, batch, num_graphs)
+            # Edge ids index edge_index itself: no graph-local round trip, which needs edges graph by graph.
+            attn_index, attn_type, attn_edge, _ = self.attention_pattern(edge_index, num_nodes, batch, num_graphs, local_edges=False)
         elif attn_type is None or (attn_edge is None and self.edge_encoder is not None):
             raise ValueError("a given attn_index needs attn_type [E'] (and attn_edge [E'] when the model has edge features)")
         # Sorted once per forward; per-edge tensors follow into sorted order once, and every layer
         # gets the sorted view, so no layer permutes edges again.
-        pattern = attn_index if isinstance(attn_index, CSRPattern) else CSRPattern.from_edge_index(attn_index, total_nodes)
+        span = f"N + B * num_virtual = {total_nodes} nodes (was it built with num_virtual={num_virtual}?)"
+        try:
+            pattern = attn_index if isinstance(attn_index, CSRPattern) else CSRPattern.from_edge_index(attn_index, total_nodes)
+        except ValueError as error:
+            raise ValueError(f"attn_index: {error}; it must span {span}") from None
         if pattern.num_dst != total_nodes or pattern.num_src != total_nodes:
             raise ValueError(
-                f"attn_index must span N + B * num_virtual = {total_nodes} nodes, got {pattern.num_src}x{pattern.num_dst} "
-                f"(was it built with num_virtual={num_virtual}?)"
-            )
+                f"attn_index must span {span}, got {pattern.num_src}x{pattern.num_dst}")
         if attn_type.shape != (pattern.num_edges,) or (attn_edge is not None and attn_edge.shape != (pattern.num_edges,)):
             raise ValueError(f"attn_type and attn_edge must have shape [E']=[{pattern.num_edges}]")
-        if given_pattern and (attn_type.is_floating_point() or (attn_type.numel() and not torch.compiler.is_compiling()
-                              and not 0 <= int(attn_type.min()) <= int(attn_type.max()) < NUM_EDGE_TYPES)):
-            raise ValueError(f"attn_type must hold integer edge types in [0, {NUM_EDGE_TYPES}) (transforms.GRAPH_EDGE, ...)")
+        if given_pattern:
+            for name, ids in (("attn_type", attn_type), ("attn_edge", attn_edge)):
+                if ids is not None and ids.dtype not in (torch.int32, torch.int64):
+                    raise TypeError(f"{name} must be an int64 or int32 tensor, got {ids.dtype}")
+            check_on_device(((attn_type >= 0) & (attn_type < NUM_EDGE_TYPES)).all(),
+                            f"attn_type must hold edge types in [0, {NUM_EDGE_TYPES}) (transforms.GRAPH_EDGE, ...)")
         if num_virtual:  # e.g. a dataset cache processed before AddVirtualNodes joined its pre_transform
             _check_has_virtual_edges(attn_type, num_virtual)
         attn_type = pattern.caller_to_sorted(attn_type)
         if self.edge_encoder is not None:
-            graph = pattern_batch(batch, num_graphs, num_virtual)[pattern.row]
-            edge_id = batch_edge_ids(pattern.caller_to_sorted(attn_edge), graph, edge_index, batch, num_graphs)
+            edge_id = pattern.caller_to_sorted(attn_edge)
+            if given_pattern:  # graph-local, as PyG batches it
+                graph = pattern_batch(batch, num_graphs, num_virtual)[pattern.row]
+                edge_id = batch_edge_ids(edge_id, graph, edge_index, batch, num_graphs)
         # Categorical edge features (a type, and a bond or none): the layers project a table of the
         # few distinct rows and gather it per edge, instead of projecting every edge.
         if self.edge_encoder is None:
@@ -340,20 +355,13 @@ def _check_has_virtual_edges(attn_type: Tensor, num_virtual: int) -> None:
                f"build the pattern with AddVirtualNodes({num_virtual}) (a stale processed/ cache?)")
     if attn_type.numel() == 0:  # an empty batch
         return
-    found = (attn_type == VIRTUAL_EDGE).any()
-    if attn_type.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(found, message)
-    elif not bool(found):
-        raise ValueError(message)
+    check_on_device((attn_type == VIRTUAL_EDGE).any(), message)
 
 
 def _check_ogb_features(values: Tensor, dims: Tuple[int, ...], name: str, kind: str) -> None:
     """Refuse categorical features ``[*, F]`` outside ``[0, dims[f])`` (asynchronously on GPUs and under compile)."""
     inside = ((values >= 0) & (values < torch.tensor(dims, device=values.device))).all()
-    if values.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(inside, f"{name} holds {kind} feature outside OGB's feature sizes")
-    elif not bool(inside):
-        raise ValueError(f"{name} holds {kind} feature outside OGB's feature sizes {list(dims)}")
+    check_on_device(inside, f"{name} holds {kind} feature outside OGB's feature sizes {list(dims)}")
 
 
 def _node_encoder(in_channels: Union[int, str], hidden: int) -> nn.Module:
@@ -373,7 +381,7 @@ def _edge_encoder(edge_dim: Union[int, str, None], hidden: int) -> Optional[nn.M
         from ogb.graphproppred.mol_encoder import BondEncoder
 
         return BondEncoder(hidden)
-    if not isinstance(edge_dim, int) or edge_dim <= 0:
+    if isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim <= 0:
         raise ValueError(f"edge_dim must be a positive int, 'bond' or None, got {edge_dim!r}")
     return nn.Linear(edge_dim, hidden)
 

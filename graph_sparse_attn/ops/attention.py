@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import band_kernel, compiled_kernel, csr_kernel, gather_kernel
+from .checks import check_on_device
 from .dispatch import band_candidate, check_backend, resolve_backend
 from .fused import _NO_SEED, dropped_weights, edge_softmax, fused_attention
 from .pattern import CSRPattern, check_edge_index, derived_layout
@@ -315,12 +316,7 @@ def _edge_tensor(
 
 
 def _check_unit_interval(gate: Tensor) -> None:
-    inside = ((gate >= 0) & (gate <= 1)).all()
-    if gate.is_cuda or torch.compiler.is_compiling():
-        # No host sync: the device raises if the check fails.
-        torch._assert_async(inside, "edge_gate values must lie in [0, 1] (and not be NaN)")
-    elif not bool(inside):
-        raise ValueError("edge_gate values must lie in [0, 1] (and not be NaN)")
+    check_on_device(((gate >= 0) & (gate <= 1)).all(), "edge_gate values must lie in [0, 1] (and not be NaN)")
 
 
 def _log_gate(gate: Tensor) -> Tensor:

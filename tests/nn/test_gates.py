@@ -49,13 +49,18 @@ def test_gate_modules_shapes_ranges_and_gradients():
         assert torch.unique(long_gate[offsets == off], dim=0).size(0) == 1
 
 
-@pytest.mark.parametrize("build", [lambda init: EdgeGate(3, init=init), lambda init: RelativePositionGate(init=init),
-                                   lambda init: MLPGate(2, init=init)])
-def test_every_gate_starts_at_init_and_refuses_one_outside_0_1(build):
-    assert build(0.25).init_logit == pytest.approx(math.log(0.25 / 0.75))
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("build", [lambda init, hard: EdgeGate(3, init=init, hard_concrete=hard),
+                                   lambda init, hard: RelativePositionGate(init=init, hard_concrete=hard),
+                                   lambda init, hard: MLPGate(2, init=init, hard_concrete=hard)])
+def test_every_gate_starts_at_init_and_refuses_one_outside_0_1(build, hard):
+    for init in (0.05, 0.25, 0.9):
+        gate = build(init, hard).eval()
+        logits = torch.full((4,), gate.init_logit)
+        torch.testing.assert_close(gate._gate(logits), torch.full((4,), init))  # the evaluation gate starts at init
     for bad in (0.0, 1.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="init must be in \\(0, 1\\)"):
-            build(bad)
+            build(bad, hard)
 
 
 def test_hard_concrete_gates_hit_exact_zero_and_one_and_penalty_tracks_logits():

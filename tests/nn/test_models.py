@@ -521,6 +521,9 @@ def test_graph_transformer_names_bad_sizes_inputs_and_options_it_would_ignore():
         (dict(in_channels=True), ValueError, "in_channels must be a positive int"),
         (dict(heads=0), ValueError, "heads must be >= 1"),
         (dict(expander_seed=3), ValueError, "expander_seed applies to attention='exphormer'"),
+        (dict(gps="false"), TypeError, "gps must be a bool"),
+        (dict(pe_dim=3, lap_pe="no"), TypeError, "lap_pe must be a bool"),
+        (dict(edge_dim=True), ValueError, "edge_dim must be a positive int"),
     ]:
         with pytest.raises(error, match=match):
             GraphTransformer(**{"in_channels": 5, "hidden_channels": 8, "out_channels": 2, "depth": 1, "heads": 2, **kwargs})
@@ -531,8 +534,49 @@ def test_graph_transformer_names_bad_sizes_inputs_and_options_it_would_ignore():
     with pytest.raises(ValueError, match="num_graphs=2 needs a batch vector"):
         model(x, edge_index, pe=torch.ones(6, 3), num_graphs=2)
     plain = GraphTransformer(5, 8, 2, depth=1, heads=2)
-    with pytest.raises(ValueError, match="attn_type must hold integer edge types"):
+    with pytest.raises(ValueError, match="attn_type must hold edge types in"):
         plain(x, edge_index, attn_index=edge_index, attn_type=torch.full((6,), 99))
+    with pytest.raises(TypeError, match="attn_type must be an int64 or int32 tensor, got torch.bool"):
+        plain(x, edge_index, attn_index=edge_index, attn_type=torch.zeros(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attn_index: .*it must span N \\+ B \\* num_virtual = 6 nodes"):
+        plain(x, edge_index, attn_index=edge_index + 1, attn_type=torch.zeros(6, dtype=torch.long))
+
+
+def two_graphs_with_self_loops_added_to_the_batch():
+    """Two graphs with edge features, batched, then ``add_self_loops`` on the whole batch: it appends
+    every graph's loops after all graphs' edges, so the edges are no longer graph by graph."""
+    from torch_geometric.utils import add_self_loops
+
+    torch.manual_seed(0)
+    graphs = [Data(x=torch.randn(3, 4), edge_index=torch.tensor([[0, 1], [1, 2]]), edge_attr=torch.randn(2, 2)) for _ in range(2)]
+    batch = Batch.from_data_list(graphs)
+    edge_index, edge_attr = add_self_loops(batch.edge_index, batch.edge_attr, fill_value=1.0, num_nodes=6)
+    alone = [(g.x, *add_self_loops(g.edge_index, g.edge_attr, fill_value=1.0, num_nodes=3)) for g in graphs]
+    return batch, edge_index, edge_attr, alone
+
+
+def test_graph_transformer_edge_features_do_not_depend_on_the_order_of_edges():
+    batch, edge_index, edge_attr, alone = two_graphs_with_self_loops_added_to_the_batch()
+    model = GraphTransformer(4, 16, 1, edge_dim=2, depth=1, heads=2).eval()
+    batched = model(batch.x, edge_index, edge_attr, batch.batch)
+    torch.testing.assert_close(batched, torch.cat([model(*graph) for graph in alone]))
+    order = torch.randperm(edge_index.size(1))
+    torch.testing.assert_close(model(batch.x, edge_index[:, order], edge_attr[order], batch.batch.int(), num_graphs=2), batched)
+
+
+def test_graph_transformer_refuses_graph_local_edge_ids_it_cannot_place():
+    batch, edge_index, edge_attr, _ = two_graphs_with_self_loops_added_to_the_batch()
+    model = GraphTransformer(4, 16, 1, edge_dim=2, depth=1, heads=2).eval()
+    own = model.attention_pattern(batch.edge_index, 6, batch.batch)  # graph-local edge ids, as a PyG batch holds them
+    given = dict(attn_index=own.index, attn_type=own.type, attn_edge=own.edge)
+    model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, **given)
+    with pytest.raises(ValueError, match="edge_index must list its edges graph by graph"):
+        model(batch.x, edge_index, edge_attr, batch.batch, **given)
+    beyond = torch.where(own.edge == 1, 2, own.edge)  # graph 0 has edges 0 and 1 only; 2 is graph 1's first
+    with pytest.raises(ValueError, match="attn_edge must hold -1 or the position of an edge among its own graph's edges"):
+        model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, **{**given, "attn_edge": beyond})
+    with pytest.raises(TypeError, match="attn_edge must be an int64 or int32 tensor"):
+        model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, **{**given, "attn_edge": own.edge.float()})
 
 
 def test_layers_refuse_edge_inputs_they_would_ignore():
