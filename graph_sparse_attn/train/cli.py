@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,8 @@ from ..nn.sequence import POSITIONS
 from ..ops.dispatch import COMPILED_MIN_STEPS, KERNEL_BACKENDS, check_backend_runs_on
 from ..patterns.registry import PATTERN_ALIASES, POSITIONAL_PATTERNS, parse_pattern
 from .checkpoint import load_checkpoint
-from .distributed import cleanup, local_device
-from .loop import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, config_differences
+from .distributed import cleanup, is_main, local_device
+from .loop import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, config_differences, planned_steps
 from .table import (DEFAULT_TASK, KINDS, TASKS, TaskSpec, find_task, load_config_file, make_task, parse_fanouts, parse_pe,
                     resolve_config, shipped_configs)
 
@@ -164,6 +165,10 @@ _OPTIONS: List[Tuple[str, str, Dict[str, Any]]] = [
 ]
 
 
+# What a configuration file may set: every option of a run (those of other tasks are refused by name later).
+_FILE_OPTIONS = frozenset(name for _, name, _ in _OPTIONS) - {"config_file"}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -225,6 +230,10 @@ def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
             file_task, file_options, path = load_config_file(config_file)
             if given is not None and given != file_task:
                 raise ValueError(f"config {config_file!r} is for task {file_task!r}, not {given!r}")
+            not_options = sorted(set(file_options) - _FILE_OPTIONS)
+            if not_options:  # e.g. "resume" or "help": flags of a launch, not settings of a run
+                raise ValueError(f"config {str(path)!r} sets {', '.join(not_options)}, which "
+                                 f"{'is not an option' if len(not_options) == 1 else 'are not options'} of a run (see gsa train TASK --help)")
             given, from_file = file_task, _as_arguments(file_options)
             nulls = {option.replace("-", "_"): None for option, value in file_options.items() if value is None}
             required = sorted(set(nulls) & set(find_task(file_task).options) - _NULLABLE)
@@ -237,9 +246,6 @@ def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
     parser = build_train_parser(spec)
     if from_file or nulls:  # the file's values become the defaults: checked like typed options, shown by --help, overridden by options
         defaults = vars(parser.parse_args(from_file))
-        unknown = sorted(set(nulls) - set(defaults))
-        if unknown:
-            parser.error(f"config {str(path)!r} sets unknown option(s) {', '.join(unknown)}")
         parser.set_defaults(**{**defaults, **nulls})
     args, unrecognised = parser.parse_known_args(options)
     if unrecognised:
@@ -270,6 +276,9 @@ def config_from_args(argv: List[str]) -> Tuple[TrainConfig, bool]:
         parser.error(str(error))
     if Path(config.run_dir).exists() and not Path(config.run_dir).is_dir():
         parser.error(f"--run-dir {config.run_dir} is a file, not a run directory")
+    blocking = next((parent for parent in Path(config.run_dir).parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        parser.error(f"--run-dir {config.run_dir} cannot be created: {blocking} is a file")
     if Path(config.run_dir, "last.pt").exists() and not args.resume:
         parser.error(f"{config.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
 
@@ -322,8 +331,9 @@ def _new_run_dir(base: str) -> str:
     return candidate
 
 
-# Errors of loading a dataset, reported in one line (exit code 1) rather than as a traceback.
-_DATA_ERRORS = (OSError, ImportError, RuntimeError, ValueError)
+# Errors of loading a dataset, reported in one line (exit code 1) rather than as a traceback;
+# EOFError and UnpicklingError come from a truncated or corrupt processed/ cache.
+_DATA_ERRORS = (OSError, ImportError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -343,25 +353,34 @@ def _train(argv: List[str]) -> int:
         trainer = Trainer(config, task)
     except ValueError as error:  # options this launch cannot run (a batch the data-parallel processes do not divide)
         _Parser(prog="gsa train").error(str(error))
-    if trainer.backend != config.backend:
+    notices = is_main()  # one process of a torchrun launch speaks for all
+    if notices and trainer.backend != config.backend:
         print(f"attention backend: {trainer.backend} (--backend {config.backend} for a run this long; "
               "its kernels compile in the first step)", file=sys.stderr)
+    steps = planned_steps(config, len(trainer.loaders["train"]))
+    if notices and config.warmup_steps >= steps:
+        print(f"note: --warmup-steps {config.warmup_steps} spans the whole run ({steps} steps): "
+              f"the learning rate never reaches --lr {config.lr:g}", file=sys.stderr)
     try:
         resumed = resume and trainer.resume()
     except ValueError as error:  # a checkpoint this launch cannot continue (another number of processes)
         _Parser(prog="gsa train").error(f"--resume: {error}")
-    if resumed:
+    if resumed and notices:
         print(f"resumed {config.run_dir} at epoch {trainer.epoch + 1}, batch {trainer.progress['batches']}", file=sys.stderr)
-    elif resume:  # its configuration was written, but it stopped before its first checkpoint
+    elif resume and notices:  # its configuration was written, but it stopped before its first checkpoint
         print(f"--resume: {config.run_dir} holds no last.pt yet; training it from the start", file=sys.stderr)
     try:
         summary = trainer.fit()
     finally:
         cleanup()  # leave a torchrun process group as it found it: none
-    if summary.get("epochs"):
-        print(f"{config.task}: best validation {summary['metric']} {summary['val']:.4f} at epoch {summary['best_epoch']}; "
-              f"test {summary['metric']} {summary['test']:.4f}; {time.perf_counter() - start:.1f} s wall, "
-              f"{summary['train_samples_per_s']:.1f} training samples/s")
+    if not notices or not summary.get("epochs"):
+        return 0
+    if summary["best_epoch"] is None:
+        print(f"{config.task}: every epoch diverged (non-finite predictions); nothing to report", file=sys.stderr)
+        return 1
+    print(f"{config.task}: best validation {summary['metric']} {summary['val']:.4f} at epoch {summary['best_epoch']}; "
+          f"test {summary['metric']} {summary['test']:.4f}; {time.perf_counter() - start:.1f} s wall, "
+          f"{summary['train_samples_per_s']:.1f} training samples/s")
     return 0
 
 
@@ -370,7 +389,7 @@ def _task_or_report(config, command: str):
     try:
         return make_task(config)
     except _DATA_ERRORS as error:
-        print(f"gsa {command}: error: {error}", file=sys.stderr)
+        print(f"gsa {command}: error: {config.task} data under {config.root}: {error}", file=sys.stderr)
         return None
 
 
@@ -381,7 +400,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not checkpoint.exists():
         refuse(f"{checkpoint} does not exist (is {run_dir} a run directory written by 'gsa train'?)")
     try:
-        local_device(args.device)
+        device = local_device(args.device)
     except (RuntimeError, ValueError) as error:
         refuse(f"--device {args.device}: {error}")
     try:
@@ -389,6 +408,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ValueError as error:  # truncated, or not a checkpoint
         refuse(str(error))
     overrides = {"device": args.device}
+    trained_on = state["config"].get("backend", "auto")
+    try:  # the kernel is a run option, not part of the model: any backend scores the same model
+        check_backend_runs_on(trained_on, device)
+    except ValueError:
+        overrides["backend"] = "auto"
+        print(f"gsa evaluate: the run's backend {trained_on} does not run on {device}; scoring with auto", file=sys.stderr)
     if args.root is not None:
         overrides["root"] = str(Path(args.root).resolve())  # absolute, as config.json records roots
     try:

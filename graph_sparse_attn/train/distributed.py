@@ -56,13 +56,18 @@ def local_device(requested: str) -> torch.device:
     return device
 
 
-def mean_across_ranks(value: float, device: Optional[torch.device] = None) -> float:
-    """Average a Python number over all ranks (identity when not distributed)."""
+def sum_across_ranks(value: float, device: Optional[torch.device] = None) -> float:
+    """Sum a Python number over all ranks (identity when not distributed)."""
     if not is_distributed():
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return float(tensor) / world_size()
+    return float(tensor)
+
+
+def mean_across_ranks(value: float, device: Optional[torch.device] = None) -> float:
+    """Average a Python number over all ranks (identity when not distributed)."""
+    return sum_across_ranks(value, device) / world_size()
 
 
 def gather_objects(value: Any) -> List[Any]:

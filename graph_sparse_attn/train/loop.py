@@ -187,7 +187,7 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         ranks = dist_utils.world_size()
-        if config.batch_size % ranks:  # a floored per-rank batch would silently train another global batch size
+        if task.uses_batch_size and config.batch_size % ranks:  # a floored per-rank batch would train another global batch size
             raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {ranks} data-parallel processes")
         self.loaders = task.loaders(config.batch_size // ranks, seed=config.seed)
         # The attention kernel is a run option (like the device), not part of the model's definition.
@@ -306,9 +306,11 @@ class Trainer:
                 batches.close()
         self.progress = _new_epoch_progress()
         loss = dist_utils.mean_across_ranks(progress["loss_sum"] / max(progress["samples"], 1), self.device)
-        seconds = progress["seconds"]
-        return {"train_loss": loss, "train_seconds": seconds, "train_samples": progress["samples"],
-                "train_samples_per_s": progress["samples"] / max(seconds, 1e-9)}
+        # All processes' samples in the slowest process's time: the run's throughput, not one process's.
+        samples = int(dist_utils.sum_across_ranks(progress["samples"], self.device))
+        seconds = max(dist_utils.gather_objects(progress["seconds"]))
+        return {"train_loss": loss, "train_seconds": seconds, "train_samples": samples,
+                "train_samples_per_s": samples / max(seconds, 1e-9)}
 
     def _release_heap_every_few(self, count: int) -> None:
         """On CPU, hand freed heap pages back after every ``TRIM_EVERY_STEPS``-th step or batch (``count``)."""
@@ -392,12 +394,13 @@ class Trainer:
         return {"train_seconds": seconds, "train_samples_per_s": sum(r["train_samples"] for r in self.history) / max(seconds, 1e-9)}
 
     def _write_epoch(self, state: Dict[str, Any], improved: bool) -> None:
+        # Rewritten whole from the history, and before the checkpoints: a kill between files leaves
+        # last.pt one epoch behind, and the resumed run redoes that epoch and rewrites them all.
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
+        from ..viz import plot_curves  # matplotlib and networkx load when a run first plots, not with the CLI
+
+        plot_curves(self.history, self.task.metric, self.run_dir / "curves.png")
         if improved:
             atomic_save(state, self.run_dir / "best.pt")
         atomic_save(state, self.run_dir / "last.pt")
-        # Rewritten whole from the checkpointed history, so a kill between files cannot duplicate lines.
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
-        from ..viz import plot_curves
-
-        plot_curves(self.history, self.task.metric, self.run_dir / "curves.png")
 

@@ -6,6 +6,8 @@ builder and a metric, all chosen by the task table (`table.py`).
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -45,13 +47,23 @@ class Task:
         return self.metric_spec.higher_is_better
 
     def score(self, prediction: Tensor, target: Tensor) -> float:
+        """The official metric; NaN where a prediction is not finite (a diverged model), which
+        metrics would otherwise score as a real answer (an all-NaN argmax is class 0) or refuse."""
+        if not bool(torch.isfinite(prediction).all()):
+            return math.nan
         return self.metric_spec.score(prediction, target)
+
+    @property
+    def uses_batch_size(self) -> bool:
+        """Whether training batches hold ``batch_size`` samples (full-graph node tasks: one graph a step)."""
+        return True
 
     def build_model(self, backend: str = "auto") -> nn.Module:
         """The task's model with ``model_options``; ``backend`` is its attention kernel, a run option."""
         return self._build_model(self.data, {**self.model_options, "backend": backend})
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
+        """``{"train", "val", "test"}`` iterables of batches; ``batch_size`` is per process."""
         raise NotImplementedError
 
     def forward(self, model: nn.Module, batch: Any, split: str) -> Tuple[Tensor, Tensor]:
@@ -225,6 +237,10 @@ class NodeClassificationTask(Task):
                  num_neighbors: Optional[Sequence[int]] = None) -> None:
         super().__init__(name, data, metric, build_model, model_options)
         self.num_neighbors = None if num_neighbors is None else list(num_neighbors)
+
+    @property
+    def uses_batch_size(self) -> bool:
+        return self.num_neighbors is not None
 
     def loaders(self, batch_size: int, seed: int) -> Loaders:
         graph = self.data.data

@@ -242,6 +242,21 @@ def test_a_batch_the_data_parallel_processes_do_not_divide_is_refused(tmp_path, 
     config = resolve_config("listops", {**TINY_LISTOPS, "root": str(tmp_path / "data"), "run_dir": str(tmp_path / "run")})
     with pytest.raises(ValueError, match="--batch-size 8 must be divisible by the 3 data-parallel processes"):
         Trainer(config, make_task(config))
+    full_graph = TrainConfig(task="synthetic", batch_size=8, run_dir=str(tmp_path / "full"))
+    Trainer(full_graph, synthetic_node_task(None))  # one whole graph a step: no batch to divide
+
+
+def test_a_diverged_model_scores_nan_and_the_cli_says_so(tmp_path):
+    task = synthetic_node_task(None)
+    assert math.isnan(task.score(torch.full((4, 3), math.nan), torch.zeros(4, dtype=torch.long)))  # not the argmax's class 0
+    proc = subprocess.run([sys.executable, "-m", "graph_sparse_attn", "train", "listops", "--num-train", "48", "--num-val", "16",
+                           "--num-test", "16", "--min-length", "20", "--max-length", "40", "--dim", "16", "--depth", "1", "--epochs", "1",
+                           "--optimizer", "sgd", "--lr", "1e30", "--grad-clip", "0", "--warmup-steps", "0",
+                           "--root", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "every epoch diverged" in proc.stderr, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=float)
+    assert summary["best_epoch"] is None and math.isnan(summary["val"])
 
 
 def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
@@ -277,3 +292,28 @@ def test_adamw_runs_fused_and_steps_like_the_per_parameter_adamw():
             opt.step()
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_a_run_killed_while_writing_its_last_epoch_ends_with_complete_files_when_resumed(tmp_path, monkeypatch):
+    from graph_sparse_attn.train import loop
+
+    config = resolve_config("listops", {**TINY_LISTOPS, "root": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"),
+                                        "checkpoint_every": 60.0})
+    write, metric_writes = loop.atomic_write_text, []
+
+    def die_writing_the_last_epochs_metrics(text, path):
+        if Path(path).name == "metrics.jsonl":
+            metric_writes.append(text)
+            if len(metric_writes) == config.epochs:
+                raise Killed
+        write(text, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "atomic_write_text", die_writing_the_last_epochs_metrics)
+        with pytest.raises(Killed):
+            Trainer(config, make_task(config)).fit()
+    resumed = Trainer(config, make_task(config))
+    assert resumed.resume()
+    resumed.fit()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, config.epochs + 1))

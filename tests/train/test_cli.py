@@ -91,6 +91,16 @@ def test_bad_arguments_are_refused_before_any_work(args, message, capsys, tmp_pa
     assert not any(tmp_path.iterdir()), "nothing may be written before arguments are accepted"
 
 
+def test_a_run_dir_under_a_file_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "listops", "--run-dir", "notes.txt/sub/run"])
+    assert exit_info.value.code == 2
+    assert f"--run-dir {tmp_path}/notes.txt/sub/run cannot be created: {tmp_path}/notes.txt is a file" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_is_refused_where_there_is_none(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -137,8 +147,9 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sinusoidal_positions_replace_the_learned_table(tmp_path):
     run = tmp_path / "run"
-    gsa("train", "listops", *TINY_LISTOPS, "--root", str(tmp_path / "data"), "--run-dir", str(run), "--max-steps", "1",
-        "--position", "sinusoidal", cwd=tmp_path)
+    proc = gsa("train", "listops", *TINY_LISTOPS, "--root", str(tmp_path / "data"), "--run-dir", str(run), "--max-steps", "1",
+               "--position", "sinusoidal", cwd=tmp_path)
+    assert "note: --warmup-steps 50 spans the whole run (1 steps): the learning rate never reaches --lr 0.002" in proc.stderr
     assert json.loads((run / "config.json").read_text())["model_options"]["position"] == "sinusoidal"
     weights = torch.load(run / "last.pt", weights_only=False)["model"]
     assert "embed.weight" in weights and not any(name.startswith("pos_embed") for name in weights)
@@ -189,6 +200,12 @@ def test_evaluate_works_from_any_folder(tmp_path):
     (work / "data").rename(elsewhere / "moved")  # data moved after training: --root says where it went
     moved = json.loads(gsa("evaluate", str(work / "run"), "--root", "moved", cwd=elsewhere).stdout)
     assert moved["test"] == result["test"] and not (work / "data").exists()
+    state = torch.load(work / "run" / "best.pt", weights_only=False)  # as if trained on a GPU's triton kernels
+    state["config"]["backend"] = "triton"
+    torch.save(state, work / "run" / "best.pt")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    proc = gsa("evaluate", str(work / "run"), "--root", "moved", cwd=elsewhere, env=env)
+    assert json.loads(proc.stdout)["test"] == result["test"] and "backend triton does not run on cpu; scoring with auto" in proc.stderr
 
 
 def copy_shared(name, tmp_path):
@@ -267,6 +284,9 @@ def test_data_parallel_matches_single_process(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "graph_sparse_attn"]
     proc = subprocess.run([*torchrun, *common, "--run-dir", str(tmp_path / "ddp")], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best validation") == 1  # one process reports for the launch
+    records = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("single", "ddp")]
+    assert records[0]["train_samples"] == records[1]["train_samples"] == 8  # both processes' samples
     single = torch.load(tmp_path / "single" / "last.pt", weights_only=False)
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert single["step"] == ddp["step"] == 1
@@ -322,3 +342,17 @@ def test_planetoid_node_task_full_graph_and_neighbour_sampled(tmp_path, extra):
     # the same neighbourhoods on every pass.
     summary, result = json.loads((run / "summary.json").read_text()), json.loads(gsa("evaluate", str(run), cwd=tmp_path).stdout)
     assert (result["val"], result["test"]) == pytest.approx((summary["val"], summary["test"]), abs=1e-9)
+
+
+@pytest.mark.parametrize("error", [EOFError("Ran out of input"), __import__("pickle").UnpicklingError("invalid load key")])
+def test_a_corrupt_processed_cache_is_reported_in_one_line(error, capsys, tmp_path, monkeypatch):
+    from graph_sparse_attn.train import cli
+
+    def corrupt(config):  # what torch.load raises on a truncated or garbled processed/ file
+        raise error
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "make_task", corrupt)
+    assert main(["train", "listops", "--root", "data", "--run-dir", "run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"gsa train: error: listops data under {tmp_path / 'data'}: {error}"

@@ -269,7 +269,9 @@ def test_null_in_a_config_file_means_no_value(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "content,message",
     [
-        ({"task": "listops", "options": {"no_such_option": None}}, "sets unknown option(s) no_such_option"),
+        ({"task": "listops", "options": {"no_such_option": None}}, "sets no_such_option, which is not an option of a run"),
+        ({"task": "listops", "options": {"resume": True}}, "sets resume, which is not an option of a run"),
+        ({"task": "listops", "options": {"help": True, "config": "x"}}, "sets config, help, which are not options of a run"),
         ({"task": "cora", "options": {"knn": 3}}, "--knn does not apply to cora"),
         ({"task": "listops", "options": {"epochs": 0}}, "positive"),
         ({"options": {}}, "must hold"),
