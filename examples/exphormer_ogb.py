@@ -5,8 +5,11 @@ The deterministic part of Exphormer's pattern (graph edges + self loops + a virt
 ``transform``, drawn afresh for every graph by PyG's own ``DataLoader``. ``GraphTransformer``
 takes the pattern from the batch.
 
-    python examples/exphormer_ogb.py --root datasets            # a copy of ogb's folder layout
-    python examples/exphormer_ogb.py --root /tmp/ogb --name ogbg-molbace --steps 50
+    python examples/exphormer_ogb.py --root COPY            # a copy of ogb's folder layout
+    python examples/exphormer_ogb.py --root COPY --name ogbg-molbace --steps 50
+
+``COPY`` holds only raw files: a root that ``gsa train`` has processed was processed without
+this example's ``pre_transform``, and the example refuses it.
 
 Runs offline on a local copy: ``ROOT/ogbg_molhiv/{raw,split,mapping,RELEASE_v1.txt}``
 (the loader writes ``processed/`` beside it).

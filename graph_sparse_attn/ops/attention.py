@@ -74,7 +74,8 @@ def sparse_attention(
             ``torch.compile``), ``"triton"`` (GPU, FlashAttention-style) or ``"reference"``
             (gather/scatter oracle). All share one semantics; all but ``"band"`` share one test suite.
             Higher-order gradients (backward through a gradient) need ``"gather"`` or
-            ``"reference"``: the others differentiate once, and say so if asked for more.
+            ``"reference"``: the others differentiate once. The fused ones say so if asked for
+            more; ``"band"`` raises PyTorch's own error (its fused attention has no double backward).
 
     Returns:
         ``out [N_dst, H, Dv]`` in the dtype of ``query``, or ``(out, alpha)``.
