@@ -331,6 +331,12 @@ def positional_pattern(name: str, num_nodes: int, *, batch: Optional[Tensor] = N
         check_size(seed_per_graph, "seed_per_graph")
         if generator is not None:
             raise ValueError("give generator or seed_per_graph, not both")
+    if num_graphs is not None:
+        check_size(num_graphs, "num_graphs")
+        if batch is None and num_graphs != 1:
+            raise ValueError(f"num_graphs={num_graphs} needs a batch vector; without one the positions are one sequence")
+        if batch is not None:
+            batch = check_batch(batch, num_nodes, num_graphs=num_graphs)
     if name not in RANDOM_PATTERNS or (batch is None and seed_per_graph is None):
         extra = {} if name not in RANDOM_PATTERNS else {"generator": generator}
         return build_pattern(name, num_nodes, batch=batch, **params, **extra)
@@ -425,6 +431,27 @@ class AddFullPattern(_GraphTransform):
         return _attach(data, parts + _full_part(edge_index, batch, 1), num_virtual)
 
 
+class _SeededDraws:
+    """A random transform's generator seeded with ``seed`` (``None``: the global RNG, returned as
+    ``None``). Each DataLoader worker reseeds it from ``(seed, its worker seed)``: workers would
+    otherwise start from the same copied state and repeat one another's draws."""
+
+    def __init__(self, seed: Optional[int]) -> None:
+        self.seed = None if seed is None else check_size(seed, "seed")
+        self._generator: Optional[torch.Generator] = None
+        self._worker_seed: Optional[int] = None
+
+    def __call__(self) -> Optional[torch.Generator]:
+        if self.seed is None:
+            return None
+        worker = torch.utils.data.get_worker_info()
+        worker_seed = None if worker is None else worker.seed
+        if self._generator is None or worker_seed != self._worker_seed:
+            seed = self.seed if worker_seed is None else hash((self.seed, worker_seed)) % 2**63
+            self._generator, self._worker_seed = torch.Generator().manual_seed(seed), worker_seed
+        return self._generator
+
+
 class AddExpanderPattern(BaseTransform):
     """Add Exphormer's random ``degree``-regular expander over the graph's real nodes (``EXPANDER_EDGE``).
 
@@ -450,18 +477,7 @@ class AddExpanderPattern(BaseTransform):
             if value is not None:
                 check_size(value, name)
         self.degree, self.seed, self.seed_per_graph = degree, seed, seed_per_graph
-        self._generator: Optional[torch.Generator] = None
-        self._worker_seed: Optional[int] = None
-
-    def _draws(self) -> Optional[torch.Generator]:
-        if self.seed is None:
-            return None
-        worker = torch.utils.data.get_worker_info()
-        worker_seed = None if worker is None else worker.seed
-        if self._generator is None or worker_seed != self._worker_seed:
-            seed = self.seed if worker_seed is None else hash((self.seed, worker_seed)) % 2**63
-            self._generator, self._worker_seed = torch.Generator().manual_seed(seed), worker_seed
-        return self._generator
+        self._draws = _SeededDraws(seed)
 
     def forward(self, data: Data) -> AttentionData:
         data, parts, num_virtual = _pattern_of(data)
@@ -514,14 +530,14 @@ class AddPositionalPattern(BaseTransform):
         if seed is not None and name not in RANDOM_PATTERNS:
             raise ValueError(f"seed applies to the random patterns {sorted(RANDOM_PATTERNS)}, not to {name!r}")
         self.name, self.params, self.seed = name, params, seed
-        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._draws = _SeededDraws(seed)
 
     def forward(self, data: Data) -> Data:
         if "attn_type" in data:  # its attn_type/attn_edge would no longer match the new attn_index
             raise ValueError(f"{self!r} would replace a pattern built by the graph transforms; use one or the other")
-        data.attn_index = positional_pattern(self.name, data.num_nodes, generator=self._generator, **self.params)
+        data.attn_index = positional_pattern(self.name, data.num_nodes, generator=self._draws(), **self.params)
         return data
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{type(self).__name__}({self.name!r}, {params})"
+        seed = {} if self.seed is None else {"seed": self.seed}
+        return f"{type(self).__name__}({', '.join([repr(self.name)] + [f'{k}={v!r}' for k, v in {**seed, **self.params}.items()])})"

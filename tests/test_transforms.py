@@ -32,6 +32,7 @@ from graph_sparse_attn.transforms import (
     AttentionData,
     attention_pattern,
     batch_edge_ids,
+    positional_pattern,
     virtual_layout,
 )
 
@@ -169,19 +170,45 @@ def test_expander_transform_draws_like_the_pattern_and_reseeds_per_graph():
     assert not torch.equal(fresh(g).attn_index, fresh(g).attn_index)
 
 
-def test_seeded_expander_differs_between_loader_workers_and_is_reproducible():
+@pytest.mark.parametrize("transform", [lambda: AddExpanderPattern(4, seed=3), lambda: AddPositionalPattern("random", seed=3, num_random=2)])
+def test_seeded_random_transforms_differ_between_loader_workers_and_are_reproducible(transform):
     graphs = [Data(num_nodes=12) for _ in range(4)]
 
     def draws():
         torch.manual_seed(0)  # the DataLoader derives its workers' seeds from it
-        loader = torch.utils.data.DataLoader(graphs, batch_size=None, num_workers=2,
-                                             collate_fn=AddExpanderPattern(4, seed=3))
+        loader = torch.utils.data.DataLoader(graphs, batch_size=None, num_workers=2, collate_fn=transform())
         return [data.attn_index for data in loader]
 
     first = draws()
     # Workers take graphs in turn: with the same transform seed they would repeat each other.
     assert not torch.equal(first[0], first[1])
     assert all(torch.equal(a, b) for a, b in zip(first, draws()))
+
+
+def test_positional_pattern_of_a_batch_is_each_sequence_s_pattern_and_checks_num_graphs():
+    sizes = [5, 1, 0, 7]
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    starts = [sum(sizes[:g]) for g in range(len(sizes))]
+    for name, params in (("window", {"window": 2}), ("bigbird", {"window": 1, "global_indices": [0], "num_random": 9})):
+        draws = {"generator": torch.Generator().manual_seed(1)} if name == "bigbird" else {}
+        found = positional_pattern(name, len(batch), batch=batch, num_graphs=4, **params, **draws)
+        draws = {"generator": torch.Generator().manual_seed(1)} if name == "bigbird" else {}
+        alone = [build_pattern(name, size, **params, **draws) + start for size, start in zip(sizes, starts)]
+        assert torch.equal(found, torch.cat(alone, dim=1))
+    for num_graphs, error, match in ((2.5, TypeError, "num_graphs must be an int"), (-1, ValueError, "num_graphs must be >= 0"),
+                                     (3, ValueError, "batch holds graph 3 but num_graphs is 3")):
+        with pytest.raises(error, match=match):
+            positional_pattern("window", len(batch), batch=batch, num_graphs=num_graphs, window=1)
+    with pytest.raises(ValueError, match="num_graphs=2 needs a batch vector"):
+        positional_pattern("window", 4, num_graphs=2, window=1)
+
+
+def test_positional_pattern_transform_checks_its_seed_and_shows_it():
+    for seed, error in ((True, TypeError), (1.5, TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="seed must be"):
+            AddPositionalPattern("random", seed=seed, num_random=2)
+    assert repr(AddPositionalPattern("log_sparse")) == "AddPositionalPattern('log_sparse')"
+    assert repr(AddPositionalPattern("random", seed=3, num_random=2)) == "AddPositionalPattern('random', seed=3, num_random=2)"
 
 
 def test_transform_errors():

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch_geometric import EdgeIndex
 from torch_geometric.typing import SparseTensor
 
-from .pattern import CSRPattern, _index_dtype, _sorted_to_ptr, check_edge_index
+from .pattern import CSRPattern, _index_dtype, _sorted_to_ptr, check_edge_index, pair_keys
 
 Adjacency = Union[Tensor, SparseTensor, CSRPattern]
 _SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
@@ -102,8 +102,8 @@ def _sparse_entries(adj: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return adj.row_indices(), _ptr_to_index(adj.ccol_indices()), adj.values()
 
 
-def _nondecreasing(major: Tensor, minor: Tensor, num_minor: int) -> bool:
-    keys = major.long() * max(num_minor, 1) + minor.long()
+def _nondecreasing(major: Tensor, minor: Tensor, num_major: int, num_minor: int) -> bool:
+    keys = pair_keys(major, minor, num_major, num_minor)
     return bool((keys[1:] >= keys[:-1]).all())
 
 
@@ -120,7 +120,7 @@ def _from_edge_index_cache(edge_index: EdgeIndex, num_src: int, num_dst: int) ->
     """
     data = edge_index.as_tensor()
     src, dst = data[0], data[1]
-    if not (edge_index.is_sorted_by_row and _nondecreasing(src, dst, num_dst)):
+    if not (edge_index.is_sorted_by_row and _nondecreasing(src, dst, num_src, num_dst)):
         return CSRPattern.from_edge_index(data, (num_src, num_dst))
     check_edge_index(data, num_src, num_dst)
     num_edges = data.size(1)

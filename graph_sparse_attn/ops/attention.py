@@ -137,6 +137,8 @@ def attention_with_weights(
     if isinstance(edge_index, CSRPattern):
         _check_pattern(edge_index, num_src, num_dst, query.device)
         pattern, num_edges = edge_index, edge_index.num_edges
+    elif not isinstance(edge_index, Tensor):
+        raise TypeError(f"edge_index must be a LongTensor [2, E] or a CSRPattern, got {type(edge_index).__name__}")
     else:
         edge_index = check_edge_index(edge_index, num_src, num_dst)
         if edge_index.device != query.device:

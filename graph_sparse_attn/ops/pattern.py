@@ -32,6 +32,17 @@ def _sorted_to_ptr(sorted_index: Tensor, num_nodes: int, dtype: torch.dtype) -> 
     return torch.searchsorted(sorted_index, boundaries, out_int32=dtype == torch.int32)
 
 
+def pair_keys(major: Tensor, minor: Tensor, num_major: int, num_minor: int) -> Tensor:
+    """``major * num_minor + minor``: one int64 key per pair, in (major, minor) order.
+
+    Refuses sizes with more pairs than int64 keys can number (``num_major * num_minor > 2**63``),
+    whose keys would wrap around and silently reorder or merge pairs."""
+    width = max(num_minor, 1)
+    if max(num_major, 1) * width > 2**63:
+        raise ValueError(f"a pattern of {num_major} x {num_minor} nodes has more node pairs than int64 can number (2**63)")
+    return major.long() * width + minor.long()
+
+
 def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str = "edge_index") -> Tensor:
     """Validate an ``edge_index`` ``[2, E]`` against node counts and return it as int64.
 
@@ -39,7 +50,7 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, name: str =
     index outside ``[0, num_src)`` (row 0) / ``[0, num_dst)`` (row 1). One O(E) pass.
     """
     if not isinstance(edge_index, Tensor):
-        raise TypeError(f"{name} must be a LongTensor [2, E] or a CSRPattern, got {type(edge_index).__name__}")
+        raise TypeError(f"{name} must be a LongTensor [2, E], got {type(edge_index).__name__}")
     if isinstance(edge_index, EdgeIndex):  # its own arithmetic breaks the kernels' index maths: a plain tensor
         edge_index = edge_index.as_tensor()
     if edge_index.dtype not in (torch.int64, torch.int32):
@@ -129,7 +140,7 @@ class CSRPattern:
         index_dtype = _index_dtype(num_edges, num_src, num_dst)
 
         # Stable sorts make the layout (and hence every reduction order) a function of the input only.
-        keys = dst * max(num_src, 1) + src
+        keys = pair_keys(dst, src, num_dst, num_src)
         if bool((keys[1:] >= keys[:-1]).all()):  # patterns from `patterns` arrive sorted
             sorted_keys, perm = keys, None
             # Copies, as the gathers below make (one conversion, no extra pass when the index dtype

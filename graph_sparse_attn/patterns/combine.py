@@ -12,7 +12,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ..ops.pattern import NumNodes, check_edge_index
+from ..ops.pattern import NumNodes, check_edge_index, pair_keys
 from ._utils import check_size
 
 
@@ -31,7 +31,7 @@ def sort_and_dedup(edge_index: Tensor, num_nodes: NumNodes = None) -> Tensor:
     """
     num_src, num_dst = _node_counts(edge_index, num_nodes)
     edge_index = check_edge_index(edge_index, num_src, num_dst)
-    key = edge_index[1] * max(num_src, 1) + edge_index[0]
+    key = pair_keys(edge_index[1], edge_index[0], num_dst, num_src)
     if bool((key[1:] > key[:-1]).all()):
         return edge_index.contiguous()
     # Sort + adjacent-difference mask + decoding the keys beats torch.unique and a gather by
@@ -64,8 +64,8 @@ def intersection(a: Tensor, b: Tensor, num_nodes: NumNodes = None) -> Tensor:
     if num_nodes is None:
         num_nodes = tuple(max(x, y) for x, y in zip(_node_counts(a, None), _node_counts(b, None)))
     a, b = sort_and_dedup(a, num_nodes), sort_and_dedup(b, num_nodes)
-    num_src = max(_node_counts(a, num_nodes)[0], 1)
-    keep = torch.isin(a[1] * num_src + a[0], b[1] * num_src + b[0])
+    num_src, num_dst = _node_counts(a, num_nodes)
+    keep = torch.isin(pair_keys(a[1], a[0], num_dst, num_src), pair_keys(b[1], b[0], num_dst, num_src))
     return a[:, keep]
 
 

@@ -414,7 +414,8 @@ def _sample_sources(
     """
     length = seg.length
     num_targets = length.numel()
-    num_random = min(num_random, seg.pos.numel())  # r ≥ L takes a whole sequence: no [r, N] draws past the longest
+    # r ≥ L takes a whole sequence: no [r, N] draws past the longest one (its cost grows as r² N).
+    num_random = min(num_random, int(length.max()) if num_targets else 0)
     check_generator(generator)
     draw_device = generator.device if generator is not None else length.device
     # Draw-major [r, N] so that each draw is read, written and compared contiguously.

@@ -79,7 +79,7 @@ def parse_pattern(spec: str) -> Tuple[str, Dict[str, Any]]:
     if not isinstance(spec, str):
         raise TypeError(f"pattern spec must be a string like 'window:window=64', got {type(spec).__name__}")
     name, _, rest = spec.partition(":")
-    name = PATTERN_ALIASES.get(name, name)
+    name = PATTERN_ALIASES.get(name.strip(), name.strip())
     if name not in POSITIONAL_PATTERNS:
         raise ValueError(f"unknown pattern {name!r}; choose from {sorted(POSITIONAL_PATTERNS)}")
     params: Dict[str, Any] = {}

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..ops.pattern import check_edge_index
+from ..ops.pattern import check_edge_index, pair_keys
 from ._utils import Device, check_batch, check_flag, check_generator, check_size, resolve_device, rows_to_edge_index, runs_to_edge_index
 from .combine import sort_and_dedup
 
@@ -255,4 +255,4 @@ def add_virtual_nodes(
 
 
 def _keys(edge_index: Tensor, num_nodes: int) -> Tensor:
-    return edge_index[1] * max(num_nodes, 1) + edge_index[0]
+    return pair_keys(edge_index[1], edge_index[0], num_nodes, num_nodes)

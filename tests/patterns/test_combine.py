@@ -42,6 +42,19 @@ def test_sort_and_dedup_drops_repeats_of_sorted_input():
     assert sort_and_dedup(torch.tensor([[0, 0, 1], [1, 1, 1]]), 2).t().tolist() == [[0, 1], [1, 1]]
 
 
+def test_sizes_whose_pair_keys_overflow_int64_are_refused():
+    from graph_sparse_attn.ops import CSRPattern
+    from graph_sparse_attn.patterns import k_hop
+
+    huge = 2**32  # 2**64 node pairs: the (target, source) keys would wrap around and reorder the pairs
+    edges = torch.tensor([[huge, 0], [1, huge]])
+    for call in (lambda: sort_and_dedup(edges), lambda: intersection(edges, edges), lambda: k_hop(edges, 2, huge + 1),
+                 lambda: CSRPattern.from_edge_index(edges, huge + 1)):
+        with pytest.raises(ValueError, match="more node pairs than int64 can number"):
+            call()
+    assert sort_and_dedup(torch.tensor([[5, 0], [2**24, 3]]), 2**31).t().tolist() == [[0, 3], [5, 2**24]]  # 2**62 pairs still fit
+
+
 def test_union_and_intersection_match_sets():
     a, b, c = (random_edges(60, 9, 9, seed) for seed in (1, 2, 3))
     sets = [set(map(tuple, e.t().tolist())) for e in (a, b, c)]

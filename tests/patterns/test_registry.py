@@ -20,6 +20,7 @@ def test_parse_pattern_reads_typed_values():
     assert parse_pattern("window:window=4,causal=true") == ("window", {"window": 4, "causal": True})
     assert parse_pattern("log_sparse") == ("log_sparse", {})
     assert parse_pattern("sliding_window:window=8") == ("window", {"window": 8})  # the builder's Python name
+    assert parse_pattern(" window : window = 2 ") == ("window", {"window": 2})  # spaces around the name too
 
 
 @pytest.mark.parametrize("spec,match", [("spiral", "unknown pattern"), ("window:width=3", "takes no parameter"),
