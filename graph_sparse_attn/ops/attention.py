@@ -76,6 +76,11 @@ def sparse_attention(
             Higher-order gradients (backward through a gradient) need ``"gather"`` or
             ``"reference"``: the others differentiate once. The fused ones say so if asked for
             more; ``"band"`` raises PyTorch's own error (its fused attention has no double backward).
+            Two differences at the margins: ``"band"`` reads every key and value inside each
+            block's band, so a non-finite one there spreads to the block's targets even where no
+            edge reads it; and the fused backends recompute the returned weights and the gradients
+            from a float32 log-sum-exp, whose rounding at logits of magnitude ~1e3 (~3e4) is a
+            relative error of ~1e-5 (~1e-3) in them (the output itself stays exact).
 
     Returns:
         ``out [N_dst, H, Dv]`` in the dtype of ``query``, or ``(out, alpha)``.
@@ -170,6 +175,8 @@ def attention_with_weights(
             return out.to(query.dtype), None, None
         return out.to(query.dtype), alpha.to(query.dtype), weights.to(query.dtype)
 
+    if heads * max(head_dim, value.size(-1)) == 0 and backend in ("auto", "band"):
+        backend = "gather"  # no features: nothing for band's blocks to hold, and gather returns the empty result
     plain = bias is None and gate is None and edge_values is None and dropout_p == 0 and not need_weights
     band = _band_layout(backend, plain, pattern if pattern is not None else edge_index, num_src, num_dst, num_edges, q.device)
     if band is not None:

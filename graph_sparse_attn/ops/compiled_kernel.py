@@ -171,7 +171,8 @@ def _edge_param(param: Optional[Tensor], eid: Optional[Tensor]) -> Optional[Tens
 
 def _slot_edges(start: Tensor, count: Tensor, slots: Tensor, nbr_of: Tensor, eid_of: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """A block's ``(mask [n, d, 1], nbr [n, d], eid [n, d])``: which slots hold an edge, the node at
-    its other end and its sorted-edge id (padding slots read position 0 and are masked)."""
+    its other end and its sorted-edge id (padding slots read position 0 and are masked: their
+    products are selected away, not multiplied by 0, so a non-finite row read there stays out)."""
     mask = slots < count[:, None]
     pos = torch.where(mask, start[:, None] + slots, 0)
     return mask[..., None], nbr_of[pos], pos if eid_of is None else eid_of[pos]
@@ -192,7 +193,7 @@ def _forward_block(q, k, v, nodes, count, start, slots, col, bias, gate, keep, e
     if keep is not None:
         exp = exp * _edge_param(keep, eid)
     # Normalising the [n, H, Dv] output rather than the [n, d, H] weights saves a pass over edges.
-    out = (exp[..., None] * value).sum(1) / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]
+    out = torch.where(mask[..., None], exp[..., None] * value, 0.0).sum(1) / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]
     return out, lse
 
 
@@ -226,14 +227,15 @@ def _aggregate_block(x, weights, count, start, slots, nbr_of, eid_of, ev=None):
     mask, nbr, eid = _slot_edges(start, count, slots, nbr_of, eid_of)
     w = torch.where(mask, weights[eid], 0.0)  # [n, d, H]
     rows = x[nbr] if ev is None else x[nbr] + ev[eid]
-    return (w[..., None] * rows).sum(1), w
+    return torch.where(mask[..., None], w[..., None] * rows, 0.0).sum(1), w
 
 
 def _aggregate_two_block(x, weights, y, other_weights, count, start, slots, nbr_of, eid_of):
     """Two aggregations over the same block in one kernel call (dK and dV)."""
     mask, nbr, eid = _slot_edges(start, count, slots, nbr_of, eid_of)
     w, u = torch.where(mask, weights[eid], 0.0), torch.where(mask, other_weights[eid], 0.0)
-    return (w[..., None] * x[nbr]).sum(1), (u[..., None] * y[nbr]).sum(1), w, u
+    real = mask[..., None]
+    return torch.where(real, w[..., None] * x[nbr], 0.0).sum(1), torch.where(real, u[..., None] * y[nbr], 0.0).sum(1), w, u
 
 
 def _signature(arg) -> Hashable:

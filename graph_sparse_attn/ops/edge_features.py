@@ -17,7 +17,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .attention import attention_with_weights
+from .attention import _edge_tensor, attention_with_weights
+from .checks import check_on_device
 from .pattern import CSRPattern, check_edge_index
 
 
@@ -151,7 +152,7 @@ def edge_feature_attention(
             edge_attr = edge_attr.unsqueeze(-1)
         num_edges = edges.num_edges if isinstance(edges, CSRPattern) else _edge_count(edges)
         if edge_attr_index is not None:
-            _check_attr_index(edge_attr_index, num_edges)
+            _check_attr_index(edge_attr_index, num_edges, edge_attr.size(0))
         rows = num_edges if edge_attr_index is None else edge_attr.size(0)
         if edge_attr.shape != (rows, edge_dim):
             expected = "[E, edge_dim]" if edge_attr_index is None else "[U, edge_dim] (U rows indexed by edge_attr_index)"
@@ -173,13 +174,16 @@ def edge_feature_attention(
         edges = pattern = edges if isinstance(edges, CSRPattern) else CSRPattern.from_edge_index(edges, (key.size(0), query.size(0)))
         if edge_attr_index is not None:
             edge_attr = edge_attr.index_select(0, edge_attr_index)
+        # In the query's dtype, as the projected form casts its edge values.
+        edge_weight, edge_attr = edge_weight.to(query.dtype), edge_attr.to(query.dtype)
         edge_attr_sorted, row = pattern.caller_to_sorted(edge_attr), pattern.row.long()
         query_edge = torch.einsum("nhc,hcf->nhf", query, edge_weight) / math.sqrt(channels)
         edge_score = pattern.sorted_to_caller(edge_dot(query_edge, edge_attr_sorted, row))
+        per_edge = dict(num_edges=pattern.num_edges, heads=heads, device=query.device, dtype=query.dtype)
         if edge_gate is not None and gate_mode == "scale":
-            edge_score = edge_score * _per_head(edge_gate, "edge_gate", pattern.num_edges, heads)
+            edge_score = edge_score * _edge_tensor(edge_gate, "edge_gate", **per_edge)
         if edge_bias is not None:
-            edge_score = edge_score + _per_head(edge_bias, "edge_bias", pattern.num_edges, heads)
+            edge_score = edge_score + _edge_tensor(edge_bias, "edge_bias", **per_edge)
         edge_bias = edge_score
 
     out, alpha, weights = attention_with_weights(
@@ -200,15 +204,11 @@ def _edge_count(edge_index: Tensor) -> int:
     return edge_index.size(1)
 
 
-def _check_attr_index(index: Tensor, num_edges: int) -> None:
-    # Values are range-checked by the gather that reads them (index_select raises), without a host sync here.
+def _check_attr_index(index: Tensor, num_edges: int, num_rows: int) -> None:
     if not isinstance(index, Tensor) or index.dtype not in (torch.int64, torch.int32):
         raise TypeError("edge_attr_index must be an integer tensor [E]")
     if index.shape != (num_edges,):
         raise ValueError(f"edge_attr_index must have shape [E]=[{num_edges}], got {list(index.shape)}")
+    check_on_device(((index >= 0) & (index < num_rows)).all(), f"edge_attr_index must hold rows of edge_attr in [0, {num_rows})")
 
 
-def _per_head(t: Tensor, name: str, num_edges: int, heads: int) -> Tensor:
-    if t.shape not in (torch.Size([num_edges]), torch.Size([num_edges, 1]), torch.Size([num_edges, heads])):
-        raise ValueError(f"{name} must have shape [E]=[{num_edges}] or [E, H]=[{num_edges}, {heads}], got {list(t.shape)}")
-    return t.unsqueeze(-1) if t.dim() == 1 else t

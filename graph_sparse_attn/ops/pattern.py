@@ -84,7 +84,7 @@ def _node_counts(num_nodes: Any) -> Tuple[int, int]:
     raise TypeError(f"num_nodes must be an int N or a pair (N_src, N_dst) of ints, got {num_nodes!r:.60}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: tensors have no single truth value
 class CSRPattern:
     """An attention pattern sorted into compressed rows, built once and reused across layers.
 
@@ -198,7 +198,13 @@ class CSRPattern:
         return (self.rowptr[1:] - self.rowptr[:-1]).long()
 
     def to(self, device: Union[str, torch.device]) -> "CSRPattern":
-        """Copy of the pattern on ``device``."""
+        """Copy of the pattern on ``device`` (its indices keep their integer dtype)."""
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a torch.device or a device string, got {type(device).__name__}")
+        try:
+            device = torch.device(device)
+        except RuntimeError as error:  # a string that names no device, e.g. a dtype's "float64"
+            raise ValueError(f"device: {error}") from None
         moved = {k: getattr(self, k).to(device) for k in _TENSOR_FIELDS if getattr(self, k) is not None}
         return dataclasses.replace(self, **moved)
 

@@ -448,3 +448,14 @@ def test_chunked_gather_scores_match_sampled_product(monkeypatch):
     a, b = torch.randn(30, 2, 5, dtype=torch.float64), torch.randn(40, 2, 5, dtype=torch.float64)
     monkeypatch.setattr(csr_kernel, "_GATHER_CHUNK_ELEMENTS", 70)
     torch.testing.assert_close(csr_kernel._sddmm_gather(pattern, a, b), csr_kernel.sddmm(pattern, a, b))
+
+
+def test_a_pattern_compares_by_identity_and_moves_only_between_devices():
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    pattern = CSRPattern.from_edge_index(edge_index, 3)
+    assert pattern == pattern and pattern != CSRPattern.from_edge_index(edge_index, 3) and pattern in [pattern]
+    assert pattern.to("cpu").col.dtype == pattern.col.dtype
+    with pytest.raises(TypeError, match="device must be a torch.device or a device string, got dtype"):
+        pattern.to(torch.float64)
+    with pytest.raises(ValueError, match="device: "):
+        pattern.to("float64")

@@ -201,6 +201,14 @@ def test_auto_takes_band_for_a_large_window_only_without_per_edge_options(monkey
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("backend", ["auto", "band"])
+def test_a_window_with_no_features_gives_the_empty_result(monkeypatch, backend):
+    monkeypatch.setattr(dispatch, "BAND_MIN_EDGES", 1000)
+    edge_index = sliding_window(200, 16)
+    for q, v in ((torch.randn(200, 0, D), torch.randn(200, 0, D)), (torch.randn(200, H, 0), torch.randn(200, H, 0))):
+        assert sparse_attention(q, q, v, edge_index, scale=1.0, backend=backend).shape == v.shape
+
+
 def test_auto_declines_a_sparse_band(monkeypatch):
     monkeypatch.setattr(dispatch, "BAND_MIN_EDGES", 10)
     calls = _count_band_calls(monkeypatch)

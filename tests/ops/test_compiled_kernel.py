@@ -266,3 +266,17 @@ def test_edge_values_on_an_empty_graph_give_zeros():
     assert torch.equal(out, torch.zeros(5, H, D, dtype=torch.float64))
     grads = torch.autograd.grad(out.sum(), (q, k, v, ev))
     assert not any(g.any() for g in grads) and grads[3].shape == (0, H, D)
+
+
+def test_a_non_finite_row_reaches_only_the_targets_that_read_it():
+    # Padding slots of a degree bucket read node position 0 (masked): a NaN there must not leak.
+    edge_index = torch.tensor([[7, 1, 2, 1, 2, 3, 2, 3, 4, 4, 5, 6], [0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 5]])
+    q, k, v, pattern, bias, gate, keep, grad_out = make_inputs(edge_index, 8, 6, flags="plain")
+    v[7] = float("nan")  # node 7 feeds target 0 only
+    for kernel in (compiled_kernel, csr_kernel):
+        out, lse = kernel.forward(q, k, v, pattern, bias, gate, keep)
+        assert out.isnan().any(-1).any(-1).nonzero().flatten().tolist() == [0], kernel.__name__
+    k[7], v[7] = float("nan"), 0.0
+    dq, dk, dv = compiled_kernel.backward(grad_out, q, k, v, *compiled_kernel.forward(q, k, v, pattern, bias, gate, keep),
+                                          pattern, bias, gate, keep, False)[:3]
+    assert dq.isnan().any(-1).any(-1).nonzero().flatten().tolist() == [0]

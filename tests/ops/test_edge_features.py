@@ -198,3 +198,24 @@ def test_bad_edge_weights_and_features_are_named():
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
             edge_feature_attention(q, k, v, edge_index, **kwargs)
+
+
+@pytest.mark.parametrize("projected", [True, False])
+def test_both_forms_take_and_refuse_the_same_inputs(monkeypatch, projected):
+    monkeypatch.setattr(edge_features, "PROJECTED_MAX_ELEMENTS", 1 << 40 if projected else 0)
+    q, k, v = torch.randn(4, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    edge_index = torch.tensor([[0, 4, 2], [1, 3, 0]])
+    wide = dict(edge_attr=torch.randn(3, 4, dtype=torch.float64), edge_weight=torch.randn(2, 3, 4, dtype=torch.float64))
+    out, _ = edge_feature_attention(q, k, v, edge_index, **wide)  # float64 features beside float32 queries
+    expected, _ = edge_feature_attention(q, k, v, edge_index, **{name: t.float() for name, t in wide.items()})
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, atol=1e-5)
+    features = {name: t.float() for name, t in wide.items()}
+    for kwargs, error, match in [
+        (dict(edge_bias=torch.ones(3, dtype=torch.long)), TypeError, "edge_bias must be a floating-point tensor"),
+        (dict(edge_bias=[0.0, 0.0, 0.0]), TypeError, "edge_bias must be a floating-point tensor"),
+        (dict(edge_gate=[1.0, 1.0, 1.0]), TypeError, "edge_gate must be a floating-point tensor"),
+        (dict(edge_attr=torch.randn(2, 4), edge_attr_index=torch.tensor([0, 2, 1])), ValueError,
+         "edge_attr_index must hold rows of edge_attr in \\[0, 2\\)"),
+    ]:
+        with pytest.raises(error, match=match):
+            edge_feature_attention(q, k, v, edge_index, **{**features, **kwargs})
