@@ -113,7 +113,8 @@ class GraphTransformer(nn.Module):
             raise ValueError(f"task must be 'graph' or 'node', got {task!r}")
         if attention not in ATTENTION_PATTERNS:
             raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
-        check_flag(lap_pe, "lap_pe"), check_flag(gps, "gps")
+        check_flag(lap_pe, "lap_pe")
+        check_flag(gps, "gps")
         if lap_pe and not pe_dim:
             raise ValueError("lap_pe=True needs the encoding's size: pe_dim > 0")
         if pooling not in ("mean", "sum"):

@@ -7,6 +7,7 @@ that does not apply to the task is refused (one line, exit code 2) before any wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pickle
@@ -408,12 +409,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ValueError as error:  # truncated, or not a checkpoint
         refuse(str(error))
     overrides = {"device": args.device}
-    trained_on = state["config"].get("backend", "auto")
-    try:  # the kernel is a run option, not part of the model: any backend scores the same model
-        check_backend_runs_on(trained_on, device)
-    except ValueError:
-        overrides["backend"] = "auto"
-        print(f"gsa evaluate: the run's backend {trained_on} does not run on {device}; scoring with auto", file=sys.stderr)
     if args.root is not None:
         overrides["root"] = str(Path(args.root).resolve())  # absolute, as config.json records roots
     try:
@@ -421,6 +416,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     except TypeError as error:
         print(f"gsa evaluate: error: {checkpoint} holds a configuration this version cannot read ({error})", file=sys.stderr)
         return 1
+    try:  # the kernel is a run option, not part of the model: any backend scores the same model
+        check_backend_runs_on(config.backend, device)
+    except ValueError:
+        print(f"gsa evaluate: the run's backend {config.backend} does not run on {device}; scoring with auto", file=sys.stderr)
+        config = dataclasses.replace(config, backend="auto")
     task = _task_or_report(config, "evaluate")
     if task is None:
         return 1
