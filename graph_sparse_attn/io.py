@@ -10,9 +10,16 @@ import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_save"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_save", "check_path"]
 
 PathLike = Union[str, os.PathLike]
+
+
+def check_path(value: Any, name: str) -> Path:
+    """``value`` as a :class:`~pathlib.Path`, or a ``TypeError`` naming ``name`` unless it is a ``str`` or path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    return Path(value)
 
 
 def atomic_write(path: PathLike, write: Callable[[IO], None], *, binary: bool = True) -> Path:

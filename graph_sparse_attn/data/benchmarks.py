@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..io import check_path
 from ..patterns._utils import check_size
 
 Scorer = Callable[[Tensor, Tensor], float]
@@ -130,10 +131,12 @@ def imdb(name: str, root: Path, *, seed: int, max_length: int, imdb_path: Option
 
     if num_train is not None:
         check_size(num_train, "num_train")
-    path = Path(imdb_path) if imdb_path else Path(root) / "aclImdb"
+    path = check_path(imdb_path, "imdb_path") if imdb_path else check_path(root, "root") / "aclImdb"
     train = im.load_imdb(path, "train", max_length=max_length)
     holdout = set(range(0, len(train), 10))
     kept = [i for i in range(len(train)) if i not in holdout]
+    if num_train is not None and num_train > len(kept):
+        raise ValueError(f"num_train={num_train} exceeds the {len(kept)} training reviews left beside the validation tenth")
     if num_train is not None:
         order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))
         kept = sorted(kept[i] for i in order[:num_train].tolist())

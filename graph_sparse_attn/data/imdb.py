@@ -20,7 +20,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..io import atomic_save
+from ..io import atomic_save, check_path
+from ..patterns._utils import check_size
 from .sequence import PackedSequences
 
 PAD = 0
@@ -159,11 +160,8 @@ def load_imdb(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int):
-        raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
-    path = Path(path)
+    max_length = check_size(max_length, "max_length", minimum=1)
+    path = check_path(path, "path")
     if not path.exists():
         raise _missing_data_error(path, "not found")
     cache_file = None if cache_dir is None else _cache_file(Path(cache_dir), path, split, max_length)

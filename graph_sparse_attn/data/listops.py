@@ -32,7 +32,7 @@ from torch import Tensor
 
 from tqdm import tqdm
 
-from ..io import atomic_write
+from ..io import atomic_write, check_path
 from ..patterns._utils import check_size
 from .sequence import PackedSequences
 
@@ -271,7 +271,7 @@ def cache_directory(
 ) -> Path:
     """``<root>/listops/<name>``: the folder holding ``{train,val,test}.tsv`` of one generated dataset."""
     name = f"train{num_train}_val{num_val}_test{num_test}_len{min_length}-{max_length}_depth{max_depth}_args{max_args}_seed{seed}"
-    return Path(root) / "listops" / name
+    return check_path(root, "root") / "listops" / name
 
 
 def _write_tsv_atomically(path: Path, rows: Sequence[Tuple[str, int]]) -> None:

@@ -36,6 +36,9 @@ class PackedSequences(Dataset):
             raise ValueError(f"offsets must be an int64 Tensor [N + 1] = [{labels.numel() + 1}], got {offsets.dtype} {list(offsets.shape)}")
         if int(offsets[0]) != 0 or int(offsets[-1]) != tokens.numel() or bool((offsets[1:] < offsets[:-1]).any()):
             raise ValueError(f"offsets must rise from 0 to T = {tokens.numel()} (sequence i is tokens[offsets[i]:offsets[i + 1]])")
+        if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer Tensor [N], got {labels.dtype} {list(labels.shape)}")
+        token_offset = check_size(token_offset, "token_offset")
         self.tokens, self.offsets, self.labels, self.token_offset = tokens, offsets, labels, token_offset
 
     def __len__(self) -> int:
@@ -122,8 +125,13 @@ class SequenceGraphCollator:
         return pattern
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
+        if not len(samples):
+            raise ValueError("samples is empty: a batch needs at least one (tokens, label) sample")
         data_list = []
         for tokens, label in samples:
+            if isinstance(label, bool) or not isinstance(label, (int, Tensor)) or (isinstance(label, Tensor) and (
+                    label.numel() != 1 or label.is_floating_point())):
+                raise TypeError(f"each sample's label must be an int class id, got {label!r:.40}")
             if not isinstance(tokens, Tensor):  # a plain list of token ids (floats stay floats, and are refused)
                 tokens = torch.as_tensor(tokens) if len(tokens) else torch.empty(0, dtype=torch.long)
             if tokens.dim() != 1 or tokens.dtype != torch.long:

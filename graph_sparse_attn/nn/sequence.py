@@ -26,7 +26,7 @@ def sequence_starts(batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
     if num_graphs is None:
         counts = torch.bincount(batch)
     else:
-        counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
+        counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch, dtype=torch.long))
     return torch.cumsum(counts, 0) - counts
 
 
@@ -86,7 +86,8 @@ class SequenceTransformer(nn.Module):
     num_graphs: int = None) -> [B, num_classes]``. ``edge_index`` is the pattern the batch carries
     (a collator's ``edge_index``, or ``attn_index`` from
     :class:`~graph_sparse_attn.transforms.AddPositionalPattern`); without it the model builds
-    its own. With a ``CSRPattern`` and ``num_graphs`` given, its only host sync checks the token ids
+    its own. ``B`` is ``num_graphs``, else ``max(batch) + 1``: pass ``batch.num_graphs`` where the last
+    sequences of a batch may be empty (no CLS token), or their rows are missing. With a ``CSRPattern`` and ``num_graphs`` given, its only host sync checks the token ids
     and positions (one, skipped under ``torch.compile``); ``knn`` models take no ``edge_index``.
     """
 

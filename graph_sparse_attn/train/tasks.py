@@ -163,7 +163,8 @@ class SequenceClassificationTask(Task):
 
     def forward(self, model, batch, split):
         edge_index = None if self.model_options.get("knn") is not None else batch.edge_index
-        return model(batch.x, batch.batch, edge_index, batch.pos), batch.y
+        # num_graphs from the batch: a trailing empty sequence (no CLS token) would be lost if inferred.
+        return model(batch.x, batch.batch, edge_index, batch.pos, num_graphs=batch.num_graphs), batch.y
 
     def loss(self, prediction, target):
         return F.cross_entropy(prediction, target)

@@ -6,6 +6,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,9 +143,14 @@ def test_argument_errors(synthetic_folder, tmp_path):
         load_imdb(synthetic_folder, "train", max_length=4.5)
     from graph_sparse_attn.data.benchmarks import imdb as imdb_task
 
-    for num_train, error in ((-5, ValueError), (True, TypeError), (2.5, TypeError)):
-        with pytest.raises(error, match="num_train"):  # -5 used to drop 5 reviews silently
+    for num_train, error in ((-5, ValueError), (True, TypeError), (2.5, TypeError), (10**6, ValueError)):
+        with pytest.raises(error, match="num_train"):  # -5 used to drop 5 reviews silently, 10**6 to keep them all
             imdb_task("imdb", tmp_path, seed=0, max_length=16, imdb_path=synthetic_folder, num_train=num_train)
+    assert len(load_imdb(synthetic_folder, "train", max_length=np.int64(8))) > 0  # any integer type, as sizes elsewhere
+    with pytest.raises(TypeError, match="path must be a path"):
+        load_imdb(None, "train")
+    with pytest.raises(TypeError, match="root must be a path"):
+        imdb_task("imdb", None, seed=0, max_length=16)
 
 
 def test_byte_codec():

@@ -92,6 +92,11 @@ def test_bad_inputs_are_named():
         with pytest.raises(error, match="cls_token"):
             SequenceGraphCollator("window", {"window": 1}, cls_token=cls_token)
     assert SequenceGraphCollator("window", {"window": 1})([([], 0), ([3, 4], 1)]).x.tolist() == [3, 4]
+    with pytest.raises(ValueError, match="samples is empty"):
+        SequenceGraphCollator("window", {"window": 1})([])
+    for label in ("a", None, 1.5, True):
+        with pytest.raises(TypeError, match="label must be an int class id"):
+            SequenceGraphCollator("window", {"window": 1})([([1, 2], label)])
 
 
 def test_packed_sequences_refuse_offsets_that_do_not_tile_the_tokens():
@@ -102,6 +107,11 @@ def test_packed_sequences_refuse_offsets_that_do_not_tile_the_tokens():
             PackedSequences(tokens, offsets, labels)
     with pytest.raises(TypeError, match="offsets must be a Tensor"):
         PackedSequences(tokens, [0, 1, 3, 4], labels)
+    with pytest.raises(TypeError, match="labels must be an integer Tensor"):
+        PackedSequences(tokens, torch.tensor([0, 1, 3, 4]), torch.tensor([1.7, 0.0, 1.0]))
+    for token_offset, error in ((1.5, TypeError), ("a", TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="token_offset"):
+            PackedSequences(tokens, torch.tensor([0, 1, 3, 4]), labels, token_offset=token_offset)
 
 
 def test_plain_token_lists_collate_like_tensors():
