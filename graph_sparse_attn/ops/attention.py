@@ -10,7 +10,7 @@ from torch import Tensor
 from . import band_kernel, compiled_kernel, csr_kernel, gather_kernel
 from .checks import check_on_device
 from .dispatch import band_candidate, check_backend, resolve_backend
-from .fused import _NO_SEED, dropped_weights, edge_softmax, fused_attention
+from .fused import _NO_SEED, autocast_off, dropped_weights, edge_softmax, fused_attention
 from .pattern import CSRPattern, check_edge_index, derived_layout
 from .reference import reference_attention
 
@@ -84,7 +84,9 @@ def sparse_attention(
 
     Returns:
         ``out [N_dst, H, Dv]`` in the dtype of ``query``, or ``(out, alpha)``.
-        float16/bfloat16 inputs are computed in float32 and cast back.
+        float16/bfloat16 inputs are computed in float32 and cast back. Inside ``torch.autocast``
+        the op runs with autocast off, in its inputs' own compute dtype: autocast would otherwise
+        drop some kernels' products to half precision (and CPU's sparse ones cannot run in it).
     """
     out, alpha, _ = attention_with_weights(
         query, key, value, edge_index,
@@ -94,6 +96,7 @@ def sparse_attention(
     return (out, alpha) if return_attention else out
 
 
+@autocast_off
 def attention_with_weights(
     query: Tensor,
     key: Tensor,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .attention import _edge_tensor, attention_with_weights
+from .fused import autocast_off
 from .checks import check_on_device
 from .pattern import CSRPattern, check_edge_index
 
@@ -87,6 +88,7 @@ def edge_weighted_sum(weights: Tensor, edge_attr: Tensor, index: Tensor, num_nod
 PROJECTED_MAX_ELEMENTS = 1 << 24
 
 
+@autocast_off
 def edge_feature_attention(
     query: Tensor,
     key: Tensor,

@@ -12,8 +12,9 @@ weights) regenerate exactly the mask the forward pass used without storing it.
 """
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -55,6 +56,25 @@ def _pattern(rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Te
                       num_src=num_src, num_dst=rowptr.numel() - 1, has_duplicates=has_duplicates)
 
 
+def autocast_off(attend: Callable) -> Callable:
+    """Run ``attend`` with autocast off on the device of its first tensor argument.
+
+    `sparse_attention` computes in its inputs' own dtype (float32 for half ones); under
+    ``torch.autocast`` its kernels' products would drop back to half precision (and CPU's sparse
+    products have no bfloat16 kernel). The entry points and the custom ops' bodies (backward runs
+    them inside the caller's autocast region too) take this decorator."""
+
+    @functools.wraps(attend)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        device = next((arg.device.type for arg in args if isinstance(arg, Tensor)), None)
+        if device is None or not torch.is_autocast_enabled(device):
+            return attend(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return attend(*args, **kwargs)
+
+    return run
+
+
 def _dropout_keep(seed: Optional[Tensor], like: Tensor, dropout_p: float) -> Optional[Tensor]:
     """The ``[H, E]`` dropout multipliers drawn from ``seed`` (``None`` without dropout)."""
     if dropout_p == 0 or seed is None:
@@ -63,6 +83,7 @@ def _dropout_keep(seed: Optional[Tensor], like: Tensor, dropout_p: float) -> Opt
 
 
 @torch.library.custom_op("graph_sparse_attn::attention", mutates_args=())
+@autocast_off
 def _attention_op(
     backend: str, q: Tensor, k: Tensor, v: Tensor,
     rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
@@ -80,6 +101,7 @@ def _(backend, q, k, v, rowptr, col, row, colptr, row_t, perm_t, num_src, has_du
 
 
 @torch.library.custom_op("graph_sparse_attn::attention_backward", mutates_args=())
+@autocast_off
 def _attention_backward_op(
     backend: str, grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
@@ -148,6 +170,7 @@ torch.library.register_autograd("graph_sparse_attn::attention_backward", _no_dou
 
 
 @torch.library.custom_op("graph_sparse_attn::edge_softmax", mutates_args=())
+@autocast_off
 def _edge_softmax_op(
     q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Tensor, perm_t: Tensor,
     num_src: int, has_duplicates: bool, bias: Optional[Tensor], gate: Optional[Tensor], lse: Tensor,
@@ -164,6 +187,7 @@ def _(q, k, rowptr, col, row, colptr, row_t, perm_t, num_src, has_duplicates, bi
 
 
 @torch.library.custom_op("graph_sparse_attn::edge_softmax_backward", mutates_args=())
+@autocast_off
 def _edge_softmax_backward_op(
     grad_probs: Tensor, probs: Tensor, q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor,
     row_t: Tensor, perm_t: Tensor, num_src: int, has_duplicates: bool, gate: Optional[Tensor], need_dgate: bool,

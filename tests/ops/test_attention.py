@@ -459,3 +459,18 @@ def test_a_pattern_compares_by_identity_and_moves_only_between_devices():
         pattern.to(torch.float64)
     with pytest.raises(ValueError, match="device: "):
         pattern.to("float64")
+
+
+@pytest.mark.parametrize("backend", ["gather", "csr"])
+def test_autocast_leaves_the_kernels_in_float32(backend):
+    # Inside torch.autocast the csr kernel's sparse products would drop to bfloat16, which CPU cannot run.
+    q = torch.randn(300, 2, 8, requires_grad=True)
+    edge_index = torch.randint(0, 300, (2, 3000), generator=torch.Generator().manual_seed(0))
+    out, alpha = sparse_attention(q, q, q, edge_index, backend=backend, return_attention=True)
+    (grad,) = torch.autograd.grad(out.square().sum(), q)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_autocast, alpha_autocast = sparse_attention(q, q, q, edge_index, backend=backend, return_attention=True)
+        (grad_autocast,) = torch.autograd.grad(out_autocast.square().sum(), q)
+    assert out_autocast.dtype == torch.float32
+    for ours, plain in ((out_autocast, out), (alpha_autocast, alpha), (grad_autocast, grad)):
+        torch.testing.assert_close(ours, plain)
