@@ -39,7 +39,7 @@ from torch_geometric.transforms import BaseTransform
 
 from .ops.checks import check_on_device
 from .ops.pattern import check_edge_index
-from .patterns._utils import check_batch, check_flag, check_size
+from .patterns._utils import check_batch, check_flag, check_size, seed_for_worker, worker_seed
 from .patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 from .patterns.structural import _expander_edges, add_virtual_nodes, k_hop
 
@@ -444,11 +444,10 @@ class _SeededDraws:
     def __call__(self) -> Optional[torch.Generator]:
         if self.seed is None:
             return None
-        worker = torch.utils.data.get_worker_info()
-        worker_seed = None if worker is None else worker.seed
-        if self._generator is None or worker_seed != self._worker_seed:
-            seed = self.seed if worker_seed is None else hash((self.seed, worker_seed)) % 2**63
-            self._generator, self._worker_seed = torch.Generator().manual_seed(seed), worker_seed
+        worker = worker_seed()
+        if self._generator is None or worker != self._worker_seed:
+            seed = self.seed if worker is None else seed_for_worker(self.seed, worker)
+            self._generator, self._worker_seed = torch.Generator().manual_seed(seed), worker
         return self._generator
 
 

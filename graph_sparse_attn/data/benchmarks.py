@@ -12,10 +12,11 @@ import contextlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric.data import InMemoryDataset
 
 from ..io import check_path
 from ..patterns._utils import check_size
@@ -241,7 +242,16 @@ def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int, cache_dir: Optio
         data = data.clone()
         data.pe = encoding
         graphs.append(data)
-    return graphs
+    return EncodedGraphs(graphs)
+
+
+class EncodedGraphs(InMemoryDataset):
+    """Graphs with their encodings, indexed like the PyG dataset they came from (an int, a slice,
+    an index tensor such as ``split_idx["train"]``)."""
+
+    def __init__(self, graphs: List[Any]) -> None:
+        super().__init__(None)
+        self.data, self.slices = self.collate(graphs)
 
 
 def _check_pe(kind: str, dim: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 from collections import OrderedDict
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -10,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
-from ..patterns._utils import check_generator, check_size
+from ..patterns._utils import check_generator, check_size, seed_for_worker, worker_seed
 from ..patterns.registry import RANDOM_PATTERNS, build_pattern, check_pattern
 
 Sample = Tuple[Tensor, int]
@@ -91,6 +92,7 @@ class SequenceGraphCollator:
         # 4.5 GB, while building one such pattern anew takes about 1.5 ms.
         self.cache_bytes = check_size(cache_bytes, "cache_bytes")
         self._cache: "OrderedDict[int, Tensor]" = OrderedDict()
+        self._worker_seed: Optional[int] = None
         self._cached_bytes = 0
 
     @property
@@ -102,8 +104,16 @@ class SequenceGraphCollator:
         """A copy of the pattern's parameters (changing it changes nothing: build another collator)."""
         return copy.deepcopy(self._pattern_params)
 
+    def _draws(self) -> Optional[torch.Generator]:
+        """``generator``; in a DataLoader worker, its copy reseeded once from its seed and the worker's."""
+        worker = worker_seed()
+        if self.generator is not None and worker is not None and worker != self._worker_seed:
+            self.generator.manual_seed(seed_for_worker(self.generator.initial_seed(), worker))
+            self._worker_seed = worker
+        return self.generator
+
     def _build(self, length: int) -> Tensor:
-        extra = {"generator": self.generator} if self._pattern in RANDOM_PATTERNS else {}
+        extra = {"generator": self._draws()} if self._pattern in RANDOM_PATTERNS else {}
         return build_pattern(self._pattern, length, **self._pattern_params, **extra)
 
     def pattern_for_length(self, length: int) -> Tensor:
@@ -129,8 +139,7 @@ class SequenceGraphCollator:
             raise ValueError("samples is empty: a batch needs at least one (tokens, label) sample")
         data_list = []
         for tokens, label in samples:
-            if isinstance(label, bool) or not isinstance(label, (int, Tensor)) or (isinstance(label, Tensor) and (
-                    label.numel() != 1 or label.is_floating_point())):
+            if not _is_class_id(label):
                 raise TypeError(f"each sample's label must be an int class id, got {label!r:.40}")
             if not isinstance(tokens, Tensor):  # a plain list of token ids (floats stay floats, and are refused)
                 tokens = torch.as_tensor(tokens) if len(tokens) else torch.empty(0, dtype=torch.long)
@@ -143,3 +152,10 @@ class SequenceGraphCollator:
                 Data(x=tokens, pos=torch.arange(length), edge_index=self.pattern_for_length(length), y=torch.tensor([label]), num_nodes=length)
             )
         return Batch.from_data_list(data_list)
+
+
+def _is_class_id(label: Any) -> bool:
+    """An integer (Python, NumPy, or a one-element integer tensor), not a bool."""
+    if isinstance(label, Tensor):
+        return label.numel() == 1 and not label.is_floating_point() and label.dtype != torch.bool
+    return isinstance(label, numbers.Integral) and not isinstance(label, bool)

@@ -22,7 +22,7 @@ from ..transforms import (
     pattern_batch,
     virtual_layout,
 )
-from .layers import ACTIVATIONS, SparseTransformerLayer, check_activation
+from .layers import ACTIVATIONS, SparseTransformerLayer, check_activation, check_heads
 
 
 class GraphTransformer(nn.Module):
@@ -123,6 +123,7 @@ class GraphTransformer(nn.Module):
                                     ("heads", heads, 1), ("k_hops", k_hops, 0), ("num_virtual", num_virtual, 0),
                                     ("expander_degree", expander_degree, 0), ("pe_dim", pe_dim, 0)):
             check_size(size, name, minimum=minimum)
+        check_heads(hidden_channels, heads, "hidden_channels")
         if expander_seed is not None and attention != "exphormer":
             raise ValueError(f"expander_seed applies to attention='exphormer' only, got attention={attention!r}")
         if attention == "exphormer" and expander_degree % 2:

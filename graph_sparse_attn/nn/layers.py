@@ -21,11 +21,12 @@ NORMS = {"layer": nn.LayerNorm, "batch": nn.BatchNorm1d}
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
-def check_heads(dim: int, heads: int) -> None:
+def check_heads(dim: int, heads: int, dim_name: str = "dim") -> None:
+    """Refuse a width ``dim`` (called ``dim_name`` by the caller) that ``heads`` heads do not split evenly."""
     if isinstance(dim, bool) or isinstance(heads, bool) or not isinstance(dim, int) or not isinstance(heads, int):
-        raise TypeError(f"dim and heads must be ints, got {dim!r} and {heads!r}")
+        raise TypeError(f"{dim_name} and heads must be ints, got {dim!r} and {heads!r}")
     if dim <= 0 or heads <= 0 or dim % heads:
-        raise ValueError(f"dim ({dim}) must be a positive multiple of heads ({heads})")
+        raise ValueError(f"{dim_name} ({dim}) must be a positive multiple of heads ({heads})")
 
 
 def check_activation(activation: str) -> None:

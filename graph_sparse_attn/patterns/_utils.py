@@ -48,6 +48,18 @@ def check_generator(generator: Optional[torch.Generator]) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
+def worker_seed() -> Optional[int]:
+    """The seed of the DataLoader worker running this code, ``None`` in the main process."""
+    worker = torch.utils.data.get_worker_info()
+    return None if worker is None else worker.seed
+
+
+def seed_for_worker(seed: int, worker: int) -> int:
+    """The seed a worker's random pattern draws start from: workers get copies of one random state
+    and would otherwise repeat one another's draws."""
+    return hash((seed, worker)) % 2**63
+
+
 def check_batch(batch: Tensor, num_nodes: int, name: str = "batch", device: Optional[torch.device] = None,
                 num_graphs: Optional[int] = None) -> Tensor:
     """Validate a PyG batch vector ``[N]`` (integer, non-negative, sorted, below ``num_graphs`` and on

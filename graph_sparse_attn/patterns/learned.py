@@ -34,8 +34,9 @@ def prune(
     """Keep the edges whose gate exceeds ``threshold`` (for any head, when gates are per head).
 
     In ``gate_mode="log"`` a gate of exactly 0 removes its edge and a gate of exactly 1 leaves its
-    logit unchanged, so when every gate is 0 or 1 the pruned pattern (without gates) gives the
-    gated model's outputs for any ``threshold`` in ``[0, 1)``; with other gate values, pass
+    logit unchanged, so when every gate is 0 or 1 and all heads agree (``[E]`` or ``[E, 1]`` gates)
+    the pruned pattern (without gates) gives the gated model's outputs for any ``threshold`` in
+    ``[0, 1)``; per-head gates keep an edge any head keeps, so pass ``gate[info.mask]`` along; with other gate values, pass
     ``gate[info.mask]`` to the pruned model and it agrees for any ``threshold`` below the smallest
     non-zero gate.
 

@@ -52,6 +52,8 @@ def test_encoding_a_dataset_is_seeded_and_leaves_the_global_rng_alone():
     first, again = _with_pe(graphs, ("lap", 2), seed=1), _with_pe(graphs, ("lap", 2), seed=1)
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(a.pe, b.pe) for a, b in zip(first, again))
+    subset = first[torch.tensor([2, 0])]  # indexed like a PyG dataset, by a split's index tensor
+    assert [data.num_nodes for data in subset] == [9, 4] and torch.equal(subset[1].pe, first[0].pe)
 
 
 def test_laplacian_encoding_of_large_graphs_repeats_under_its_seed():

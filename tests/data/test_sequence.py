@@ -1,4 +1,5 @@
 """Token sequences as graphs: the collated batch against per-sequence brute force."""
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,8 @@ def test_bad_inputs_are_named():
     for label in ("a", None, 1.5, True):
         with pytest.raises(TypeError, match="label must be an int class id"):
             SequenceGraphCollator("window", {"window": 1})([([1, 2], label)])
+    labels = [np.int64(1), torch.tensor(0), 2]  # as labels come out of NumPy arrays and tensors
+    assert SequenceGraphCollator("window", {"window": 1})([([1, 2], label) for label in labels]).y.tolist() == [1, 0, 2]
 
 
 def test_packed_sequences_refuse_offsets_that_do_not_tile_the_tokens():
@@ -120,3 +123,17 @@ def test_plain_token_lists_collate_like_tensors():
     from_tensors = collate([(torch.tensor([5, 6, 7, 8]), 3), (torch.tensor([9, 4]), 1)])
     for key in ("x", "pos", "batch", "edge_index", "y"):
         assert torch.equal(from_lists[key], from_tensors[key]), key
+
+
+def test_a_seeded_random_pattern_differs_between_loader_workers_and_is_reproducible():
+    samples = [(torch.arange(12), 0)] * 4
+
+    def draws():
+        torch.manual_seed(0)  # the DataLoader derives its workers' seeds from it
+        collate = SequenceGraphCollator("random", {"num_random": 2}, generator=torch.Generator().manual_seed(3))
+        return [batch.edge_index for batch in torch.utils.data.DataLoader(samples, batch_size=1, num_workers=2, collate_fn=collate)]
+
+    first = draws()
+    # Workers take batches in turn: copies of one generator would repeat each other's draws.
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, draws()))

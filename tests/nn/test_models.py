@@ -520,6 +520,7 @@ def test_graph_transformer_names_bad_sizes_inputs_and_options_it_would_ignore():
         (dict(depth=2.0), TypeError, "depth must be an int"),
         (dict(in_channels=True), ValueError, "in_channels must be a positive int"),
         (dict(heads=0), ValueError, "heads must be >= 1"),
+        (dict(hidden_channels=18, heads=4), ValueError, "hidden_channels \\(18\\) must be a positive multiple of heads \\(4\\)"),
         (dict(expander_seed=3), ValueError, "expander_seed applies to attention='exphormer'"),
         (dict(gps="false"), TypeError, "gps must be a bool"),
         (dict(pe_dim=3, lap_pe="no"), TypeError, "lap_pe must be a bool"),
