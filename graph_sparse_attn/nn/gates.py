@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..ops.checks import check_on_device
 from ..patterns._utils import check_flag, check_size
 
 # Hard-concrete stretch interval and temperature (Louizos et al. 2018).
@@ -41,12 +42,14 @@ def hard_concrete(logits: Tensor, training: bool) -> Tensor:
 
 def l0_penalty(logits: Tensor) -> Tensor:
     r"""Expected number of non-zero hard-concrete gates, averaged: :math:`\mathrm{mean}\,\sigma(P - \beta\log(-\gamma/\zeta))`."""
+    if logits.numel() == 0:  # no gates: nothing to penalise (a mean would be NaN)
+        return logits.new_zeros(())
     return torch.sigmoid(logits - _BETA * math.log(-_GAMMA / _ZETA)).mean()
 
 
 def l1_penalty(gate: Tensor) -> Tensor:
     """Mean absolute gate value, the L1 sparsity penalty on gates in ``[0, 1]``."""
-    return gate.abs().mean()
+    return gate.abs().mean() if gate.numel() else gate.new_zeros(())
 
 
 class _Gate(nn.Module):
@@ -160,10 +163,14 @@ class RelativePositionGate(_Gate):
 
     def bucket(self, edge_index: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """``[E]`` bucket of each edge's offset ``pos[i] − pos[j]``."""
-        if not isinstance(edge_index, Tensor) or edge_index.is_floating_point() or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        if not isinstance(edge_index, Tensor) or edge_index.is_floating_point() or edge_index.dtype == torch.bool \
+                or edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must be an integer tensor [2, E], got {edge_index!r:.60}")
-        if positions is not None and (not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dim() != 1):
-            raise ValueError(f"positions must be an integer tensor [N], got {positions!r:.60}")
+        if positions is not None:
+            if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dtype == torch.bool or positions.dim() != 1:
+                raise ValueError(f"positions must be an integer tensor [N], got {positions!r:.60}")
+            check_on_device(((edge_index >= 0) & (edge_index < positions.numel())).all(),
+                            f"edge_index must index positions: nodes in [0, {positions.numel()})")
         src, dst = edge_index
         offset = dst - src if positions is None else positions[dst] - positions[src]
         return relative_position_bucket(offset, self.num_buckets, self.max_distance)

@@ -10,7 +10,7 @@ from torch_geometric.nn import global_mean_pool
 
 from ..ops import CSRPattern
 from ..patterns import check_pattern
-from ..patterns._utils import check_batch
+from ..patterns._utils import check_batch, check_flag, check_size
 from ..transforms import positional_pattern
 from .dropout import Dropout
 from .gates import RelativePositionGate
@@ -122,6 +122,9 @@ class SequenceTransformer(nn.Module):
             if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
                 raise ValueError(f"{name} must be a positive int, got {size!r}")
         self.vocab_size, self.num_classes, self.dim, self.depth, self.heads = vocab_size, num_classes, dim, depth, heads
+        check_flag(gate, "gate")
+        if knn is not None:
+            check_size(knn, "knn", minimum=1)
         if knn is not None and (pattern is not None or gate):
             raise ValueError("knn attention builds its pattern from the queries each step: pattern and gate do not apply with it")
         if pattern is not None and not (isinstance(pattern, (tuple, list)) and len(pattern) == 2 and isinstance(pattern[1], dict)):

@@ -88,12 +88,23 @@ def _within_score_range(query: Tensor, key: Tensor) -> Tuple[Tensor, Tensor]:
     (``key is query`` is kept); otherwise unchanged. Every score of a metric is then scaled by
     the same positive factor, so ranks do not change; float32 scores overflow to ties from
     feature magnitudes of about ``1e18``."""
+    if query.numel() == 0 or key.numel() == 0:  # no features (D = 0): every score is 0
+        return query, key
     largest = float(torch.maximum(query.abs().amax(), key.abs().amax()))
     if 4 * query.size(1) * largest**2 <= torch.finfo(query.dtype).max:  # |2 q.k - ||k||^2| <= 4 D largest^2
         return query, key
     shared = key is query
     query = query / largest
     return query, query if shared else key / largest
+
+
+def _unit_rows(features: Tensor) -> Tensor:
+    """Rows scaled to unit norm, in float32 at least. Each row is first divided by its largest
+    magnitude (zero rows stay zero): ``F.normalize`` alone divides rows with norms below its
+    ``1e-12`` floor by the floor, not their norm, and in float16 that floor is 0 (NaN rows)."""
+    features = features.to(torch.promote_types(features.dtype, torch.float32))
+    largest = features.abs().amax(dim=1, keepdim=True) if features.size(1) else features.new_ones(features.size(0), 1)
+    return F.normalize(features / largest.clamp_min(torch.finfo(features.dtype).tiny), dim=1)
 
 
 def _top_columns(scores: Tensor, k: int) -> Tensor:
@@ -207,6 +218,9 @@ def knn(
         key_batch = check_batch(key_batch, num_keys, "key_batch", device)
     if num_queries == 0 or num_keys == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
+    if batch is not None:  # numbered densely, so per-segment sizes follow the nodes, not the largest id
+        _, dense = torch.unique(torch.cat([batch, key_batch]), return_inverse=True)
+        batch, key_batch = dense[:num_queries], dense[num_queries:]
     key_counts = None if batch is None else _segment_key_counts(batch, key_batch)
 
     shared = key is query
@@ -215,10 +229,11 @@ def knn(
     query, key = query.to(dtype), key.to(dtype)
     if metric == "l2":
         query, key = _centre_on_key_means(query, key, batch, key_batch, key_counts)
-    query, key = _within_score_range(query, key)  # before normalising too: the norms overflow first
     if metric == "cosine":
-        query = F.normalize(query, dim=1)
-        key = query if shared else F.normalize(key, dim=1)
+        query = _unit_rows(query)
+        key = query if shared else _unit_rows(key)
+    else:
+        query, key = _within_score_range(query, key)
     # Padding rows let every chunk read a key window whose width is a multiple of _GROUP.
     padded_key = torch.cat([key, key.new_zeros(_GROUP - 1, key.size(1))])
     # -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2; the last term is constant per query, so it is dropped.
@@ -374,14 +389,16 @@ def lsh_knn(
         batch = check_batch(batch, num_nodes, "batch", device)
     if num_nodes == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
-    segment = batch if batch is not None else torch.zeros(num_nodes, dtype=torch.long, device=device)
-    counts = torch.bincount(segment)
+    if batch is None:
+        segment, counts = torch.zeros(num_nodes, dtype=torch.long, device=device), torch.tensor([num_nodes], device=device)
+    else:  # numbered densely: sizes follow the nodes, not the largest id
+        _, segment, counts = torch.unique_consecutive(batch, return_inverse=True, return_counts=True)
     if num_buckets is None:
         num_buckets = 2 * math.ceil(int(counts.max()) / chunk_size)
     buckets = lsh_buckets(query, num_buckets, num_hashes=num_hashes, generator=generator)
 
     layout = _ChunkLayout.of(segment, counts, chunk_size)
-    unit = F.normalize(query, dim=1)
+    unit = _unit_rows(query)
     per_round = 2 * chunk_size if k is None else min(k, 2 * chunk_size)
     sources = torch.empty(num_nodes, num_hashes * per_round, dtype=torch.long, device=device)
     scores = unit.new_empty(num_nodes, num_hashes * per_round)

@@ -8,6 +8,8 @@ from typing import NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._utils import check_flag
+
 
 class PruneInfo(NamedTuple):
     """What :func:`prune` kept and whom it left without edges.
@@ -64,8 +66,9 @@ def prune(
         raise ValueError(f"edge_index must hold non-negative node indices, got {int(edge_index.min())}")
     if not isinstance(gate, Tensor) or not gate.is_floating_point():
         raise TypeError(f"gate must be a floating-point Tensor [E] or [E, H], got {getattr(gate, 'dtype', type(gate).__name__)}")
-    if gate.dim() not in (1, 2) or gate.size(0) != edge_index.size(1):
-        raise ValueError(f"gate must have shape [E] or [E, H] with E={edge_index.size(1)}, got {list(gate.shape)}")
+    if gate.dim() not in (1, 2) or gate.size(0) != edge_index.size(1) or (gate.dim() == 2 and gate.size(1) == 0):
+        raise ValueError(f"gate must have shape [E] or [E, H] with E={edge_index.size(1)} and H >= 1, got {list(gate.shape)}")
+    check_flag(return_info, "return_info")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold must be a number, got {threshold!r}")
     if math.isnan(threshold):

@@ -254,8 +254,18 @@ def test_relative_gate_learns_the_right_offset_and_prunes_to_it():
         (lambda: RelativePositionGate(1)(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0.0, 1.0])), ValueError, "positions"),
         (lambda: MLPGate(4)(torch.ones(3, 4, dtype=torch.long)), TypeError, "edge_attr must be a floating-point tensor"),
         (lambda: MLPGate(4)([[0.0] * 4]), TypeError, "edge_attr must be a floating-point tensor"),
+        (lambda: RelativePositionGate(1)(torch.tensor([[-1], [0]]), torch.arange(3)), ValueError, "edge_index must index positions"),
+        (lambda: RelativePositionGate(1)(torch.tensor([[0], [3]]), torch.arange(3)), ValueError, "edge_index must index positions"),
+        (lambda: RelativePositionGate(1)(torch.ones(2, 3, dtype=torch.bool)), ValueError, "edge_index must be an integer tensor"),
+        (lambda: prune(torch.zeros(2, 3, dtype=torch.long), torch.rand(3, 0)), ValueError, "H >= 1"),
+        (lambda: prune(torch.zeros(2, 3, dtype=torch.long), torch.rand(3), return_info="yes"), TypeError, "return_info must be a bool"),
     ],
 )
 def test_bad_gate_arguments_are_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_penalties_of_no_gates_are_zero_not_nan():
+    assert EdgeGate(0).penalty().item() == 0.0 and EdgeGate(0, hard_concrete=True).penalty().item() == 0.0
+    assert RelativePositionGate(2).penalty(torch.empty(2, 0, dtype=torch.long)).item() == 0.0

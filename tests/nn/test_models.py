@@ -431,6 +431,9 @@ def test_sequence_transformer_refuses_bad_inputs(call, match):
     ({"pattern": "window"}, TypeError, r"pattern must be \(name, params\)"),
     ({"knn": 2, "pattern": ("window", {"window": 1})}, ValueError, "pattern and gate do not apply"),
     ({"knn": 2, "gate": True}, ValueError, "pattern and gate do not apply"),
+    ({"gate": "no"}, TypeError, "gate must be a bool"),
+    ({"knn": 0}, ValueError, "knn must be >= 1"),
+    ({"knn": 2.0}, TypeError, "knn must be an int"),
     ({"dim": 8.0}, ValueError, "dim must be a positive int"),
     ({"attn_dropout": 1.5}, ValueError, r"must be in \[0, 1\)"),
 ])

@@ -362,3 +362,22 @@ def test_recall_at_k():
         recall_at_k(approx[0], exact, 4)
     with pytest.raises(TypeError, match="approx_edge_index"):
         recall_at_k(approx.float(), exact, 4)
+
+
+def test_tiny_zero_and_half_precision_rows_keep_their_cosine_neighbours():
+    query = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    scaled = query.clone()
+    scaled[5] = 1e-14 * query[0]  # below normalize's 1e-12 floor: its cosine with query 0 is still 1
+    assert knn(scaled, None, 1, metric="cosine", loop=False)[0, 0].item() == 5
+    with_zero = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    with_zero[3] = 0  # float16 normalises it to NaN, which topk ranked first
+    found = lsh_knn(with_zero.half(), 3, num_hashes=1, chunk_size=8, generator=torch.Generator().manual_seed(0))
+    assert torch.bincount(found[1]).tolist() == [3] * 8
+
+
+def test_huge_segment_ids_and_featureless_rows_cost_nothing_extra():
+    batch = torch.full((10,), 10**12)  # sizes follow the nodes, not the largest id
+    assert torch.equal(knn(features(10), None, 2, batch=batch), knn(features(10), None, 2))
+    assert torch.equal(lsh_knn(features(10).float(), 2, batch=batch, generator=torch.Generator().manual_seed(0)),
+                       lsh_knn(features(10).float(), 2, generator=torch.Generator().manual_seed(0)))
+    assert knn(torch.empty(5, 0), None, 2).shape == (2, 10)
