@@ -15,6 +15,7 @@ from ..ops.adjacency import edges_from_adjacency
 from ..ops.attention import check_attention_options
 from ..ops.dispatch import check_backend
 from ..ops.edge_features import edge_feature_attention
+from ..patterns._utils import check_size
 
 if typing.TYPE_CHECKING:
     from typing import overload
@@ -110,8 +111,8 @@ class SparseAttnConv(MessagePassing):
         if kwargs.get("flow", "source_to_target") != "source_to_target":
             raise ValueError(f"flow must be 'source_to_target' (row 0 of edge_index is the source), got {kwargs['flow']!r}")
         super().__init__(node_dim=0, **kwargs)
-        if out_channels <= 0 or heads <= 0:
-            raise ValueError(f"out_channels and heads must be positive, got {out_channels} and {heads}")
+        check_size(out_channels, "out_channels", minimum=1)
+        check_size(heads, "heads", minimum=1)
         check_attention_options(dropout, gate_mode)
         check_backend(backend)
         self.in_channels = in_channels
@@ -266,6 +267,8 @@ class SparseAttnConv(MessagePassing):
         if edge_attr is not None and self.lin_edge is None:  # given, or carried by a hybrid adj_t
             raise ValueError("edge_attr (or an adj_t with [E, F] values) was given but the layer has no edge features: "
                              "build it with edge_dim=F")
+        if edge_attr is not None and self.lin_edge is not None and isinstance(self.lin_edge.weight, torch.nn.parameter.UninitializedParameter):
+            self.lin_edge(edge_attr[:0])  # edge_dim=-1: PyG's lazy Linear learns its input size from a call
         edge_weight = None if self.lin_edge is None else self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         explain = bool(getattr(self, "explain", False))  # a scripted layer has no explain mode
         per_edge = explain or _message_hooks(self)

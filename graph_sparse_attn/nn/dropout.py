@@ -15,6 +15,8 @@ _LEVELS = 1 << 16  # one lane of 16 random bits per element
 
 
 def _check_probability(p: float) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"dropout probability p must be a float in [0, 1], got {p!r:.40}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
 
@@ -48,18 +50,15 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     return x * keep.to(x.dtype).mul_(scale)  # one [x]-sized multiply in backward
 
 
-class Dropout(nn.Module):
-    """:func:`dropout` as a module, a drop-in for :class:`torch.nn.Dropout` (any shape; ``inplace``
-    writes the result into the input, as there)."""
+class Dropout(nn.Dropout):
+    """:func:`dropout` as a module, a drop-in for :class:`torch.nn.Dropout` and an instance of it
+    (code that finds dropout layers by type finds these); any shape; ``inplace`` writes the
+    result into the input, as there."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
         _check_probability(p)
-        self.p, self.inplace = float(p), inplace
+        super().__init__(float(p), inplace)
 
     def forward(self, x: Tensor) -> Tensor:
         out = dropout(x, self.p, self.training)
         return x.copy_(out) if self.inplace and out is not x else out
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}" if self.inplace else f"p={self.p}"

@@ -39,6 +39,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "gelu") -> None:
         super().__init__()
+        check_size(dim, "dim", minimum=1)
+        check_size(hidden, "hidden", minimum=1)
         check_activation(activation)
         self.net = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), Dropout(dropout), nn.Linear(hidden, dim))
 

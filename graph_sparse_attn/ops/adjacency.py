@@ -96,6 +96,10 @@ def _sparse_entries(adj: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     so repeated entries stay separate edges as in PyG's message passing)."""
     if adj.layout == torch.sparse_coo:
         row, col = adj._indices()
+        if adj.is_coalesced():  # values(), unlike _values(), carries autograd to edge features held in adj_t
+            return row, col, adj.values()
+        if adj.requires_grad:
+            raise ValueError("an uncoalesced COO adj_t cannot pass gradients to its values: call adj_t.coalesce() first")
         return row, col, adj._values()
     if adj.layout == torch.sparse_csr:
         return _ptr_to_index(adj.crow_indices()), adj.col_indices(), adj.values()

@@ -24,6 +24,7 @@ from .dispatch import kernel_module
 from .pattern import CSRPattern
 
 _NO_SEED: Optional[Tensor] = None
+_HALF = (torch.float16, torch.bfloat16)
 # The CSRPattern behind each live rowptr tensor, so backends can cache layouts per pattern object.
 _patterns: "weakref.WeakValueDictionary[int, CSRPattern]" = weakref.WeakValueDictionary()
 
@@ -57,20 +58,23 @@ def _pattern(rowptr: Tensor, col: Tensor, row: Tensor, colptr: Tensor, row_t: Te
 
 
 def autocast_off(attend: Callable) -> Callable:
-    """Run ``attend`` with autocast off on the device of its first tensor argument.
+    """Run ``attend`` as autocast runs its float32 ops: half-precision tensor arguments become
+    float32, and autocast is off inside (on the device of the first tensor argument).
 
-    `sparse_attention` computes in its inputs' own dtype (float32 for half ones); under
-    ``torch.autocast`` its kernels' products would drop back to half precision (and CPU's sparse
-    products have no bfloat16 kernel). The entry points and the custom ops' bodies (backward runs
-    them inside the caller's autocast region too) take this decorator."""
+    `sparse_attention` computes in float32 for half inputs anyway; under ``torch.autocast`` its
+    kernels' products would drop back to half precision (and CPU's sparse products have no
+    bfloat16 kernel), and half edge features made by autocast's linear layers would not match
+    float32 weights. The entry points and the custom ops' bodies (backward runs them inside the
+    caller's autocast region too) take this decorator."""
 
     @functools.wraps(attend)
     def run(*args: Any, **kwargs: Any) -> Any:
         device = next((arg.device.type for arg in args if isinstance(arg, Tensor)), None)
         if device is None or not torch.is_autocast_enabled(device):
             return attend(*args, **kwargs)
+        widen = lambda value: value.float() if isinstance(value, Tensor) and value.dtype in _HALF else value  # noqa: E731
         with torch.autocast(device, enabled=False):
-            return attend(*args, **kwargs)
+            return attend(*map(widen, args), **{name: widen(value) for name, value in kwargs.items()})
 
     return run
 

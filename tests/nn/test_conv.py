@@ -222,3 +222,39 @@ def test_reset_parameters_and_repr():
     conv.reset_parameters()
     assert not torch.equal(before, conv.lin_query.weight)
     assert repr(conv) == "SparseAttnConv(4, 2, heads=3)"
+
+
+def test_lazy_edge_features_size_themselves_on_the_first_call():
+    x, edge_index, edge_attr = torch.randn(5, 4), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]), torch.randn(4, 2)
+    for in_channels in (4, -1):
+        ours, theirs = SparseAttnConv(in_channels, 3, edge_dim=-1), TransformerConv(in_channels, 3, edge_dim=-1)
+        ours(x, edge_index, edge_attr), theirs(x, edge_index, edge_attr)  # the first calls size every lazy weight
+        ours.load_state_dict(theirs.state_dict())
+        torch.testing.assert_close(ours(x, edge_index, edge_attr), theirs(x, edge_index, edge_attr))
+
+
+def test_edge_features_in_a_coo_adj_t_get_their_gradient():
+    x, edge_index = torch.randn(5, 4), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    edge_attr = torch.randn(4, 2, requires_grad=True)
+    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), edge_attr, (5, 5, 2)).coalesce()
+    conv = SparseAttnConv(4, 3, edge_dim=2)
+    (grad,) = torch.autograd.grad(conv(x, adj_t).sum(), edge_attr)
+    (expected,) = torch.autograd.grad(conv(x, edge_index, edge_attr).sum(), edge_attr)
+    torch.testing.assert_close(grad, expected)
+    uncoalesced = torch.sparse_coo_tensor(edge_index.flip(0), edge_attr, (5, 5, 2))
+    with pytest.raises(ValueError, match="call adj_t.coalesce\\(\\) first"):
+        SparseAttnConv(4, 3, edge_dim=2)(x, uncoalesced)
+
+
+def test_half_edge_features_made_under_autocast_are_taken():
+    x, edge_index = torch.randn(5, 4), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    conv, encoder = SparseAttnConv(4, 3, edge_dim=2), torch.nn.Linear(3, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x, edge_index, encoder(torch.randn(4, 3)))  # bfloat16 features beside float32 weights
+    assert out.shape == (5, 3) and torch.isfinite(out).all()
+
+
+def test_sizes_are_named():
+    for kwargs, error, match in ((dict(heads=2.5), TypeError, "heads must be an int"), (dict(out_channels=0), ValueError, "out_channels must be >= 1")):
+        with pytest.raises(error, match=match):
+            SparseAttnConv(**{"in_channels": 4, "out_channels": 3, **kwargs})

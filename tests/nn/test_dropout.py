@@ -96,6 +96,13 @@ def test_probability_outside_unit_interval_is_refused(p):
         Dropout(p)
 
 
+def test_the_module_is_a_torch_dropout_and_refuses_non_numbers():
+    assert isinstance(Dropout(0.1), torch.nn.Dropout)  # found by code that looks dropout layers up by type
+    for p in (True, "0.1"):
+        with pytest.raises(TypeError, match="dropout probability p must be a float"):
+            Dropout(p)
+
+
 def test_inplace_writes_into_the_input_as_torch_dropout():
     x = torch.randn(64, 8)
     torch.manual_seed(1)
