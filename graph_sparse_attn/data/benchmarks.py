@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 from torch import Tensor
-from torch_geometric.data import InMemoryDataset
+from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.utils import to_undirected
 
 from ..io import check_path
 from ..patterns._utils import check_size
@@ -70,6 +71,9 @@ class Metric:
 # ---------------------------------------------------------------------------- metrics
 def accuracy(prediction: Tensor, target: Tensor) -> float:
     """Fraction of rows of ``prediction [B, C]`` (logits) whose argmax equals ``target [B]``."""
+    if prediction.dim() != 2 or target.shape != prediction.shape[:1]:
+        # A [B, 1] target would broadcast against the [B] argmax into a [B, B] comparison.
+        raise ValueError(f"accuracy needs prediction [B, C] and target [B], got {list(prediction.shape)} and {list(target.shape)}")
     return float((prediction.argmax(-1) == target).float().mean())
 
 
@@ -187,7 +191,8 @@ def positional_encoding(kind: str, dim: int) -> Callable[[Any], Any]:
     * ``"rwse"``: random-walk structural encoding (PyG's ``AddRandomWalkPE(dim)``),
       :math:`\mathrm{pe}_{i,k} = (D^{-1} A)^k_{ii}` for :math:`k = 1 .. dim`;
     * ``"lap"``: the eigenvectors of the ``dim`` smallest non-trivial eigenvalues of the
-      symmetric normalised Laplacian (PyG's ``AddLaplacianEigenvectorPE(dim)``, undirected),
+      symmetric normalised Laplacian (PyG's ``AddLaplacianEigenvectorPE(dim)``) of the graph
+      with every edge taken both ways,
       zero-padded for graphs with fewer than ``dim + 1`` nodes; their signs are arbitrary
       (`GraphTransformer(lap_pe=True)` flips them at random in training).
     """
@@ -208,7 +213,9 @@ def positional_encoding(kind: str, dim: int) -> Callable[[Any], Any]:
                 # most N - 2 eigenvectors besides the trivial one.
                 k = min(k, data.num_nodes - 2)
                 options["v0"] = torch.rand(data.num_nodes, dtype=torch.float64).numpy()
-            data = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True, **options)(data)
+            # Both ways: the symmetric Laplacian of a directed edge list would not be symmetric.
+            both_ways = Data(edge_index=to_undirected(data.edge_index, num_nodes=data.num_nodes), num_nodes=data.num_nodes)
+            data.pe = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True, **options)(both_ways).pe
         data.pe = torch.nn.functional.pad(data.pe.float(), (0, dim - data.pe.size(1)))
         return data
 
@@ -220,19 +227,22 @@ def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int, cache_dir: Optio
 
     With ``cache_dir`` (a dataset's ``processed/`` folder) the encodings are computed once and kept
     there as ``pe_{kind}{dim}_seed{seed}.pt`` (``{"pe": [sum N, dim], "num_nodes": [G]}``), like a
-    ``pre_transform``; a cache that does not match the graphs' sizes is recomputed.
+    ``pre_transform``; a cache that does not match the graphs (their sizes and a checksum of their
+    edges) is recomputed.
     """
     if pe is None:
         return dataset
     sizes = torch.tensor([data.num_nodes for data in dataset], dtype=torch.long)
+    edges = _edge_checksum(dataset)
     path = None if cache_dir is None else Path(cache_dir) / f"pe_{pe[0]}{pe[1]}_seed{seed}.pt"
     cached = torch.load(path) if path is not None and path.exists() else None
-    if cached is None or not torch.equal(cached["num_nodes"], sizes) or cached["pe"].shape != (int(sizes.sum()), pe[1]):
+    if cached is None or not torch.equal(cached["num_nodes"], sizes) or cached["pe"].shape != (int(sizes.sum()), pe[1]) \
+            or not torch.equal(cached.get("edges", torch.empty(0)), edges):
         encode = positional_encoding(*pe)
         with torch.random.fork_rng(devices=[]):  # leaves the caller's random state untouched
             torch.manual_seed(seed)
             values = torch.cat([encode(data).pe for data in dataset]) if len(dataset) else torch.empty(0, pe[1])
-        cached = {"pe": values, "num_nodes": sizes}
+        cached = {"pe": values, "num_nodes": sizes, "edges": edges}
         if path is not None:
             from ..io import atomic_save
 
@@ -243,6 +253,16 @@ def _with_pe(dataset, pe: Optional[Tuple[str, int]], seed: int, cache_dir: Optio
         data.pe = encoding
         graphs.append(data)
     return EncodedGraphs(graphs)
+
+
+def _edge_checksum(dataset) -> Tensor:
+    """``[2]``: the graphs' edge count and a position-weighted sum of their edges (changes with any edge)."""
+    count = total = 0
+    for data in dataset:
+        source, target = data.edge_index
+        weights = torch.arange(1, source.numel() + 1)
+        count, total = count + source.numel(), total + int((weights * (source * 1_000_003 + target)).sum())
+    return torch.tensor([count, total % 2**62])
 
 
 class EncodedGraphs(InMemoryDataset):

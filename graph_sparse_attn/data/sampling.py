@@ -301,7 +301,8 @@ def _check_input_nodes(input_nodes: Optional[Tensor], num_nodes: int, device: to
 def _check_node_ids(ids: Tensor, num_nodes: int, device: torch.device, name: str) -> Tensor:
     if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
         described = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-        raise TypeError(f"{name} must be an int64 tensor of node ids (or a bool mask), got {described}")
+        mask = " (or a bool mask)" if name == "input_nodes" else ""
+        raise TypeError(f"{name} must be an int64 tensor of node ids{mask}, got {described}")
     if ids.dim() != 1:
         raise ValueError(f"{name} must have shape [M], got {list(ids.shape)}")
     ids = ids.to(device=device, dtype=torch.long)

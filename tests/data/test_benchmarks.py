@@ -15,6 +15,15 @@ def test_accuracy_is_the_fraction_of_correct_argmaxes():
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])  # argmaxes 1, 0, 1, 0
     assert accuracy(logits, torch.tensor([1, 1, 0, 0])) == pytest.approx(2 / 4)
     assert accuracy(logits, torch.tensor([1, 0, 1, 0])) == 1.0
+    with pytest.raises(ValueError, match="target \\[B\\]"):  # [B, 1] broadcast to a [B, B] comparison
+        accuracy(logits, torch.tensor([[1], [0], [1], [0]]))
+
+
+def test_laplacian_encoding_of_a_directed_edge_list_is_that_of_the_graph_both_ways():
+    line = torch.stack([torch.arange(5), torch.arange(1, 6)])
+    one_way = positional_encoding("lap", 3)(Data(edge_index=line, num_nodes=6)).pe
+    both_ways = positional_encoding("lap", 3)(path_graph(6)).pe
+    torch.testing.assert_close(one_way.abs(), both_ways.abs())  # eigenvectors up to sign
 
 
 def test_rwse_is_the_diagonal_of_random_walk_powers():
@@ -88,5 +97,8 @@ def test_encodings_are_cached_beside_the_processed_data(tmp_path, monkeypatch):
     assert all(torch.equal(a.pe, b.pe) and torch.equal(a.pe, positional_encoding("rwse", 3)(g).pe)
                for a, b, g in zip(first, again, graphs))
     monkeypatch.undo()
+    rewired = [path_graph(n) for n in (4, 7, 9)]
+    rewired[1].edge_index = rewired[1].edge_index[:, :2]  # same sizes, other edges: recomputed too
+    assert torch.equal(_with_pe(rewired, ("rwse", 3), seed=0, cache_dir=tmp_path)[1].pe, positional_encoding("rwse", 3)(rewired[1]).pe)
     other = [path_graph(n) for n in (5, 7, 9)]  # other graphs: the stale cache is recomputed, not misapplied
     assert torch.equal(_with_pe(other, ("rwse", 3), seed=0, cache_dir=tmp_path)[0].pe, positional_encoding("rwse", 3)(other[0]).pe)
