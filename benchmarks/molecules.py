@@ -279,6 +279,8 @@ def time_layers(batches: list, warmup: int, repeats: int, device: torch.device) 
             def step(batch) -> Tensor:
                 x, edge_index, edge_attr = batch
                 loss = layer(x, edge_index, edge_attr).square().mean()
+                layer.zero_grad(set_to_none=True)  # as a training step would: no accumulating into old gradients
+                x.grad = None
                 loss.backward()
                 return loss.detach()
             return step
@@ -448,7 +450,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--backend", help="attention backend passed to GraphTransformer(backend=...) where it takes one")
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
-    parser.add_argument("--root", help="writable folder holding ogbg_molhiv/ (default: a temporary copy of the shared one)")
+    parser.add_argument("--root", help="writable folder holding ogbg_molhiv/ (default: datasets/ where it holds it, else a temporary copy of the shared one)")
     parser.add_argument("--profile", action="store_true", help="also profile the first of --models: aten calls per step, top-20 ops")
     parser.add_argument("--profile-steps", type=int, default=5, help="steps recorded by --profile")
     parser.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
