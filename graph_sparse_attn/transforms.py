@@ -105,7 +105,7 @@ def virtual_layout(batch: Tensor, num_graphs: int, num_virtual: int) -> Tuple[Te
         ``(real_pos [N], virtual_pos [B V])``: real node ``r`` sits at ``r + V batch[r]``, virtual
         node ``v`` of graph ``g`` at ``ptr[g + 1] + g V + v`` (``ptr`` the graphs' real-node offsets).
     """
-    real_pos = torch.arange(batch.numel(), device=batch.device) + num_virtual * batch
+    real_pos = torch.arange(batch.numel(), device=batch.device) + check_size(num_virtual, "num_virtual") * batch
     ends = torch.cumsum(_graph_counts(batch, num_graphs), 0) + num_virtual * torch.arange(num_graphs, device=batch.device)
     virtual_pos = ends.repeat_interleave(num_virtual) + torch.arange(num_virtual, device=batch.device).repeat(num_graphs)
     return real_pos, virtual_pos
@@ -113,7 +113,7 @@ def virtual_layout(batch: Tensor, num_graphs: int, num_virtual: int) -> Tuple[Te
 
 def pattern_batch(batch: Tensor, num_graphs: int, num_virtual: int) -> Tensor:
     """``[N + B V]`` graph of every node of a pattern whose graphs' virtual nodes follow their real ones."""
-    if not num_virtual:
+    if not check_size(num_virtual, "num_virtual"):
         return batch
     sizes = _graph_counts(batch, num_graphs) + num_virtual
     return torch.arange(num_graphs, device=batch.device).repeat_interleave(sizes, output_size=batch.numel() + num_graphs * num_virtual)
@@ -293,14 +293,26 @@ def attention_pattern(
     """
     if attention not in ATTENTION_PATTERNS:
         raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
+    check_size(num_nodes, "num_nodes")
+    check_size(k_hops, "k_hops", minimum=1)
+    check_size(expander_degree, "expander_degree")
+    check_size(num_virtual, "num_virtual")
+    if seed_per_graph is not None:
+        check_size(seed_per_graph, "seed_per_graph")
+        if generator is not None:
+            raise ValueError("give generator or seed_per_graph, not both")
     edge_index = check_edge_index(edge_index, num_nodes, num_nodes)
     device = edge_index.device
     if batch is None:
+        if num_graphs not in (None, 1):
+            raise ValueError(f"num_graphs={num_graphs} needs a batch vector; without one the nodes are one graph")
         batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=device), 1
     else:
         batch = check_batch(batch, num_nodes, device=device, num_graphs=num_graphs)
         if num_graphs is None:
             num_graphs = int(batch[-1]) + 1 if num_nodes else 0
+        # A pattern attends within each graph: an edge between two graphs would carry attention across.
+        check_on_device((batch[edge_index[0]] == batch[edge_index[1]]).all(), "edge_index joins nodes of different graphs of batch")
     if attention == "k_hop":
         parts, num_virtual = _k_hop_part(edge_index, num_nodes, k_hops), 0
     elif attention == "full":
@@ -480,6 +492,8 @@ class AddExpanderPattern(BaseTransform):
 
     def forward(self, data: Data) -> AttentionData:
         data, parts, num_virtual = _pattern_of(data)
+        if data.num_nodes is None:
+            raise ValueError("data has no num_nodes (nor x or edge_index to infer it from): the expander needs the graph's size")
         device = parts[0][0].device if parts else None
         parts += _expander_part([data.num_nodes], self.degree, generator=self._draws(),
                                seed_per_graph=self.seed_per_graph, device=device)

@@ -32,6 +32,7 @@ from graph_sparse_attn.transforms import (
     AttentionData,
     attention_pattern,
     batch_edge_ids,
+    pattern_batch,
     positional_pattern,
     virtual_layout,
 )
@@ -440,3 +441,22 @@ def test_exphormer_example_runs_offline_on_a_copy(tmp_path):
     stale = subprocess.run([sys.executable, str(REPO / "examples" / "exphormer_ogb.py"), "--root", str(tmp_path), "--name",
                             "ogbg-molbace", "--num-virtual", "2", "--steps", "1"], capture_output=True, text=True, timeout=600)
     assert stale.returncode != 0 and "was processed without this example's pre_transform" in stale.stderr
+
+
+def test_attention_pattern_names_what_it_cannot_build():
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    for kwargs, error, match in [
+        (dict(batch=torch.tensor([0, 0, 1])), ValueError, "edge_index joins nodes of different graphs"),
+        (dict(num_graphs=3), ValueError, "num_graphs=3 needs a batch vector"),
+        (dict(attention="exphormer", seed_per_graph=-1), ValueError, "seed_per_graph must be >= 0"),
+        (dict(attention="exphormer", seed_per_graph=0, generator=torch.Generator()), ValueError, "not both"),
+        (dict(attention="exphormer", expander_degree=2.0), TypeError, "expander_degree must be an int"),
+        (dict(attention="k_hop", k_hops=0), ValueError, "k_hops must be >= 1"),
+        (dict(num_nodes=2.0), TypeError, "num_nodes must be an int"),
+    ]:
+        with pytest.raises(error, match=match):
+            attention_pattern(edge_index, **{"num_nodes": 3, "attention": "graph", **kwargs})
+    with pytest.raises(ValueError, match="num_virtual must be >= 0"):
+        pattern_batch(torch.tensor([0, 0, 1]), 2, -1)
+    with pytest.raises(ValueError, match="data has no num_nodes"):
+        AddExpanderPattern(4)(Data())

@@ -120,7 +120,7 @@ class GraphTransformer(nn.Module):
         if pooling not in ("mean", "sum"):
             raise ValueError(f"pooling must be 'mean' or 'sum', got {pooling!r}")
         for name, size, minimum in (("hidden_channels", hidden_channels, 1), ("out_channels", out_channels, 1), ("depth", depth, 1),
-                                    ("heads", heads, 1), ("k_hops", k_hops, 0), ("num_virtual", num_virtual, 0),
+                                    ("heads", heads, 1), ("k_hops", k_hops, 1), ("num_virtual", num_virtual, 0),
                                     ("expander_degree", expander_degree, 0), ("pe_dim", pe_dim, 0)):
             check_size(size, name, minimum=minimum)
         check_heads(hidden_channels, heads, "hidden_channels")
@@ -175,8 +175,8 @@ class GraphTransformer(nn.Module):
         seed_per_graph = None if self.training else 0
         return attention_pattern(
             edge_index, num_nodes, self.attention, batch=batch, num_graphs=num_graphs, k_hops=self.k_hops,
-            expander_degree=self.expander_degree, num_virtual=self.num_virtual, generator=self.generator,
-            seed_per_graph=seed_per_graph, local_edges=local_edges,
+            expander_degree=self.expander_degree, num_virtual=self.num_virtual,
+            generator=self.generator if seed_per_graph is None else None, seed_per_graph=seed_per_graph, local_edges=local_edges,
         )
 
     def forward(
