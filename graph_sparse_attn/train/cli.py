@@ -360,7 +360,7 @@ def _train(argv: List[str]) -> int:
               "its kernels compile in the first step)", file=sys.stderr)
     steps = planned_steps(config, len(trainer.loaders["train"]))
     if notices and config.warmup_steps >= steps:
-        print(f"note: --warmup-steps {config.warmup_steps} spans the whole run ({steps} steps): "
+        print(f"note: --warmup-steps {config.warmup_steps} spans the whole run ({steps} step{'' if steps == 1 else 's'}): "
               f"the learning rate never reaches --lr {config.lr:g}", file=sys.stderr)
     try:
         resumed = resume and trainer.resume()

@@ -149,7 +149,7 @@ def test_sinusoidal_positions_replace_the_learned_table(tmp_path):
     run = tmp_path / "run"
     proc = gsa("train", "listops", *TINY_LISTOPS, "--root", str(tmp_path / "data"), "--run-dir", str(run), "--max-steps", "1",
                "--position", "sinusoidal", cwd=tmp_path)
-    assert "note: --warmup-steps 50 spans the whole run (1 steps): the learning rate never reaches --lr 0.002" in proc.stderr
+    assert "note: --warmup-steps 50 spans the whole run (1 step): the learning rate never reaches --lr 0.002" in proc.stderr
     assert json.loads((run / "config.json").read_text())["model_options"]["position"] == "sinusoidal"
     weights = torch.load(run / "last.pt", weights_only=False)["model"]
     assert "embed.weight" in weights and not any(name.startswith("pos_embed") for name in weights)
