@@ -11,7 +11,7 @@ import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .io import PathLike  # noqa: E402
+from .io import PathLike, atomic_write  # noqa: E402
 from .ops.pattern import check_edge_index  # noqa: E402
 
 __all__ = ["mask_image", "plot_mask", "compare_patterns", "draw_graph", "plot_curves"]
@@ -20,8 +20,9 @@ __all__ = ["mask_image", "plot_mask", "compare_patterns", "draw_graph", "plot_cu
 def mask_image(edge_index: Tensor, num_nodes: int, resolution: int = 512) -> Tensor:
     """Density image ``[R, R]`` of a pattern: the fraction of (target, source) cells that are edges.
 
-    Below ``resolution`` nodes each pixel is one (i, j) pair; above, pixels pool square blocks,
-    so a million-node pattern still renders.
+    Below ``resolution`` nodes each pixel is one (i, j) pair; above, pixels pool square blocks
+    of ``ceil(N / resolution)`` nodes a side, so a million-node pattern still renders, and
+    ``R = ceil(N / block) <= resolution`` pixels span exactly the ``N`` nodes.
     """
     if num_nodes <= 0:
         raise ValueError(f"num_nodes must be positive, got {num_nodes}")
@@ -29,8 +30,8 @@ def mask_image(edge_index: Tensor, num_nodes: int, resolution: int = 512) -> Ten
         raise ValueError(f"resolution must be >= 1, got {resolution}")
     # An index outside [0, num_nodes) would land in a neighbouring row's cell.
     src, dst = check_edge_index(edge_index, num_nodes, num_nodes).cpu()
-    size = min(num_nodes, resolution)
-    block = -(-num_nodes // size)
+    block = -(-num_nodes // min(num_nodes, resolution))
+    size = -(-num_nodes // block)  # every pixel row holds nodes: the image spans [0, N) and no more
     cells = torch.zeros(size * size, dtype=torch.float64)
     cells.index_add_(0, (dst // block) * size + src // block, torch.ones(src.numel(), dtype=torch.float64))
     return (cells / block**2).clamp_max(1.0).view(size, size)
@@ -131,15 +132,18 @@ def plot_curves(history: Sequence[Mapping[str, Any]], metric: str, path: PathLik
     """
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-")
-    ax_loss.set(xlabel="epoch", ylabel="training loss")
-    for split, style in (("val", "o-"), ("test", "s")):
-        scored = [r for r in history if r[f"{split}_{metric}"] is not None]
-        ax_metric.plot([r["epoch"] for r in scored], [r[f"{split}_{metric}"] for r in scored], style, label=split)
-    ax_metric.set(xlabel="epoch", ylabel=metric)
-    ax_metric.legend()
-    for ax in (ax_loss, ax_metric):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-")
+        ax_loss.set(xlabel="epoch", ylabel="training loss")
+        for split, style in (("val", "o-"), ("test", "s")):
+            scored = [r for r in history if r[f"{split}_{metric}"] is not None]
+            ax_metric.plot([r["epoch"] for r in scored], [r[f"{split}_{metric}"] for r in scored], style, label=split)
+        ax_metric.set(xlabel="epoch", ylabel=metric)
+        ax_metric.legend()
+        for ax in (ax_loss, ax_metric):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        # Rewritten every epoch of a run: atomically, as the run's other files.
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)

@@ -22,6 +22,13 @@ def test_mask_image_pools_large_patterns_into_blocks():
     assert image.sum() == image.diagonal().sum()
 
 
+def test_pooled_image_spans_exactly_the_nodes():
+    # 513 nodes in blocks of 2 fill 257 pixel rows; a 512-pixel image drew them in its top half only.
+    n = 513
+    image = mask_image(torch.arange(n).repeat(2, 1), n, resolution=512)
+    assert image.shape == (257, 257) and bool((image.diagonal() > 0).all())
+
+
 def test_pictures_are_saved(tmp_path):
     edge_index = torch.tensor([[0, 1, 2, 3, 1], [1, 2, 3, 0, 3]])
     plot_mask(edge_index, 4, tmp_path / "mask.png")
