@@ -43,12 +43,6 @@ def _check_features(features: Tensor, name: str) -> Tensor:
     return features
 
 
-def _segment_key_counts(batch: Tensor, key_batch: Tensor) -> Tensor:
-    """``[S]`` keys in each segment, for every segment a query or a key names (one host sync)."""
-    num_segments = 1 + max(int(batch.max()) if batch.numel() else -1, int(key_batch.max()) if key_batch.numel() else -1)
-    return torch.bincount(key_batch, minlength=num_segments)
-
-
 def _segment_key_ranges(
     batch: Optional[Tensor], key_counts: Optional[Tensor], num_queries: int, num_keys: int, device: torch.device
 ) -> Tuple[Tensor, Tensor]:
@@ -218,10 +212,11 @@ def knn(
         key_batch = check_batch(key_batch, num_keys, "key_batch", device)
     if num_queries == 0 or num_keys == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
+    key_counts = None  # [S] keys of each segment a query or a key names
     if batch is not None:  # numbered densely, so per-segment sizes follow the nodes, not the largest id
-        _, dense = torch.unique(torch.cat([batch, key_batch]), return_inverse=True)
+        segments, dense = torch.unique(torch.cat([batch, key_batch]), return_inverse=True)
         batch, key_batch = dense[:num_queries], dense[num_queries:]
-    key_counts = None if batch is None else _segment_key_counts(batch, key_batch)
+        key_counts = torch.bincount(key_batch, minlength=segments.numel())
 
     shared = key is query
     # Scores in float32 at least: 2 q.k - ||k||^2 overflows float16 from feature norms of about 256.
